@@ -1,0 +1,18 @@
+//! `spate bench ...`: the experiments live in the `spate-bench` crate.
+
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// Stream ring: writer and reader processes vs single-threaded memcpy.
+    Ring(spate_bench::ring::Args),
+    /// Raw connections through io_uring vs blocking std sockets.
+    Net(spate_bench::net::Args),
+}
+
+pub fn run(cmd: BenchCmd) -> anyhow::Result<i32> {
+    match cmd {
+        BenchCmd::Ring(a) => spate_bench::ring::run(a),
+        BenchCmd::Net(a) => spate_bench::net::run(a),
+    }
+}

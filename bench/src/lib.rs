@@ -3,4 +3,5 @@
 #![forbid(unsafe_code)]
 
 pub mod net;
+pub mod rip;
 pub mod ring;

@@ -1,0 +1,1 @@
+//! The RIP kernel's image pipeline (filled in by this change).

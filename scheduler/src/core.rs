@@ -1,1 +1,1656 @@
-//! (filled in by this change)
+//! The scheduler's decision core: a deterministic state machine, events in, commands out
+//! (DESIGN.md §2, §6, §7). No I/O, no clock (time comes in with each event), no randomness.
+//!
+//! # Lifecycle of a job
+//!
+//! 1. [`Event::Submit`]: the spec is validated, every stream's node must be a live consumer,
+//!    the policy admits the job (producers exist, capacity) and sizes chunks and rings. Else
+//!    [`Reply::Refused`]. Then [`Command::AllocStream`] goes to each stream's consumer.
+//! 2. When every stream is allocated: [`Reply::Accepted`]. An [`Event::AllocFailed`], the loss
+//!    of a consumer or the policy's timeout refuse the job instead, and the streams already
+//!    asked for are released.
+//! 3. [`Event::Ready`]: the policy picks producers; each gets [`Command::Preload`]. After its
+//!    [`Event::PreloadDone`] it gets [`Command::Compute`] tasks on demand: the scheduler keeps
+//!    `Policy::tasks_in_flight` (at least 2) tasks assigned to every producer while the job
+//!    has chunks left, so that a producer always has a chunk queued while it expels another.
+//!    Producers joining later are adopted (preload, then tasks) if the policy agrees.
+//! 4. A task computes one chunk (lines `[l0, l1)` of all channels) and expels its pieces to
+//!    their consumers; the producer reports [`Event::TaskDone`] once the consumers acked them.
+//!    Tasks are stateless: any producer can redo any chunk and a re-sent piece lands
+//!    idempotently, so a chunk counts as delivered once, on its first TaskDone.
+//! 5. When every chunk is delivered: [`Command::Unload`] to the producers and
+//!    [`Command::Delivered`] to the submitter. The user's [`Event::Done`] then releases the
+//!    buffers ([`Command::Release`]) and ends the job ([`JobEnd::Completed`]).
+//!
+//! Chunks are handed out lowest position first, interleaving the line ranges of
+//! `split = { lines = N }`, and never further ahead of a stream's delivered prefix than its
+//! ring holds, so producers never hold chunks that a consumer cannot take yet.
+//!
+//! # Failures
+//!
+//! - A producer that leaves or crashes: its tasks go back to the queue (lowest first) and other
+//!   producers redo them. A running job left with no producer at all is aborted
+//!   ([`AbortReason::NoProducers`]) rather than kept waiting: its readers would stall with no
+//!   bound, and the user can resubmit. (Preload failures on every producer likewise abort.)
+//! - A task that fails is retried, on any producer, up to `Policy::max_attempts` times; then
+//!   the job is aborted ([`AbortReason::ChunkFailed`]).
+//! - A consumer that leaves aborts (or, while allocating, refuses) every job with a stream on
+//!   it, naming the node.
+//! - A reader gone aborts the job or is ignored, per the spec's `on_reader_death`.
+//!
+//! Events naming unknown jobs, tasks or nodes, or coming from the wrong node (stale reports
+//! from a producer already declared dead), are ignored.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::policy::{JobView, NodeView, Policy, Route};
+use crate::spec::{Chunk, JobPlan, Layout, Piece, ReaderDeath, SpecError};
+
+/// Milliseconds on the server's monotonic clock.
+pub type Millis = u64;
+
+/// A daemon connected to the scheduler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(pub u64);
+/// A user connection (submit, ready, done, cancel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClientId(pub u64);
+/// A job, numbered by the scheduler from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JobId(pub u64);
+/// A compute+expel task, numbered by the scheduler from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TaskId(pub u64);
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "job {}", self.0)
+    }
+}
+
+/// A network interface a node announces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    /// Interface name (e.g. `eth0`).
+    pub name: String,
+    /// Address to reach the node through it (`ip:port`).
+    pub addr: String,
+}
+
+/// What a node does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Roles {
+    /// Runs tasks.
+    pub producer: bool,
+    /// Holds stream rings.
+    pub consumer: bool,
+}
+
+/// What a node announces when it joins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Unique name (job specs name consumers by it).
+    pub name: String,
+    /// Host it runs on (producers on a consumer's host are preferred and go through UNIX
+    /// sockets).
+    pub host: String,
+    /// Producer, consumer or both.
+    pub roles: Roles,
+    /// Cores it computes with.
+    pub cores: u32,
+    /// Buffer memory it offers in bytes (chunk buffers on a producer, rings on a consumer);
+    /// 0 = not announced (no limit assumed).
+    pub capacity: u64,
+    /// Interfaces it can be reached through.
+    pub interfaces: Vec<Interface>,
+}
+
+/// How a node left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leave {
+    /// It said goodbye.
+    Quit,
+    /// Its connection broke.
+    Crash,
+}
+
+/// A job submission.
+#[derive(Debug, Clone)]
+pub enum Submission {
+    /// TOML text, parsed and validated here.
+    Toml(String),
+    /// An already validated plan.
+    Plan(Box<JobPlan>),
+}
+
+/// Everything the scheduler reacts to.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A daemon joined.
+    NodeJoined {
+        /// Its connection.
+        node: NodeId,
+        /// What it announced.
+        info: NodeInfo,
+    },
+    /// A daemon left.
+    NodeLeft {
+        /// Its connection.
+        node: NodeId,
+        /// Quit or crash.
+        how: Leave,
+    },
+    /// A user submits a job.
+    Submit {
+        /// The user.
+        client: ClientId,
+        /// The job.
+        spec: Submission,
+    },
+    /// The user's readers are attached: start.
+    Ready {
+        /// Who asks.
+        client: ClientId,
+        /// The job.
+        job: JobId,
+    },
+    /// The user read everything: release the buffers.
+    Done {
+        /// Who asks.
+        client: ClientId,
+        /// The job.
+        job: JobId,
+    },
+    /// The user cancels the job (any time).
+    Cancel {
+        /// Who asks.
+        client: ClientId,
+        /// The job.
+        job: JobId,
+    },
+    /// A consumer allocated a stream's ring.
+    StreamAllocated {
+        /// The consumer.
+        node: NodeId,
+        /// The job.
+        job: JobId,
+        /// The stream.
+        stream: u32,
+        /// Key readers use to attach to the ring.
+        key: u64,
+    },
+    /// A consumer could not allocate a stream's ring.
+    AllocFailed {
+        /// The consumer.
+        node: NodeId,
+        /// The job.
+        job: JobId,
+        /// The stream.
+        stream: u32,
+        /// Why.
+        reason: String,
+    },
+    /// A producer has the job's inputs.
+    PreloadDone {
+        /// The producer.
+        node: NodeId,
+        /// The job.
+        job: JobId,
+    },
+    /// A producer could not fetch the job's inputs.
+    PreloadFailed {
+        /// The producer.
+        node: NodeId,
+        /// The job.
+        job: JobId,
+        /// Why.
+        reason: String,
+    },
+    /// A task's chunk was computed and acked by its consumers.
+    TaskDone {
+        /// The producer.
+        node: NodeId,
+        /// The task.
+        task: TaskId,
+    },
+    /// A task failed (kernel error, send failure...).
+    TaskFailed {
+        /// The producer.
+        node: NodeId,
+        /// The task.
+        task: TaskId,
+        /// Why.
+        reason: String,
+    },
+    /// A consumer reports a stream's in-order frontier (bytes).
+    StreamProgress {
+        /// The consumer.
+        node: NodeId,
+        /// The job.
+        job: JobId,
+        /// The stream.
+        stream: u32,
+        /// Contiguous bytes landed from the start.
+        frontier: u64,
+    },
+    /// A consumer saw a stream's reader die.
+    ReaderGone {
+        /// The consumer.
+        node: NodeId,
+        /// The job.
+        job: JobId,
+        /// The stream.
+        stream: u32,
+    },
+    /// Time passes (timeouts are checked on every event; this one carries only the time).
+    Tick,
+}
+
+/// Why a job was refused (it is not queued: resubmit later).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The spec is invalid.
+    #[error("invalid job spec: {0}")]
+    InvalidSpec(#[from] SpecError),
+    /// A stream's node is not connected.
+    #[error(
+        "stream {stream}: output node \"{node}\" is not connected; start its consumer daemon or fix the spec"
+    )]
+    MissingOutputNode {
+        /// The stream.
+        stream: u32,
+        /// The node named.
+        node: String,
+    },
+    /// A stream's node is connected but is no consumer.
+    #[error("stream {stream}: node \"{node}\" is not a consumer")]
+    NotAConsumer {
+        /// The stream.
+        stream: u32,
+        /// The node named.
+        node: String,
+    },
+    /// No producer is connected.
+    #[error("no producer is connected; start a producer daemon")]
+    NoProducers,
+    /// A node lacks the buffer memory.
+    #[error("node \"{node}\" has {free} bytes of buffer capacity free, the job needs {need}")]
+    Capacity {
+        /// The node.
+        node: String,
+        /// Bytes needed.
+        need: u64,
+        /// Bytes free.
+        free: u64,
+    },
+    /// A consumer could not allocate a stream.
+    #[error("stream {stream}: node \"{node}\" could not allocate its ring: {reason}")]
+    AllocFailed {
+        /// The stream.
+        stream: u32,
+        /// The consumer.
+        node: String,
+        /// Its reason.
+        reason: String,
+    },
+    /// A consumer did not answer in time.
+    #[error("node \"{node}\" did not allocate its streams in time")]
+    AllocTimeout {
+        /// The consumer.
+        node: String,
+    },
+    /// A consumer left while allocating.
+    #[error("output node \"{node}\" left")]
+    ConsumerLost {
+        /// The consumer.
+        node: String,
+    },
+    /// The policy refused, for its own reason.
+    #[error("refused by policy: {0}")]
+    Policy(String),
+}
+
+/// Why a running job was aborted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AbortReason {
+    /// An output consumer left.
+    #[error("output node \"{node}\" {}", if *crashed { "crashed" } else { "quit" })]
+    ConsumerLost {
+        /// Its name.
+        node: String,
+        /// Crash (true) or quit.
+        crashed: bool,
+    },
+    /// No producer is left to compute the job.
+    #[error("no producer is left (last one: \"{last}\")")]
+    NoProducers {
+        /// The last producer that left.
+        last: String,
+    },
+    /// Every producer failed to preload.
+    #[error("preload failed on every producer (last: \"{node}\": {reason})")]
+    PreloadFailed {
+        /// The last producer that failed.
+        node: String,
+        /// Its reason.
+        reason: String,
+    },
+    /// One chunk failed too often.
+    #[error("chunk {chunk} failed {attempts} times (last: {reason})")]
+    ChunkFailed {
+        /// The chunk.
+        chunk: u64,
+        /// Attempts made.
+        attempts: u32,
+        /// The last reason.
+        reason: String,
+    },
+    /// A stream's reader died and the spec says abort.
+    #[error("the reader of stream {stream} on \"{node}\" is gone")]
+    ReaderGone {
+        /// The stream.
+        stream: u32,
+        /// The consumer.
+        node: String,
+    },
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEnd {
+    /// Delivered and released by the user.
+    Completed,
+    /// Cancelled by the user.
+    Cancelled,
+    /// Aborted.
+    Aborted(AbortReason),
+}
+
+/// Why stream buffers are released.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseWhy {
+    /// The user is done with them.
+    Done,
+    /// The job was refused while allocating.
+    Refused,
+    /// The user cancelled.
+    Cancelled,
+    /// The job was aborted: readers should see this reason.
+    Aborted(AbortReason),
+}
+
+/// A stream's placement, in [`Reply::Accepted`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamPlacement {
+    /// Stream index.
+    pub stream: u32,
+    /// Its consumer.
+    pub node: NodeId,
+    /// The consumer's name.
+    pub node_name: String,
+    /// Key readers attach with.
+    pub key: u64,
+    /// Stream length in bytes.
+    pub len: u64,
+    /// Ring capacity in bytes.
+    pub ring: u64,
+}
+
+/// A client request that could not be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// No such job (never existed, or ended).
+    #[error("{0} does not exist (or has ended)")]
+    UnknownJob(JobId),
+    /// The request does not fit the job's state.
+    #[error("{job} is {state:?}: {wanted}")]
+    BadState {
+        /// The job.
+        job: JobId,
+        /// Its state.
+        state: JobState,
+        /// What the request needs.
+        wanted: &'static str,
+    },
+}
+
+/// Answers to a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// The job is admitted and its streams allocated.
+    Accepted {
+        /// The job.
+        job: JobId,
+        /// Where each stream is.
+        streams: Vec<StreamPlacement>,
+    },
+    /// The job is refused.
+    Refused(Refusal),
+    /// The request (Ready, Done, Cancel) was taken.
+    Ok(JobId),
+    /// The request could not be served.
+    Error(ClientError),
+}
+
+/// One piece of a task and where to send it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// What to send.
+    pub piece: Piece,
+    /// The consumer.
+    pub node: NodeId,
+    /// How to reach it.
+    pub route: Route,
+}
+
+/// Everything the scheduler asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Answer a client.
+    Reply {
+        /// The client.
+        client: ClientId,
+        /// The answer.
+        reply: Reply,
+    },
+    /// Refuse a joining node (its name is taken); the server should close it.
+    RefuseNode {
+        /// The node.
+        node: NodeId,
+        /// Why.
+        reason: String,
+    },
+    /// Consumer: allocate a stream's ring.
+    AllocStream {
+        /// The consumer.
+        node: NodeId,
+        /// The job.
+        job: JobId,
+        /// The stream.
+        stream: u32,
+        /// Stream length in bytes.
+        len: u64,
+        /// Ring capacity in bytes.
+        ring: u64,
+    },
+    /// Consumer: free these streams' rings (readers see `why`).
+    Release {
+        /// The consumer.
+        node: NodeId,
+        /// The job.
+        job: JobId,
+        /// The streams on this node.
+        streams: Vec<u32>,
+        /// Why.
+        why: ReleaseWhy,
+    },
+    /// Producer: fetch the job's inputs (the plan is [`Scheduler::plan`]).
+    Preload {
+        /// The producer.
+        node: NodeId,
+        /// The job.
+        job: JobId,
+    },
+    /// Producer: compute this chunk, then expel its pieces to their targets; report
+    /// [`Event::TaskDone`] when every piece is acked. Producers should compute their queued
+    /// tasks in ascending chunk order.
+    Compute {
+        /// The producer.
+        node: NodeId,
+        /// The task.
+        task: TaskId,
+        /// The job.
+        job: JobId,
+        /// The chunk (lines and pieces).
+        chunk: Chunk,
+        /// Where each piece goes, in the order of `chunk.pieces`.
+        targets: Vec<Target>,
+    },
+    /// Producer: forget the job (drop its queued tasks and preloaded inputs).
+    Unload {
+        /// The producer.
+        node: NodeId,
+        /// The job.
+        job: JobId,
+    },
+    /// Tell the submitter every byte of the job is delivered.
+    Delivered {
+        /// The submitter.
+        client: ClientId,
+        /// The job.
+        job: JobId,
+    },
+    /// Tell the submitter the job ended.
+    JobEnded {
+        /// The submitter.
+        client: ClientId,
+        /// The job.
+        job: JobId,
+        /// How.
+        end: JobEnd,
+    },
+}
+
+/// A job's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    /// Waiting for consumers to allocate the streams.
+    Allocating,
+    /// Accepted, waiting for Ready.
+    Accepted,
+    /// Computing.
+    Running,
+    /// Every chunk delivered, waiting for Done.
+    Delivered,
+}
+
+/// A snapshot of a job, for status and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobStatus {
+    /// The job.
+    pub id: JobId,
+    /// Its submitter.
+    pub client: ClientId,
+    /// Its state.
+    pub state: JobState,
+    /// Its producers, and whether each has preloaded.
+    pub producers: Vec<(NodeId, bool)>,
+    /// Chunks in total.
+    pub chunks: u64,
+    /// Chunks delivered.
+    pub delivered: u64,
+    /// Tasks assigned now.
+    pub tasks_in_flight: usize,
+    /// Per stream: consumer, key (once allocated), ring, last reported frontier.
+    pub streams: Vec<(NodeId, Option<u64>, u64, u64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Alloc {
+    Pending,
+    Done(u64),
+    Failed,
+}
+
+#[derive(Debug)]
+struct StreamState {
+    node: NodeId,
+    ring: u64,
+    alloc: Alloc,
+    frontier: u64,
+}
+
+#[derive(Debug)]
+struct Job {
+    id: JobId,
+    client: ClientId,
+    plan: JobPlan,
+    layout: Layout,
+    state: JobState,
+    alloc_deadline: Millis,
+    streams: Vec<StreamState>,
+    /// Producers working on the job: preloaded or not.
+    producers: BTreeMap<NodeId, bool>,
+    /// Producers that failed to preload it (not adopted again).
+    preload_failed: BTreeSet<NodeId>,
+    /// Assignable chunks as (rank in part, part): redos, and each part's next fresh chunk.
+    candidates: BTreeSet<(u64, u32)>,
+    next_fresh: Vec<u64>,
+    /// Per part: ranks below are all delivered; and delivered ranks above it.
+    frontier: Vec<u64>,
+    above: Vec<BTreeSet<u64>>,
+    /// Per part: smallest ring among its streams.
+    part_ring: Vec<u64>,
+    delivered: u64,
+    in_flight: usize,
+    attempts: BTreeMap<u64, u32>,
+}
+
+impl Job {
+    fn is_delivered(&self, part: u32, rank: u64) -> bool {
+        let p = part as usize;
+        rank < self.frontier[p] || self.above[p].contains(&rank)
+    }
+
+    /// The first assignable chunk within its ring window, without taking it.
+    fn peek(&self) -> Option<(u64, u32)> {
+        let lb = self.plan.geometry.line_bytes;
+        let cl = self.layout.chunk_lines();
+        self.candidates.iter().copied().find(|&(rank, part)| {
+            let p = part as usize;
+            let start = self.frontier[p] * cl * lb;
+            let end = self.layout.piece_offset(rank) + self.layout.piece_len(part, rank);
+            end.saturating_sub(start) <= self.part_ring[p]
+        })
+    }
+
+    fn take(&mut self, (rank, part): (u64, u32)) {
+        self.candidates.remove(&(rank, part));
+        let p = part as usize;
+        if rank == self.next_fresh[p] {
+            self.next_fresh[p] += 1;
+            if self.next_fresh[p] < self.layout.part_chunks(part) {
+                self.candidates.insert((self.next_fresh[p], part));
+            }
+        }
+    }
+
+    fn requeue(&mut self, part: u32, rank: u64) {
+        if !self.is_delivered(part, rank) {
+            self.candidates.insert((rank, part));
+        }
+    }
+
+    /// Marks a chunk delivered; false if it already was.
+    fn deliver(&mut self, part: u32, rank: u64) -> bool {
+        if self.is_delivered(part, rank) {
+            return false;
+        }
+        let p = part as usize;
+        self.above[p].insert(rank);
+        while self.above[p].remove(&self.frontier[p]) {
+            self.frontier[p] += 1;
+        }
+        self.delivered += 1;
+        true
+    }
+}
+
+#[derive(Debug)]
+struct Node {
+    info: NodeInfo,
+    tasks: BTreeSet<TaskId>,
+}
+
+#[derive(Debug, Clone)]
+struct Task {
+    job: JobId,
+    chunk: u64,
+    node: NodeId,
+}
+
+/// The scheduler's state machine.
+pub struct Scheduler {
+    policy: Box<dyn Policy>,
+    now: Millis,
+    nodes: BTreeMap<NodeId, Node>,
+    jobs: BTreeMap<JobId, Job>,
+    tasks: BTreeMap<TaskId, Task>,
+    next_job: u64,
+    next_task: u64,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("now", &self.now)
+            .field("nodes", &self.nodes)
+            .field("jobs", &self.jobs)
+            .field("tasks", &self.tasks)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Scheduler {
+    /// A scheduler with this policy and no nodes.
+    pub fn new(policy: Box<dyn Policy>) -> Self {
+        Scheduler {
+            policy,
+            now: 0,
+            nodes: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            tasks: BTreeMap::new(),
+            next_job: 1,
+            next_task: 1,
+        }
+    }
+
+    /// Handles one event at time `now` and returns the commands to carry out, in order.
+    pub fn handle(&mut self, now: Millis, event: Event) -> Vec<Command> {
+        self.now = self.now.max(now);
+        let mut out = Vec::new();
+        match event {
+            Event::NodeJoined { node, info } => self.on_join(node, info, &mut out),
+            Event::NodeLeft { node, how } => self.on_leave(node, how, &mut out),
+            Event::Submit { client, spec } => self.on_submit(client, spec, &mut out),
+            Event::Ready { client, job } => self.on_ready(client, job, &mut out),
+            Event::Done { client, job } => self.on_done(client, job, &mut out),
+            Event::Cancel { client, job } => self.on_cancel(client, job, &mut out),
+            Event::StreamAllocated {
+                node,
+                job,
+                stream,
+                key,
+            } => self.on_allocated(node, job, stream, key, &mut out),
+            Event::AllocFailed {
+                node,
+                job,
+                stream,
+                reason,
+            } => self.on_alloc_failed(node, job, stream, reason, &mut out),
+            Event::PreloadDone { node, job } => {
+                if let Some(j) = self.jobs.get_mut(&job) {
+                    if let Some(ready) = j.producers.get_mut(&node) {
+                        *ready = true;
+                    }
+                }
+            }
+            Event::PreloadFailed { node, job, reason } => {
+                self.on_preload_failed(node, job, reason, &mut out)
+            }
+            Event::TaskDone { node, task } => self.on_task_done(node, task, &mut out),
+            Event::TaskFailed { node, task, reason } => {
+                self.on_task_failed(node, task, reason, &mut out)
+            }
+            Event::StreamProgress {
+                node,
+                job,
+                stream,
+                frontier,
+            } => {
+                if let Some(s) = self
+                    .jobs
+                    .get_mut(&job)
+                    .and_then(|j| j.streams.get_mut(stream as usize))
+                    .filter(|s| s.node == node)
+                {
+                    s.frontier = s.frontier.max(frontier);
+                }
+            }
+            Event::ReaderGone { node, job, stream } => {
+                self.on_reader_gone(node, job, stream, &mut out)
+            }
+            Event::Tick => {}
+        }
+        self.check_timeouts(&mut out);
+        self.dispatch(&mut out);
+        out
+    }
+
+    // -- queries ------------------------------------------------------------------------------
+
+    /// The plan of a live job.
+    pub fn plan(&self, job: JobId) -> Option<&JobPlan> {
+        self.jobs.get(&job).map(|j| &j.plan)
+    }
+
+    /// The chunk layout of a live job.
+    pub fn layout(&self, job: JobId) -> Option<&Layout> {
+        self.jobs.get(&job).map(|j| &j.layout)
+    }
+
+    /// A connected node's announcement.
+    pub fn node(&self, node: NodeId) -> Option<&NodeInfo> {
+        self.nodes.get(&node).map(|n| &n.info)
+    }
+
+    /// Connected nodes.
+    pub fn nodes(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// Live jobs.
+    pub fn jobs(&self) -> Vec<JobId> {
+        self.jobs.keys().copied().collect()
+    }
+
+    /// Tasks assigned to a node.
+    pub fn tasks_of(&self, node: NodeId) -> Vec<TaskId> {
+        self.nodes
+            .get(&node)
+            .map(|n| n.tasks.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The job and chunk of an assigned task.
+    pub fn task(&self, task: TaskId) -> Option<(JobId, u64, NodeId)> {
+        self.tasks.get(&task).map(|t| (t.job, t.chunk, t.node))
+    }
+
+    /// A snapshot of a live job.
+    pub fn job(&self, job: JobId) -> Option<JobStatus> {
+        let j = self.jobs.get(&job)?;
+        Some(JobStatus {
+            id: j.id,
+            client: j.client,
+            state: j.state,
+            producers: j.producers.iter().map(|(n, r)| (*n, *r)).collect(),
+            chunks: j.layout.chunk_count(),
+            delivered: j.delivered,
+            tasks_in_flight: j.in_flight,
+            streams: j
+                .streams
+                .iter()
+                .map(|s| {
+                    let key = match s.alloc {
+                        Alloc::Done(k) => Some(k),
+                        _ => None,
+                    };
+                    (s.node, key, s.ring, s.frontier)
+                })
+                .collect(),
+        })
+    }
+
+    /// Checks the internal bookkeeping (for tests): every task is on a live producer and
+    /// counted once, every running job has a live producer, counters agree.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut per_job: BTreeMap<JobId, usize> = BTreeMap::new();
+        for (id, t) in &self.tasks {
+            let n = self
+                .nodes
+                .get(&t.node)
+                .ok_or_else(|| format!("task {id:?} is on dead node {:?}", t.node))?;
+            if !n.tasks.contains(id) {
+                return Err(format!("task {id:?} missing from its node's set"));
+            }
+            let j = self
+                .jobs
+                .get(&t.job)
+                .ok_or_else(|| format!("task {id:?} of ended job {:?}", t.job))?;
+            if j.state != JobState::Running {
+                return Err(format!("task {id:?} of {} in state {:?}", t.job, j.state));
+            }
+            if j.producers.get(&t.node) != Some(&true) {
+                return Err(format!("task {id:?} on a producer not ready for {}", t.job));
+            }
+            *per_job.entry(t.job).or_default() += 1;
+        }
+        let node_tasks: usize = self.nodes.values().map(|n| n.tasks.len()).sum();
+        if node_tasks != self.tasks.len() {
+            return Err("node task sets disagree with the task table".into());
+        }
+        for j in self.jobs.values() {
+            if j.in_flight != per_job.get(&j.id).copied().unwrap_or(0) {
+                return Err(format!("{} in_flight counter is off", j.id));
+            }
+            for n in j.producers.keys() {
+                if !self.nodes.contains_key(n) {
+                    return Err(format!("{} has dead producer {n:?}", j.id));
+                }
+            }
+            if j.state == JobState::Running && j.producers.is_empty() {
+                return Err(format!("{} runs with no producer", j.id));
+            }
+            for (i, s) in j.streams.iter().enumerate() {
+                if !self.nodes.contains_key(&s.node) {
+                    return Err(format!("{} stream {i} is on dead node {:?}", j.id, s.node));
+                }
+            }
+            // Each chunk assigned at most once.
+            let mut seen = BTreeSet::new();
+            for t in self.tasks.values().filter(|t| t.job == j.id) {
+                if !seen.insert(t.chunk) {
+                    return Err(format!("{} chunk {} assigned twice", j.id, t.chunk));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // -- views --------------------------------------------------------------------------------
+
+    fn ring_used(&self, node: NodeId) -> u64 {
+        self.jobs
+            .values()
+            .flat_map(|j| j.streams.iter())
+            .filter(|s| s.node == node && s.alloc != Alloc::Failed)
+            .map(|s| s.ring)
+            .sum()
+    }
+
+    fn view(&self, id: NodeId) -> Option<NodeView<'_>> {
+        let n = self.nodes.get(&id)?;
+        Some(NodeView {
+            id,
+            info: &n.info,
+            tasks: n.tasks.len(),
+            ring_bytes_used: self.ring_used(id),
+        })
+    }
+
+    fn producer_views(&self) -> Vec<NodeView<'_>> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.info.roles.producer)
+            .filter_map(|(id, _)| self.view(*id))
+            .collect()
+    }
+
+    fn job_view<'a>(&'a self, j: &'a Job) -> JobView<'a> {
+        let mut hosts: Vec<&str> = j
+            .streams
+            .iter()
+            .filter_map(|s| self.nodes.get(&s.node))
+            .map(|n| n.info.host.as_str())
+            .collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        JobView {
+            id: j.id,
+            plan: &j.plan,
+            layout: &j.layout,
+            consumer_hosts: hosts,
+            tasks_in_flight: j.in_flight,
+        }
+    }
+
+    fn name(&self, node: NodeId) -> String {
+        self.nodes
+            .get(&node)
+            .map_or_else(|| format!("node {}", node.0), |n| n.info.name.clone())
+    }
+
+    fn bad_state(client: ClientId, j: &Job, wanted: &'static str, out: &mut Vec<Command>) {
+        out.push(Command::Reply {
+            client,
+            reply: Reply::Error(ClientError::BadState {
+                job: j.id,
+                state: j.state,
+                wanted,
+            }),
+        });
+    }
+
+    // -- nodes --------------------------------------------------------------------------------
+
+    fn on_join(&mut self, node: NodeId, info: NodeInfo, out: &mut Vec<Command>) {
+        if self.nodes.contains_key(&node) || self.nodes.values().any(|n| n.info.name == info.name) {
+            out.push(Command::RefuseNode {
+                node,
+                reason: format!(
+                    "a node named \"{}\" is already connected: give each daemon a unique name",
+                    info.name
+                ),
+            });
+            return;
+        }
+        let producer = info.roles.producer;
+        self.nodes.insert(
+            node,
+            Node {
+                info,
+                tasks: BTreeSet::new(),
+            },
+        );
+        if !producer {
+            return;
+        }
+        // Adopt into running jobs.
+        let Some(pv) = self.view(node) else { return };
+        let adopt: Vec<JobId> = self
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Running && !j.preload_failed.contains(&node))
+            .filter(|j| self.policy.adopt(&self.job_view(j), &pv))
+            .map(|j| j.id)
+            .collect();
+        for id in adopt {
+            if let Some(j) = self.jobs.get_mut(&id) {
+                j.producers.insert(node, false);
+                out.push(Command::Preload { node, job: id });
+            }
+        }
+    }
+
+    fn on_leave(&mut self, node: NodeId, how: Leave, out: &mut Vec<Command>) {
+        let Some(info) = self.nodes.get(&node).map(|n| n.info.clone()) else {
+            return;
+        };
+        // Consumer side: every job with a stream there ends.
+        let hit: Vec<JobId> = self
+            .jobs
+            .values()
+            .filter(|j| j.streams.iter().any(|s| s.node == node))
+            .map(|j| j.id)
+            .collect();
+        // The node must be gone before we release the others' streams.
+        let tasks = self
+            .nodes
+            .remove(&node)
+            .map(|n| n.tasks)
+            .unwrap_or_default();
+        for id in hit {
+            let state = self.jobs.get(&id).map(|j| j.state);
+            if state == Some(JobState::Allocating) {
+                self.refuse_job(
+                    id,
+                    Refusal::ConsumerLost {
+                        node: info.name.clone(),
+                    },
+                    out,
+                );
+            } else {
+                self.end_job(
+                    id,
+                    JobEnd::Aborted(AbortReason::ConsumerLost {
+                        node: info.name.clone(),
+                        crashed: how == Leave::Crash,
+                    }),
+                    out,
+                );
+            }
+        }
+        // Producer side: requeue its tasks, drop it from jobs.
+        for t in tasks {
+            if let Some(task) = self.tasks.remove(&t) {
+                if let Some(j) = self.jobs.get_mut(&task.job) {
+                    j.in_flight -= 1;
+                    if let Some((part, rank)) = j.layout.locate(task.chunk) {
+                        j.requeue(part, rank);
+                    }
+                }
+            }
+        }
+        let orphaned: Vec<JobId> = self
+            .jobs
+            .values_mut()
+            .filter_map(|j| {
+                let was = j.producers.remove(&node).is_some();
+                (was && j.state == JobState::Running && j.producers.is_empty()).then_some(j.id)
+            })
+            .collect();
+        for id in orphaned {
+            self.end_job(
+                id,
+                JobEnd::Aborted(AbortReason::NoProducers {
+                    last: info.name.clone(),
+                }),
+                out,
+            );
+        }
+    }
+
+    // -- jobs ---------------------------------------------------------------------------------
+
+    fn on_submit(&mut self, client: ClientId, spec: Submission, out: &mut Vec<Command>) {
+        let refuse = |out: &mut Vec<Command>, r: Refusal| {
+            out.push(Command::Reply {
+                client,
+                reply: Reply::Refused(r),
+            })
+        };
+        let plan = match spec {
+            Submission::Plan(p) => *p,
+            Submission::Toml(text) => match JobPlan::parse(&text) {
+                Ok(p) => p,
+                Err(e) => return refuse(out, Refusal::InvalidSpec(e)),
+            },
+        };
+        // Every output node present, as a consumer.
+        let mut consumers = Vec::with_capacity(plan.streams.len());
+        for s in &plan.streams {
+            let found = self.nodes.iter().find(|(_, n)| n.info.name == s.node);
+            match found {
+                None => {
+                    return refuse(
+                        out,
+                        Refusal::MissingOutputNode {
+                            stream: s.index,
+                            node: s.node.clone(),
+                        },
+                    );
+                }
+                Some((_, n)) if !n.info.roles.consumer => {
+                    return refuse(
+                        out,
+                        Refusal::NotAConsumer {
+                            stream: s.index,
+                            node: s.node.clone(),
+                        },
+                    );
+                }
+                Some((id, _)) => consumers.push(*id),
+            }
+        }
+        let placement = {
+            let producers = self.producer_views();
+            let cviews: Vec<NodeView<'_>> =
+                consumers.iter().filter_map(|c| self.view(*c)).collect();
+            self.policy.admit(&plan, &producers, &cviews)
+        };
+        let placement = match placement {
+            Ok(p) => p,
+            Err(r) => return refuse(out, r),
+        };
+        let id = JobId(self.next_job);
+        self.next_job += 1;
+        let layout = plan.layout(placement.chunk_lines);
+        let parts = layout.parts();
+        let streams: Vec<StreamState> = consumers
+            .iter()
+            .zip(&placement.rings)
+            .map(|(node, ring)| StreamState {
+                node: *node,
+                ring: *ring,
+                alloc: Alloc::Pending,
+                frontier: 0,
+            })
+            .collect();
+        let part_ring = (0..parts)
+            .map(|p| {
+                (0..plan.geometry.channels)
+                    .map(|c| streams[(c * parts + p) as usize].ring)
+                    .min()
+                    .unwrap_or(0)
+            })
+            .collect();
+        for (i, s) in streams.iter().enumerate() {
+            out.push(Command::AllocStream {
+                node: s.node,
+                job: id,
+                stream: i as u32,
+                len: plan.streams[i].len,
+                ring: s.ring,
+            });
+        }
+        let candidates = (0..parts)
+            .filter(|&p| layout.part_chunks(p) > 0)
+            .map(|p| (0, p))
+            .collect();
+        let job = Job {
+            id,
+            client,
+            layout,
+            state: JobState::Allocating,
+            alloc_deadline: self.now.saturating_add(self.policy.alloc_timeout_ms()),
+            streams,
+            producers: BTreeMap::new(),
+            preload_failed: BTreeSet::new(),
+            candidates,
+            next_fresh: vec![0; parts as usize],
+            frontier: vec![0; parts as usize],
+            above: vec![BTreeSet::new(); parts as usize],
+            part_ring,
+            delivered: 0,
+            in_flight: 0,
+            attempts: BTreeMap::new(),
+            plan,
+        };
+        self.jobs.insert(id, job);
+    }
+
+    fn on_allocated(
+        &mut self,
+        node: NodeId,
+        job: JobId,
+        stream: u32,
+        key: u64,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        if j.state != JobState::Allocating {
+            return;
+        }
+        let Some(s) = j
+            .streams
+            .get_mut(stream as usize)
+            .filter(|s| s.node == node)
+        else {
+            return;
+        };
+        if s.alloc != Alloc::Pending {
+            return;
+        }
+        s.alloc = Alloc::Done(key);
+        if j.streams.iter().all(|s| matches!(s.alloc, Alloc::Done(_))) {
+            j.state = JobState::Accepted;
+            let streams = j
+                .streams
+                .iter()
+                .enumerate()
+                .map(|(i, s)| StreamPlacement {
+                    stream: i as u32,
+                    node: s.node,
+                    node_name: String::new(),
+                    key: match s.alloc {
+                        Alloc::Done(k) => k,
+                        _ => 0,
+                    },
+                    len: j.plan.streams[i].len,
+                    ring: s.ring,
+                })
+                .collect::<Vec<_>>();
+            let client = j.client;
+            let streams = streams
+                .into_iter()
+                .map(|mut p| {
+                    p.node_name = self.name(p.node);
+                    p
+                })
+                .collect();
+            out.push(Command::Reply {
+                client,
+                reply: Reply::Accepted { job, streams },
+            });
+        }
+    }
+
+    fn on_alloc_failed(
+        &mut self,
+        node: NodeId,
+        job: JobId,
+        stream: u32,
+        reason: String,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        if j.state != JobState::Allocating {
+            return;
+        }
+        let Some(s) = j
+            .streams
+            .get_mut(stream as usize)
+            .filter(|s| s.node == node)
+        else {
+            return;
+        };
+        s.alloc = Alloc::Failed;
+        let refusal = Refusal::AllocFailed {
+            stream,
+            node: self.name(node),
+            reason,
+        };
+        self.refuse_job(job, refusal, out);
+    }
+
+    fn on_ready(&mut self, client: ClientId, job: JobId, out: &mut Vec<Command>) {
+        let Some(j) = self.jobs.get(&job) else {
+            out.push(Command::Reply {
+                client,
+                reply: Reply::Error(ClientError::UnknownJob(job)),
+            });
+            return;
+        };
+        if j.state != JobState::Accepted {
+            Self::bad_state(client, j, "Ready is for an accepted job", out);
+            return;
+        }
+        out.push(Command::Reply {
+            client,
+            reply: Reply::Ok(job),
+        });
+        let chosen = {
+            let producers: Vec<NodeView<'_>> = self
+                .producer_views()
+                .into_iter()
+                .filter(|p| !j.preload_failed.contains(&p.id))
+                .collect();
+            self.policy.producers_for(&self.job_view(j), &producers)
+        };
+        let chosen: Vec<NodeId> = chosen
+            .into_iter()
+            .filter(|n| self.nodes.get(n).is_some_and(|n| n.info.roles.producer))
+            .collect();
+        if chosen.is_empty() {
+            self.end_job(
+                job,
+                JobEnd::Aborted(AbortReason::NoProducers {
+                    last: String::new(),
+                }),
+                out,
+            );
+            return;
+        }
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.state = JobState::Running;
+            for n in chosen {
+                j.producers.insert(n, false);
+                out.push(Command::Preload { node: n, job });
+            }
+        }
+    }
+
+    fn on_done(&mut self, client: ClientId, job: JobId, out: &mut Vec<Command>) {
+        let Some(j) = self.jobs.get(&job) else {
+            out.push(Command::Reply {
+                client,
+                reply: Reply::Error(ClientError::UnknownJob(job)),
+            });
+            return;
+        };
+        if j.state != JobState::Delivered {
+            Self::bad_state(
+                client,
+                j,
+                "Done is for a delivered job; use Cancel to stop it early",
+                out,
+            );
+            return;
+        }
+        out.push(Command::Reply {
+            client,
+            reply: Reply::Ok(job),
+        });
+        self.end_job(job, JobEnd::Completed, out);
+    }
+
+    fn on_cancel(&mut self, client: ClientId, job: JobId, out: &mut Vec<Command>) {
+        if !self.jobs.contains_key(&job) {
+            out.push(Command::Reply {
+                client,
+                reply: Reply::Error(ClientError::UnknownJob(job)),
+            });
+            return;
+        }
+        out.push(Command::Reply {
+            client,
+            reply: Reply::Ok(job),
+        });
+        self.end_job(job, JobEnd::Cancelled, out);
+    }
+
+    fn on_preload_failed(
+        &mut self,
+        node: NodeId,
+        job: JobId,
+        reason: String,
+        out: &mut Vec<Command>,
+    ) {
+        let name = self.name(node);
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        // Only a producer still preloading can fail to preload.
+        if j.producers.get(&node) != Some(&false) {
+            return;
+        }
+        j.producers.remove(&node);
+        j.preload_failed.insert(node);
+        out.push(Command::Unload { node, job });
+        if j.state == JobState::Running && j.producers.is_empty() {
+            self.end_job(
+                job,
+                JobEnd::Aborted(AbortReason::PreloadFailed { node: name, reason }),
+                out,
+            );
+        }
+    }
+
+    fn on_task_done(&mut self, node: NodeId, task: TaskId, out: &mut Vec<Command>) {
+        let Some(t) = self.take_task(node, task) else {
+            return;
+        };
+        let Some(j) = self.jobs.get_mut(&t.job) else {
+            return;
+        };
+        if let Some((part, rank)) = j.layout.locate(t.chunk) {
+            j.deliver(part, rank);
+        }
+        if j.delivered == j.layout.chunk_count() && j.state == JobState::Running {
+            j.state = JobState::Delivered;
+            let producers = std::mem::take(&mut j.producers);
+            for p in producers.keys() {
+                out.push(Command::Unload {
+                    node: *p,
+                    job: t.job,
+                });
+            }
+            out.push(Command::Delivered {
+                client: j.client,
+                job: t.job,
+            });
+        }
+    }
+
+    fn on_task_failed(
+        &mut self,
+        node: NodeId,
+        task: TaskId,
+        reason: String,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(t) = self.take_task(node, task) else {
+            return;
+        };
+        let max = self.policy.max_attempts();
+        let Some(j) = self.jobs.get_mut(&t.job) else {
+            return;
+        };
+        let attempts = j.attempts.entry(t.chunk).or_insert(0);
+        *attempts += 1;
+        let attempts = *attempts;
+        if attempts >= max {
+            self.end_job(
+                t.job,
+                JobEnd::Aborted(AbortReason::ChunkFailed {
+                    chunk: t.chunk,
+                    attempts,
+                    reason,
+                }),
+                out,
+            );
+        } else if let Some((part, rank)) = j.layout.locate(t.chunk) {
+            j.requeue(part, rank);
+        }
+    }
+
+    fn on_reader_gone(&mut self, node: NodeId, job: JobId, stream: u32, out: &mut Vec<Command>) {
+        let Some(j) = self.jobs.get(&job) else {
+            return;
+        };
+        if j.streams
+            .get(stream as usize)
+            .is_none_or(|s| s.node != node)
+        {
+            return;
+        }
+        if j.plan.on_reader_death == ReaderDeath::Abort {
+            let name = self.name(node);
+            self.end_job(
+                job,
+                JobEnd::Aborted(AbortReason::ReaderGone { stream, node: name }),
+                out,
+            );
+        }
+    }
+
+    /// Removes an assigned task reported by its own node.
+    fn take_task(&mut self, node: NodeId, task: TaskId) -> Option<Task> {
+        if self.tasks.get(&task)?.node != node {
+            return None;
+        }
+        let t = self.tasks.remove(&task)?;
+        if let Some(n) = self.nodes.get_mut(&node) {
+            n.tasks.remove(&task);
+        }
+        if let Some(j) = self.jobs.get_mut(&t.job) {
+            j.in_flight -= 1;
+        }
+        Some(t)
+    }
+
+    fn check_timeouts(&mut self, out: &mut Vec<Command>) {
+        let late: Vec<(JobId, NodeId)> = self
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Allocating && self.now >= j.alloc_deadline)
+            .filter_map(|j| {
+                j.streams
+                    .iter()
+                    .find(|s| s.alloc == Alloc::Pending)
+                    .map(|s| (j.id, s.node))
+            })
+            .collect();
+        for (id, node) in late {
+            let node = self.name(node);
+            self.refuse_job(id, Refusal::AllocTimeout { node }, out);
+        }
+    }
+
+    /// Refuses a job that is still allocating: releases what was asked for.
+    fn refuse_job(&mut self, id: JobId, refusal: Refusal, out: &mut Vec<Command>) {
+        let Some(j) = self.jobs.remove(&id) else {
+            return;
+        };
+        self.release(&j, ReleaseWhy::Refused, out);
+        out.push(Command::Reply {
+            client: j.client,
+            reply: Reply::Refused(refusal),
+        });
+    }
+
+    fn release(&self, j: &Job, why: ReleaseWhy, out: &mut Vec<Command>) {
+        let mut per_node: BTreeMap<NodeId, Vec<u32>> = BTreeMap::new();
+        for (i, s) in j.streams.iter().enumerate() {
+            if s.alloc != Alloc::Failed && self.nodes.contains_key(&s.node) {
+                per_node.entry(s.node).or_default().push(i as u32);
+            }
+        }
+        for (node, streams) in per_node {
+            out.push(Command::Release {
+                node,
+                job: j.id,
+                streams,
+                why: why.clone(),
+            });
+        }
+    }
+
+    /// Ends a job: releases its streams, unloads its producers, tells the submitter.
+    fn end_job(&mut self, id: JobId, end: JobEnd, out: &mut Vec<Command>) {
+        let Some(j) = self.jobs.remove(&id) else {
+            return;
+        };
+        if j.state == JobState::Allocating {
+            let why = match &end {
+                JobEnd::Aborted(r) => ReleaseWhy::Aborted(r.clone()),
+                _ => ReleaseWhy::Cancelled,
+            };
+            self.release(&j, why, out);
+            out.push(Command::JobEnded {
+                client: j.client,
+                job: id,
+                end,
+            });
+            return;
+        }
+        let task_ids: Vec<TaskId> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.job == id)
+            .map(|(k, _)| *k)
+            .collect();
+        for t in task_ids {
+            if let Some(task) = self.tasks.remove(&t) {
+                if let Some(n) = self.nodes.get_mut(&task.node) {
+                    n.tasks.remove(&t);
+                }
+            }
+        }
+        for p in j.producers.keys() {
+            if self.nodes.contains_key(p) {
+                out.push(Command::Unload { node: *p, job: id });
+            }
+        }
+        let why = match &end {
+            JobEnd::Completed => ReleaseWhy::Done,
+            JobEnd::Cancelled => ReleaseWhy::Cancelled,
+            JobEnd::Aborted(r) => ReleaseWhy::Aborted(r.clone()),
+        };
+        self.release(&j, why, out);
+        out.push(Command::JobEnded {
+            client: j.client,
+            job: id,
+            end,
+        });
+    }
+
+    // -- dispatch -----------------------------------------------------------------------------
+
+    /// Hands out tasks: round after round, each producer below its depth takes one chunk from
+    /// the job it ranks best, until no producer can take more.
+    fn dispatch(&mut self, out: &mut Vec<Command>) {
+        if !self.jobs.values().any(|j| j.state == JobState::Running) {
+            return;
+        }
+        let producers: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.info.roles.producer)
+            .map(|(id, _)| *id)
+            .collect();
+        loop {
+            let mut progress = false;
+            for &p in &producers {
+                let Some(pick) = self.pick_for(p) else {
+                    continue;
+                };
+                self.assign(p, pick.0, pick.1, out);
+                progress = true;
+            }
+            if !progress {
+                break;
+            }
+        }
+    }
+
+    fn pick_for(&self, p: NodeId) -> Option<(JobId, (u64, u32))> {
+        let view = self.view(p)?;
+        if view.tasks >= self.policy.tasks_in_flight(&view).max(2) {
+            return None;
+        }
+        self.jobs
+            .values()
+            .filter(|j| j.state == JobState::Running && j.producers.get(&p) == Some(&true))
+            .filter_map(|j| j.peek().map(|c| (j, c)))
+            .min_by_key(|(j, _)| (self.policy.job_rank(&view, &self.job_view(j)), j.id))
+            .map(|(j, c)| (j.id, c))
+    }
+
+    fn assign(&mut self, p: NodeId, job: JobId, (rank, part): (u64, u32), out: &mut Vec<Command>) {
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        j.take((rank, part));
+        j.in_flight += 1;
+        let Some(index) = j.layout.index(part, rank) else {
+            return;
+        };
+        let Some(chunk) = j.layout.chunk(index) else {
+            return;
+        };
+        let task = TaskId(self.next_task);
+        self.next_task += 1;
+        self.tasks.insert(
+            task,
+            Task {
+                job,
+                chunk: index,
+                node: p,
+            },
+        );
+        if let Some(n) = self.nodes.get_mut(&p) {
+            n.tasks.insert(task);
+        }
+        let (Some(j), Some(pv)) = (self.jobs.get(&job), self.view(p)) else {
+            return;
+        };
+        let targets = chunk
+            .pieces
+            .iter()
+            .map(|piece| {
+                let node = j.streams[piece.stream as usize].node;
+                let route = self
+                    .view(node)
+                    .map_or(Route::Remote(None), |cv| self.policy.route(&pv, &cv));
+                Target {
+                    piece: *piece,
+                    node,
+                    route,
+                }
+            })
+            .collect();
+        out.push(Command::Compute {
+            node: p,
+            task,
+            job,
+            chunk,
+            targets,
+        });
+    }
+}

@@ -164,6 +164,29 @@ impl Segment {
         }
     }
 
+    /// Create a small plain-shmem segment (4 KiB pages, no THP probe), e.g. a control block.
+    pub fn create_small(name: &str, len: usize) -> Result<Segment, ShmError> {
+        if len == 0 || len > isize::MAX as usize / 4 {
+            return Err(ShmError::BadLength(len));
+        }
+        let cname = CString::new(name).map_err(|_| ShmError::BadName(name.to_string()))?;
+        let len = round_up(len, BASE_PAGE).ok_or(ShmError::BadLength(len))?;
+        // SAFETY: cname is a valid NUL-terminated string; flags are valid memfd flags.
+        let raw = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(sys("memfd_create"));
+        }
+        // SAFETY: raw is a fresh fd we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        ftruncate(&fd, len)?;
+        Ok(Segment {
+            fd,
+            len,
+            backing: Backing::Shmem,
+            fallback_reason: None,
+        })
+    }
+
     fn create_hugetlb(name: &CString, len: usize) -> Result<Segment, ShmError> {
         let len = round_up(len, HUGE_PAGE).ok_or(ShmError::BadLength(len))?;
         // SAFETY: name is a valid NUL-terminated string; flags are valid memfd flags.

@@ -1,0 +1,474 @@
+//! Hand-off of ring segments to local readers: a UNIX socket server (in the writer's process)
+//! serving many streams by key, passing the two memfds with `SCM_RIGHTS` after checking the
+//! peer's credentials (`SO_PEERCRED`: same uid, or an allow list). The connection stays open
+//! for the life of the attachment: EOF tells each side that the other went away.
+//!
+//! Wire format (all integers little-endian):
+//! - request: `b"SPHO"`, version `u8` = 1, key length `u16`, key bytes (UTF-8, ≤ 1024);
+//! - response: `b"SPHO"`, status `u8` (0 ok, 1 unknown key, 2 denied, 3 bad request,
+//!   4 busy), message length `u16`, message; on status 0 the control and data fds ride along.
+
+use crate::ctl;
+use crate::header;
+use crate::live;
+use crate::reader::{AttachError, Reader};
+use crate::shm::{Mapping, Segment, ShmError};
+use crate::writer::{WriteError, Writer};
+use nix::sys::socket::{
+    ControlMessage, ControlMessageOwned, MsgFlags, getsockopt, recvmsg, sendmsg,
+    sockopt::PeerCredentials,
+};
+use std::collections::HashMap;
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+const MAGIC: &[u8; 4] = b"SPHO";
+const VERSION: u8 = 1;
+/// Longest stream key.
+pub const MAX_KEY: usize = 1024;
+const ST_OK: u8 = 0;
+const ST_UNKNOWN: u8 = 1;
+const ST_DENIED: u8 = 2;
+const ST_BAD: u8 = 3;
+const ST_BUSY: u8 = 4;
+
+/// Errors of the hand-off (both sides).
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    /// A socket operation failed.
+    #[error("{op} {path}: {err}")]
+    Io {
+        /// What was done.
+        op: &'static str,
+        /// The socket path.
+        path: String,
+        /// The OS error.
+        err: io::Error,
+    },
+    /// Another live server owns the path.
+    #[error("{0}: another hand-off server is listening there (stop it or pick another path)")]
+    InUse(String),
+    /// The path exists and is not a socket (never removed).
+    #[error("{0}: exists and is not a socket; refusing to replace it")]
+    NotASocket(String),
+    /// The server refused our credentials.
+    #[error("hand-off refused: {0}")]
+    Denied(String),
+    /// No stream is published under the key.
+    #[error("no stream with key {0:?} is published here")]
+    UnknownKey(String),
+    /// The stream is busy (already has a reader).
+    #[error("stream busy: {0}")]
+    Busy(String),
+    /// The peer spoke something else.
+    #[error("hand-off protocol error: {0}")]
+    Protocol(String),
+    /// The key is too long or empty.
+    #[error("bad stream key: {0}")]
+    BadKey(String),
+    /// Attaching to the received segments failed.
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    /// Mapping the published ring failed.
+    #[error(transparent)]
+    Shm(#[from] ShmError),
+    /// Getting the writer's fds failed.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+/// Hand-off server configuration.
+#[derive(Clone, Debug, Default)]
+pub struct HandoffConfig {
+    /// Uids allowed besides the server's own.
+    pub allow_uids: Vec<u32>,
+}
+
+struct Published {
+    ctl_fd: OwnedFd,
+    data_fd: OwnedFd,
+    ctl_map: Arc<Mapping>,
+}
+
+struct Conn {
+    sock: UnixStream,
+    key: String,
+    pid: u32,
+    ctl_map: Arc<Mapping>,
+}
+
+struct Shared {
+    streams: Mutex<HashMap<String, Published>>,
+    allow: Vec<u32>,
+    my_uid: u32,
+}
+
+/// A hand-off server: one thread, serving every published stream on one socket path.
+/// Dropping it stops the thread, closes reader connections and unlinks the path.
+pub struct HandoffServer {
+    shared: Arc<Shared>,
+    path: PathBuf,
+    wake: UnixStream,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for HandoffServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandoffServer")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> HandoffError {
+    let path = path.display().to_string();
+    move |err| HandoffError::Io { op, path, err }
+}
+
+impl HandoffServer {
+    /// Bind `path` (replacing a stale socket left by a crash, never another file or a live
+    /// server) and start serving.
+    pub fn bind(path: &Path, cfg: HandoffConfig) -> Result<HandoffServer, HandoffError> {
+        if let Ok(md) = std::fs::symlink_metadata(path) {
+            if !md.file_type().is_socket() {
+                return Err(HandoffError::NotASocket(path.display().to_string()));
+            }
+            match UnixStream::connect(path) {
+                Ok(_) => return Err(HandoffError::InUse(path.display().to_string())),
+                Err(_) => {
+                    std::fs::remove_file(path).map_err(io_err("remove stale socket", path))?
+                }
+            }
+        }
+        let listener = UnixListener::bind(path).map_err(io_err("bind", path))?;
+        let mode = if cfg.allow_uids.is_empty() {
+            0o600
+        } else {
+            0o666
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(io_err("chmod", path))?;
+        let (wake, wake_rx) = UnixStream::pair().map_err(io_err("socketpair", path))?;
+        let shared = Arc::new(Shared {
+            streams: Mutex::new(HashMap::new()),
+            allow: cfg.allow_uids,
+            my_uid: nix::unistd::getuid().as_raw(),
+        });
+        let sh = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("spate-handoff".into())
+            .spawn(move || serve(listener, wake_rx, sh))
+            .map_err(io_err("spawn thread for", path))?;
+        Ok(HandoffServer {
+            shared,
+            path: path.to_path_buf(),
+            wake,
+            thread: Some(thread),
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Publish a ring under `key` (replacing an earlier one with that key).
+    pub fn publish(&self, key: &str, writer: &Writer) -> Result<(), HandoffError> {
+        check_key(key)?;
+        let (ctl_fd, data_fd) = writer.dup_fds()?;
+        let seg = Segment::from_fd(
+            ctl_fd
+                .try_clone()
+                .map_err(|err| ShmError::Sys { op: "dup", err })?,
+        )?;
+        let ctl_map = Arc::new(Mapping::map(&seg, true)?);
+        lock(&self.shared.streams).insert(
+            key.to_string(),
+            Published {
+                ctl_fd,
+                data_fd,
+                ctl_map,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stop serving `key` (readers already attached keep their mappings). Returns whether it
+    /// was published.
+    pub fn unpublish(&self, key: &str) -> bool {
+        lock(&self.shared.streams).remove(key).is_some()
+    }
+
+    /// Keys currently published.
+    pub fn keys(&self) -> Vec<String> {
+        lock(&self.shared.streams).keys().cloned().collect()
+    }
+}
+
+impl Drop for HandoffServer {
+    fn drop(&mut self) {
+        let _ = self.wake.write_all(b"x");
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn check_key(key: &str) -> Result<(), HandoffError> {
+    if key.is_empty() || key.len() > MAX_KEY {
+        return Err(HandoffError::BadKey(format!(
+            "{} bytes; must be 1..={MAX_KEY}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+fn serve(listener: UnixListener, wake: UnixStream, sh: Arc<Shared>) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut conns: Vec<Conn> = Vec::new();
+    loop {
+        let (stop, accept, closed) = {
+            let mut fds = vec![
+                PollFd::new(wake.as_fd(), PollFlags::POLLIN),
+                PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+            ];
+            for c in &conns {
+                fds.push(PollFd::new(c.sock.as_fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+            }
+            let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+            let closed: Vec<usize> = fds[2..]
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| ready(f))
+                .map(|(i, _)| i)
+                .collect();
+            (ready(&fds[0]), ready(&fds[1]), closed)
+        };
+        if stop {
+            return;
+        }
+        // A reader connection became readable: it closed (readers send nothing after the
+        // request). If that reader is still recorded as attached, it died.
+        for &i in closed.iter().rev() {
+            let c = conns.swap_remove(i);
+            let mut b = [0u8; 1];
+            let _ = (&c.sock).read(&mut b);
+            let cb = header::ctl(&c.ctl_map);
+            if cb.reader_pid.load(Ordering::SeqCst) == c.pid
+                && cb
+                    .reader_state
+                    .compare_exchange(
+                        ctl::READER_ATTACHED,
+                        ctl::READER_DEAD,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    )
+                    .is_ok()
+            {
+                cb.set_reader_state(ctl::READER_DEAD);
+            }
+            let _ = &c.key;
+        }
+        // Drop connections of unpublished streams.
+        {
+            let streams = lock(&sh.streams);
+            conns.retain(|c| streams.contains_key(&c.key));
+        }
+        if accept
+            && let Ok((sock, _)) = listener.accept()
+            && let Some(c) = handle(sock, &sh)
+        {
+            conns.push(c);
+        }
+    }
+}
+
+fn respond(sock: &UnixStream, status: u8, msg: &str, fds: &[RawFd]) -> io::Result<()> {
+    let m = msg.as_bytes();
+    let m = &m[..m.len().min(u16::MAX as usize)];
+    let mut buf = Vec::with_capacity(7 + m.len());
+    buf.extend_from_slice(MAGIC);
+    buf.push(status);
+    buf.extend_from_slice(&(m.len() as u16).to_le_bytes());
+    buf.extend_from_slice(m);
+    let iov = [IoSlice::new(&buf)];
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let cm: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsg };
+    sendmsg::<()>(sock.as_raw_fd(), &iov, cm, MsgFlags::MSG_NOSIGNAL, None)
+        .map_err(io::Error::from)?;
+    Ok(())
+}
+
+fn handle(sock: UnixStream, sh: &Shared) -> Option<Conn> {
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = sock.set_write_timeout(Some(Duration::from_secs(2)));
+    let cred = match getsockopt(&sock, PeerCredentials) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = respond(
+                &sock,
+                ST_DENIED,
+                &format!("cannot read peer credentials: {e}"),
+                &[],
+            );
+            return None;
+        }
+    };
+    let uid = cred.uid();
+    if uid != sh.my_uid && !sh.allow.contains(&uid) {
+        let _ = respond(
+            &sock,
+            ST_DENIED,
+            &format!(
+                "uid {uid} is not the server's uid {} nor in its allow list",
+                sh.my_uid
+            ),
+            &[],
+        );
+        return None;
+    }
+    let mut head = [0u8; 7];
+    if (&sock).read_exact(&mut head).is_err() || &head[..4] != MAGIC || head[4] != VERSION {
+        let _ = respond(&sock, ST_BAD, "expected a SPHO v1 request", &[]);
+        return None;
+    }
+    let klen = u16::from_le_bytes([head[5], head[6]]) as usize;
+    if klen == 0 || klen > MAX_KEY {
+        let _ = respond(
+            &sock,
+            ST_BAD,
+            &format!("key length {klen} not in 1..={MAX_KEY}"),
+            &[],
+        );
+        return None;
+    }
+    let mut key = vec![0u8; klen];
+    if (&sock).read_exact(&mut key).is_err() {
+        let _ = respond(&sock, ST_BAD, "truncated key", &[]);
+        return None;
+    }
+    let Ok(key) = String::from_utf8(key) else {
+        let _ = respond(&sock, ST_BAD, "key is not UTF-8", &[]);
+        return None;
+    };
+    let streams = lock(&sh.streams);
+    let Some(p) = streams.get(&key) else {
+        let _ = respond(&sock, ST_UNKNOWN, &key, &[]);
+        return None;
+    };
+    let cb = header::ctl(&p.ctl_map);
+    if cb.reader_state() == ctl::READER_ATTACHED {
+        let rp = cb.reader_pid.load(Ordering::SeqCst);
+        if live::pidfd_open(rp).is_some_and(|fd| !live::pidfd_exited(&fd)) {
+            let _ = respond(
+                &sock,
+                ST_BUSY,
+                &format!("stream {key:?} already has a reader (pid {rp})"),
+                &[],
+            );
+            return None;
+        }
+    }
+    respond(
+        &sock,
+        ST_OK,
+        "",
+        &[p.ctl_fd.as_raw_fd(), p.data_fd.as_raw_fd()],
+    )
+    .ok()?;
+    let _ = sock.set_read_timeout(None);
+    Some(Conn {
+        sock,
+        key,
+        pid: cred.pid() as u32,
+        ctl_map: p.ctl_map.clone(),
+    })
+}
+
+/// Connect to a hand-off server and attach to the stream `key` as its reader. The returned
+/// reader keeps the connection: its EOF means the writer's process is gone.
+pub fn connect(path: &Path, key: &str) -> Result<Reader, HandoffError> {
+    check_key(key)?;
+    let sock = UnixStream::connect(path).map_err(io_err("connect to hand-off socket", path))?;
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io_err("set timeout on", path))?;
+    let mut req = Vec::with_capacity(7 + key.len());
+    req.extend_from_slice(MAGIC);
+    req.push(VERSION);
+    req.extend_from_slice(&(key.len() as u16).to_le_bytes());
+    req.extend_from_slice(key.as_bytes());
+    (&sock)
+        .write_all(&req)
+        .map_err(io_err("send request to", path))?;
+    let mut buf = vec![0u8; 7 + u16::MAX as usize];
+    let mut cspace = nix::cmsg_space!([RawFd; 2]);
+    let (n, fds) = {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cspace),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(|e| HandoffError::Io {
+            op: "receive response from",
+            path: path.display().to_string(),
+            err: e.into(),
+        })?;
+        let mut fds = Vec::new();
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for c in cmsgs {
+                if let ControlMessageOwned::ScmRights(v) = c {
+                    for fd in v {
+                        // SAFETY: the kernel just installed this fd in our table for us.
+                        fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                    }
+                }
+            }
+        }
+        (msg.bytes, fds)
+    };
+    if n < 7 || &buf[..4] != MAGIC {
+        return Err(HandoffError::Protocol(format!(
+            "{}: not a spate hand-off server ({n} byte reply)",
+            path.display()
+        )));
+    }
+    let mlen = u16::from_le_bytes([buf[5], buf[6]]) as usize;
+    let msg = String::from_utf8_lossy(&buf[7..(7 + mlen).min(n)]).into_owned();
+    match buf[4] {
+        ST_OK => {}
+        ST_UNKNOWN => return Err(HandoffError::UnknownKey(key.to_string())),
+        ST_DENIED => return Err(HandoffError::Denied(msg)),
+        ST_BUSY => return Err(HandoffError::Busy(msg)),
+        ST_BAD => return Err(HandoffError::Protocol(format!("server says: {msg}"))),
+        s => return Err(HandoffError::Protocol(format!("unknown status {s}: {msg}"))),
+    }
+    let mut it = fds.into_iter();
+    let (Some(ctl_fd), Some(data_fd), None) = (it.next(), it.next(), it.next()) else {
+        return Err(HandoffError::Protocol(
+            "expected exactly 2 fds with the reply".into(),
+        ));
+    };
+    sock.set_read_timeout(None)
+        .map_err(io_err("clear timeout on", path))?;
+    Ok(Reader::attach_with_link(ctl_fd, data_fd, Some(sock))?)
+}

@@ -807,6 +807,14 @@ impl Scheduler {
         self.tasks.get(&task).map(|t| (t.job, t.chunk, t.node))
     }
 
+    /// Whether a running job has a chunk a free producer could take now (unassigned,
+    /// undelivered, within its streams' ring window).
+    pub fn has_assignable(&self, job: JobId) -> bool {
+        self.jobs
+            .get(&job)
+            .is_some_and(|j| j.state == JobState::Running && j.peek().is_some())
+    }
+
     /// A snapshot of a live job.
     pub fn job(&self, job: JobId) -> Option<JobStatus> {
         let j = self.jobs.get(&job)?;

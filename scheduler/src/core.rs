@@ -729,10 +729,10 @@ impl Scheduler {
                 reason,
             } => self.on_alloc_failed(node, job, stream, reason, &mut out),
             Event::PreloadDone { node, job } => {
-                if let Some(j) = self.jobs.get_mut(&job) {
-                    if let Some(ready) = j.producers.get_mut(&node) {
-                        *ready = true;
-                    }
+                if let Some(j) = self.jobs.get_mut(&job)
+                    && let Some(ready) = j.producers.get_mut(&node)
+                {
+                    *ready = true;
                 }
             }
             Event::PreloadFailed { node, job, reason } => {
@@ -1041,12 +1041,12 @@ impl Scheduler {
         }
         // Producer side: requeue its tasks, drop it from jobs.
         for t in tasks {
-            if let Some(task) = self.tasks.remove(&t) {
-                if let Some(j) = self.jobs.get_mut(&task.job) {
-                    j.in_flight -= 1;
-                    if let Some((part, rank)) = j.layout.locate(task.chunk) {
-                        j.requeue(part, rank);
-                    }
+            if let Some(task) = self.tasks.remove(&t)
+                && let Some(j) = self.jobs.get_mut(&task.job)
+            {
+                j.in_flight -= 1;
+                if let Some((part, rank)) = j.layout.locate(task.chunk) {
+                    j.requeue(part, rank);
                 }
             }
         }
@@ -1544,10 +1544,10 @@ impl Scheduler {
             .map(|(k, _)| *k)
             .collect();
         for t in task_ids {
-            if let Some(task) = self.tasks.remove(&t) {
-                if let Some(n) = self.nodes.get_mut(&task.node) {
-                    n.tasks.remove(&t);
-                }
+            if let Some(task) = self.tasks.remove(&t)
+                && let Some(n) = self.nodes.get_mut(&task.node)
+            {
+                n.tasks.remove(&t);
             }
         }
         for p in j.producers.keys() {

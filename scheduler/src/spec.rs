@@ -499,29 +499,29 @@ fn syntax_error(text: &str, path: &str, e: &toml::de::Error) -> SpecError {
     } else {
         path
     };
-    if let Some(rest) = msg.strip_prefix("unknown field `") {
-        if let Some((name, tail)) = rest.split_once('`') {
-            let known = tail
-                .trim_start_matches(", expected ")
-                .trim_start_matches("one of ")
-                .replace('`', "");
-            // serde_path_to_error stops at the table holding the unknown key.
-            // Depending on where the parser noticed, the key may already be in the path.
-            let full = if field == "(spec)" || field == name {
-                name.to_string()
-            } else if field.ends_with(&format!(".{name}")) {
-                field.to_string()
-            } else {
-                format!("{field}.{name}")
-            };
-            return SpecError::new(
-                full,
-                SpecErrorKind::UnknownField {
-                    name: name.to_string(),
-                    known,
-                },
-            );
-        }
+    if let Some(rest) = msg.strip_prefix("unknown field `")
+        && let Some((name, tail)) = rest.split_once('`')
+    {
+        let known = tail
+            .trim_start_matches(", expected ")
+            .trim_start_matches("one of ")
+            .replace('`', "");
+        // serde_path_to_error stops at the table holding the unknown key.
+        // Depending on where the parser noticed, the key may already be in the path.
+        let full = if field == "(spec)" || field == name {
+            name.to_string()
+        } else if field.ends_with(&format!(".{name}")) {
+            field.to_string()
+        } else {
+            format!("{field}.{name}")
+        };
+        return SpecError::new(
+            full,
+            SpecErrorKind::UnknownField {
+                name: name.to_string(),
+                known,
+            },
+        );
     }
     if let Some(rest) = msg.strip_prefix("missing field `") {
         let name = rest.split('`').next().unwrap_or_default();
@@ -1001,14 +1001,12 @@ fn geometry(raw: &RawSpec, kernel: Kernel) -> Result<Geometry, SpecError> {
             "give the geometry one way: size, lines + line_bytes, width + height, or sheet + dpi",
         ));
     }
-    if !pixel_form {
-        if let Some(b) = raw.bits {
-            return Err(SpecError::invalid(
-                "bits",
-                b,
-                "bits only go with width + height or sheet + dpi",
-            ));
-        }
+    if !pixel_form && let Some(b) = raw.bits {
+        return Err(SpecError::invalid(
+            "bits",
+            b,
+            "bits only go with width + height or sheet + dpi",
+        ));
     }
     if pixel_form {
         if raw.line_bytes.is_some() {

@@ -615,8 +615,8 @@ fn check_input(field: &str, s: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// Parses "10x10in", "210x297mm", "8.5x11in" into (across, along) in units of 1/(254*10^k)
-/// inch... returned as a function from dpi to pixels.
+/// Pixels (across, along) of a sheet like "10x10in", "210x297mm" or "8.5x11in" at `dpi`,
+/// rounded to the nearest pixel.
 fn sheet_pixels(sheet: &str, dpi: (u32, u32)) -> Result<(u64, u64), SpecError> {
     let bad = |why: &str| SpecError::invalid("sheet", sheet, why.to_string());
     let s = sheet.trim();
@@ -635,7 +635,6 @@ fn sheet_pixels(sheet: &str, dpi: (u32, u32)) -> Result<(u64, u64), SpecError> {
         .split_once(['x', 'X'])
         .ok_or_else(|| bad("write <width>x<height><unit>, e.g. \"10x10in\""))?;
     let px = |len: &str, dpi: u32| -> Result<u64, SpecError> {
-        // Reuse the size parser for the decimal (unit "B" = 8 bits: times 8 / 8).
         let len = len.trim();
         let (m, scale) =
             decimal(len).ok_or_else(|| bad("the sheet sides must be plain decimals"))?;

@@ -13,6 +13,12 @@
 //! complete frame stay in the caller's input slice. Every error is terminal: the decoder keeps
 //! refusing with the same error until [`FrameDecoder::reset`] (which forgets all buffered bytes);
 //! the connection should be closed.
+//!
+//! Memory: the payload buffer grows with the bytes actually received, never past the announced
+//! length, which is checked against `max_frame` as soon as the header is complete. Decoding a
+//! payload with postcard may pre-allocate sequences from their declared lengths, but postcard
+//! ignores a declared length larger than the bytes left and serde caps any pre-allocation at
+//! 1 MiB; [`crate::proto::Value`] trees are depth-limited and rebuilt without recursion.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::auth::{AuthError, Handshake, HandshakeState, Peer, Role, Secret};
-use crate::frame::{DEFAULT_MAX_FRAME, Encoder, FrameDecoder, FrameError};
+use crate::frame::{DEFAULT_MAX_FRAME, Encoder, FrameDecoder, FrameError, FrameKind};
 use crate::proto::Message;
 
 /// Size of the receive buffer.
@@ -79,6 +79,24 @@ impl SetReadTimeout for UnixStream {
 impl SetReadTimeout for TcpStream {
     fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         TcpStream::set_read_timeout(self, timeout)
+    }
+}
+
+/// Streams that can be duplicated (for [`MsgConn::split`]).
+pub trait TryCloneStream: Sized {
+    /// Another handle to the same socket.
+    fn try_clone_stream(&self) -> io::Result<Self>;
+}
+
+impl TryCloneStream for UnixStream {
+    fn try_clone_stream(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+}
+
+impl TryCloneStream for TcpStream {
+    fn try_clone_stream(&self) -> io::Result<Self> {
+        self.try_clone()
     }
 }
 
@@ -250,18 +268,7 @@ impl<S: Read + Write> MsgConn<S> {
 
     /// Send one message.
     pub fn send(&mut self, msg: &Message) -> Result<(), MsgError> {
-        self.wbuf.clear();
-        self.encoder
-            .encode_into(crate::frame::FrameKind::Message, msg, &mut self.wbuf)?;
-        let result = self
-            .stream
-            .write_all(&self.wbuf)
-            .and_then(|()| self.stream.flush())
-            .map_err(MsgError::from_io);
-        if self.wbuf.capacity() > 4 * READ_BUF {
-            self.wbuf = Vec::new();
-        }
-        result
+        send_frame(&mut self.stream, &self.encoder, &mut self.wbuf, msg)
     }
 
     /// Receive the next message, blocking until it is complete.
@@ -310,6 +317,25 @@ impl<S: Read + Write> MsgConn<S> {
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.stream
     }
+}
+
+/// Encode `msg` into `wbuf` and write it out.
+fn send_frame<W: Write>(
+    stream: &mut W,
+    encoder: &Encoder,
+    wbuf: &mut Vec<u8>,
+    msg: &Message,
+) -> Result<(), MsgError> {
+    wbuf.clear();
+    encoder.encode_into(FrameKind::Message, msg, wbuf)?;
+    let result = stream
+        .write_all(wbuf)
+        .and_then(|()| stream.flush())
+        .map_err(MsgError::from_io);
+    if wbuf.capacity() > 4 * READ_BUF {
+        *wbuf = Vec::new();
+    }
+    result
 }
 
 fn is_timeout_err(e: &MsgError) -> bool {
@@ -381,5 +407,76 @@ impl<S: Read + Write + SetReadTimeout> MsgConn<S> {
             self.stream.set_read_timeout(None).map_err(MsgError::Io)?;
         }
         result
+    }
+}
+
+impl<S: Read + Write + TryCloneStream> MsgConn<S> {
+    /// Split into a receiving half and a sending half (e.g. a receive thread and a thread that
+    /// sends heartbeats and reports). Each half owns its own handle to the socket.
+    pub fn split(self) -> Result<(MsgReceiver<S>, MsgSender<S>), MsgError> {
+        let stream = self.stream.try_clone_stream().map_err(MsgError::Io)?;
+        let sender = MsgSender {
+            stream,
+            encoder: self.encoder,
+            wbuf: Vec::new(),
+            peer: self.peer,
+        };
+        Ok((MsgReceiver { conn: self }, sender))
+    }
+}
+
+/// Receiving half of a split [`MsgConn`].
+#[derive(Debug)]
+pub struct MsgReceiver<S> {
+    conn: MsgConn<S>,
+}
+
+impl<S: Read + Write> MsgReceiver<S> {
+    /// Receive the next message, blocking until it is complete.
+    pub fn recv(&mut self) -> Result<Message, MsgError> {
+        self.conn.recv()
+    }
+
+    /// The authenticated peer.
+    pub fn peer(&self) -> Peer {
+        self.conn.peer
+    }
+
+    /// The underlying stream.
+    pub fn get_ref(&self) -> &S {
+        &self.conn.stream
+    }
+}
+
+impl<S: Read + Write + SetReadTimeout> MsgReceiver<S> {
+    /// Like [`MsgConn::recv_timeout`].
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Message>, MsgError> {
+        self.conn.recv_timeout(timeout)
+    }
+}
+
+/// Sending half of a split [`MsgConn`].
+#[derive(Debug)]
+pub struct MsgSender<S> {
+    stream: S,
+    encoder: Encoder,
+    wbuf: Vec<u8>,
+    peer: Peer,
+}
+
+impl<S: Write> MsgSender<S> {
+    /// Send one message.
+    pub fn send(&mut self, msg: &Message) -> Result<(), MsgError> {
+        send_frame(&mut self.stream, &self.encoder, &mut self.wbuf, msg)
+    }
+
+    /// The authenticated peer.
+    pub fn peer(&self) -> Peer {
+        self.peer
+    }
+
+    /// The underlying stream (e.g. to `shutdown(Write)` it).
+    pub fn get_ref(&self) -> &S {
+        &self.stream
     }
 }

@@ -400,93 +400,93 @@ pub enum ErrorKind {
 // ---------------------------------------------------------------------------------------------
 // The message
 
-/// Every control message. Direction in brackets: D = daemon (producer/consumer), S = scheduler,
+/// Every control message. Each doc starts with its direction: D = daemon (producer/consumer), S = scheduler,
 /// U = user (CLI or library), C = consumer, P = producer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Message {
     // --- daemons join and leave --------------------------------------------------------------
-    /// [D→S] A daemon joins the cluster with its description.
+    /// D→S: A daemon joins the cluster with its description.
     Join(NodeInfo),
-    /// [S→D] Join accepted; the daemon sends a Heartbeat at least every `heartbeat_ms`.
+    /// S→D: Join accepted; the daemon sends a Heartbeat at least every `heartbeat_ms`.
     Welcome {
         /// Heartbeat interval in milliseconds.
         heartbeat_ms: u64,
     },
-    /// [D→S] The daemon leaves gracefully (after its in-flight tasks).
+    /// D→S: The daemon leaves gracefully (after its in-flight tasks).
     Quit {
         /// Why (e.g. "shutdown requested").
         reason: String,
     },
-    /// [any] Liveness signal on an otherwise idle connection.
+    /// any: Liveness signal on an otherwise idle connection.
     Heartbeat,
-    /// [S→D,U] The scheduler is shutting down; peers should stop cleanly.
+    /// S→D,U: The scheduler is shutting down; peers should stop cleanly.
     Shutdown {
         /// Why.
         reason: String,
     },
 
     // --- user --------------------------------------------------------------------------------
-    /// [U→S] Submit a job; the scheduler parses and validates the TOML spec itself.
+    /// U→S: Submit a job; the scheduler parses and validates the TOML spec itself.
     Submit {
         /// The job spec (TOML text).
         spec_toml: String,
         /// Names of the inputs the spec refers to.
         inputs: Vec<String>,
     },
-    /// [S→U] The job is admitted and its streams are allocated.
+    /// S→U: The job is admitted and its streams are allocated.
     Accepted {
         /// Job id.
         job: JobId,
         /// Where each stream lives.
         streams: Vec<StreamPlacement>,
     },
-    /// [S→U] The job is refused (not queued: resubmit later).
+    /// S→U: The job is refused (not queued: resubmit later).
     Refused {
         /// Structured reason.
         reason: RefuseReason,
         /// Human-readable explanation naming the fix where there is one.
         message: String,
     },
-    /// [U→S] The readers are attached: start producing.
+    /// U→S: The readers are attached: start producing.
     Ready {
         /// Job id.
         job: JobId,
     },
-    /// [U→S] Every stream has been read: release the buffers.
+    /// U→S: Every stream has been read: release the buffers.
     Done {
         /// Job id.
         job: JobId,
     },
-    /// [U→S] Stop the job now.
+    /// U→S: Stop the job now.
     Cancel {
         /// Job id.
         job: JobId,
     },
-    /// [S→U] The request (Ready, Done, Cancel, Watch) was applied.
+    /// S→U: The request (Ready, Done, Cancel, Watch) was applied.
     Ack {
         /// Job id.
         job: JobId,
     },
-    /// [U→S] Ask for the state of one job (or all jobs if None) and of the nodes.
+    /// U→S: Ask for the state of one job (or all jobs if None) and of the nodes.
     Status {
         /// Job to report, or None for all.
         job: Option<JobId>,
     },
-    /// [S→U] Answer to Status.
+    /// S→U: Answer to Status.
     StatusReply {
         /// Jobs with state and progress.
         jobs: Vec<JobStatus>,
         /// Nodes of the cluster.
         nodes: Vec<NodeStatus>,
     },
-    /// [U→S] Follow a job: the scheduler sends JobUpdate on changes and JobEnded at the end.
+    /// U→S: Follow a job: the scheduler sends JobUpdate on changes and JobEnded at the end.
     Watch {
         /// Job id.
         job: JobId,
     },
-    /// [S→U] State/progress change of a watched job.
+    /// S→U: State/progress change of a watched job.
     JobUpdate(JobStatus),
-    /// [S→U] A job ended (sent to its submitter and watchers).
+    /// S→U: A job ended (sent to its submitter and watchers).
     JobEnded {
         /// Job id.
         job: JobId,
@@ -495,7 +495,7 @@ pub enum Message {
     },
 
     // --- scheduler <-> consumer --------------------------------------------------------------
-    /// [S→C] Allocate a ring for one stream of a job.
+    /// S→C: Allocate a ring for one stream of a job.
     AllocStream {
         /// Job id.
         job: JobId,
@@ -506,7 +506,7 @@ pub enum Message {
         /// Total length of the stream in bytes.
         total_len: u64,
     },
-    /// [C→S] The ring is allocated.
+    /// C→S: The ring is allocated.
     Allocated {
         /// Job id.
         job: JobId,
@@ -519,7 +519,7 @@ pub enum Message {
         /// How the ring memory is backed.
         backing: RingBacking,
     },
-    /// [C→S] The ring could not be allocated.
+    /// C→S: The ring could not be allocated.
     AllocFailed {
         /// Job id.
         job: JobId,
@@ -528,12 +528,12 @@ pub enum Message {
         /// Why, with the fix where there is one.
         reason: String,
     },
-    /// [S→C] Free every ring of this job (done, cancelled or aborted).
+    /// S→C: Free every ring of this job (done, cancelled or aborted).
     Release {
         /// Job id.
         job: JobId,
     },
-    /// [C→S] In-order frontier and reader position of a stream advanced.
+    /// C→S: In-order frontier and reader position of a stream advanced.
     StreamProgress {
         /// Job id.
         job: JobId,
@@ -544,14 +544,14 @@ pub enum Message {
         /// Bytes released by the reader.
         read_pos: u64,
     },
-    /// [C→S] A stream's reader attached.
+    /// C→S: A stream's reader attached.
     ReaderAttached {
         /// Job id.
         job: JobId,
         /// Stream index.
         stream: StreamIndex,
     },
-    /// [C→S] A stream's reader died or detached before the end.
+    /// C→S: A stream's reader died or detached before the end.
     ReaderGone {
         /// Job id.
         job: JobId,
@@ -560,7 +560,7 @@ pub enum Message {
     },
 
     // --- scheduler <-> producer --------------------------------------------------------------
-    /// [S→P] Prepare a job: load its kernel with its parameters and fetch its inputs.
+    /// S→P: Prepare a job: load its kernel with its parameters and fetch its inputs.
     Preload {
         /// Job id.
         job: JobId,
@@ -571,19 +571,19 @@ pub enum Message {
         /// Inputs to fetch.
         inputs: Vec<InputSpec>,
     },
-    /// [P→S] The job is loaded; compute tasks may come.
+    /// P→S: The job is loaded; compute tasks may come.
     Preloaded {
         /// Job id.
         job: JobId,
     },
-    /// [P→S] The job could not be loaded on this producer.
+    /// P→S: The job could not be loaded on this producer.
     PreloadFailed {
         /// Job id.
         job: JobId,
         /// Why.
         reason: String,
     },
-    /// [P→S] Ask the file service for `len` bytes of an input from `offset`.
+    /// P→S: Ask the file service for `len` bytes of an input from `offset`.
     FetchInput {
         /// Job id.
         job: JobId,
@@ -594,7 +594,7 @@ pub enum Message {
         /// Bytes wanted (the answer comes in InputChunks of at most INPUT_CHUNK_MAX).
         len: u64,
     },
-    /// [S→P] A piece of an input file.
+    /// S→P: A piece of an input file.
     InputChunk {
         /// Job id.
         job: JobId,
@@ -607,7 +607,7 @@ pub enum Message {
         /// True on the last piece of the requested range (or at end of file).
         last: bool,
     },
-    /// [S→P] The file service cannot serve this input.
+    /// S→P: The file service cannot serve this input.
     FetchFailed {
         /// Job id.
         job: JobId,
@@ -616,7 +616,7 @@ pub enum Message {
         /// Why.
         reason: String,
     },
-    /// [S→P] Compute one chunk of a job into a buffer; keep it until expelled.
+    /// S→P: Compute one chunk of a job into a buffer; keep it until expelled.
     Compute {
         /// Task id.
         task: TaskId,
@@ -627,7 +627,7 @@ pub enum Message {
         /// Output lines of this chunk.
         lines: LineRange,
     },
-    /// [S→P] Send a computed chunk's pieces to their consumers.
+    /// S→P: Send a computed chunk's pieces to their consumers.
     Expel {
         /// Task id.
         task: TaskId,
@@ -638,7 +638,7 @@ pub enum Message {
         /// Destinations.
         targets: Vec<ExpelTarget>,
     },
-    /// [P→S] A task finished.
+    /// P→S: A task finished.
     TaskDone {
         /// Task id.
         task: TaskId,
@@ -651,7 +651,7 @@ pub enum Message {
         /// Time the task took, in microseconds.
         micros: u64,
     },
-    /// [P→S] A task failed.
+    /// P→S: A task failed.
     TaskFailed {
         /// Task id.
         task: TaskId,
@@ -662,14 +662,14 @@ pub enum Message {
         /// True if redoing it (here or elsewhere) may succeed.
         retryable: bool,
     },
-    /// [S→P] Forget a job: drop its inputs, kernel state and unsent chunks.
+    /// S→P: Forget a job: drop its inputs, kernel state and unsent chunks.
     Unload {
         /// Job id.
         job: JobId,
     },
 
     // --- generic -----------------------------------------------------------------------------
-    /// [any] A protocol-level error about a previous message.
+    /// any: A protocol-level error about a previous message.
     Error {
         /// Kind.
         kind: ErrorKind,

@@ -294,3 +294,32 @@ fn peer_gone_before_handshake_is_closed() {
     let r = MsgConn::client(b, &secret(S1), Role::Daemon).map(|_| ());
     assert!(matches!(r, Err(MsgError::Closed)), "{r:?}");
 }
+
+#[test]
+fn split_halves_work_from_two_threads() {
+    let (a, b) = UnixStream::pair().unwrap();
+    thread::scope(|s| {
+        let server = s.spawn(|| {
+            let conn = MsgConn::server(b, &secret(S1), Role::Scheduler).unwrap();
+            echo_server(conn)
+        });
+        let conn = MsgConn::client(a, &secret(S1), Role::Daemon).unwrap();
+        let (mut rx, mut tx) = conn.split().unwrap();
+        assert_eq!(rx.peer().role, Role::Scheduler);
+        assert_eq!(tx.peer().role, Role::Scheduler);
+        let n = sequence().len();
+        let receiver = s.spawn(move || (0..n).map(|_| rx.recv().unwrap()).collect::<Vec<_>>());
+        for m in sequence() {
+            tx.send(&m).unwrap();
+        }
+        let acks = receiver.join().unwrap();
+        let expected: Vec<Message> = (1..=n as u64)
+            .map(|i| Message::Ack { job: JobId(i) })
+            .collect();
+        assert_eq!(acks, expected);
+        drop(tx);
+        let (got, end) = server.join().unwrap();
+        assert_eq!(got, sequence());
+        assert!(matches!(end, MsgError::Closed), "{end:?}");
+    });
+}

@@ -42,10 +42,10 @@ fn unreadable(e: impl std::fmt::Display) -> RipError {
 
 /// Decodes PNG, TIFF or JPEG bytes.
 pub fn decode(bytes: &[u8]) -> Result<Source, RipError> {
-    if bytes.starts_with(b"II") || bytes.starts_with(b"MM") {
-        if let Some(src) = decode_cmyk_tiff(bytes)? {
-            return Ok(src);
-        }
+    if (bytes.starts_with(b"II") || bytes.starts_with(b"MM"))
+        && let Some(src) = decode_cmyk_tiff(bytes)?
+    {
+        return Ok(src);
     }
     let img = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
@@ -72,7 +72,7 @@ pub fn decode(bytes: &[u8]) -> Result<Source, RipError> {
         }
         _ => {
             let rgba = img.to_rgba8();
-            let mut planes = vec![Vec::with_capacity(n); 3];
+            let mut planes: Vec<Vec<u8>> = (0..3).map(|_| Vec::with_capacity(n)).collect();
             for p in rgba.pixels() {
                 let [r, g, b, a] = p.0;
                 planes[0].push(over_white(r, a));
@@ -110,7 +110,7 @@ fn decode_cmyk_tiff(bytes: &[u8]) -> Result<Option<Source>, RipError> {
     }
     let n = width as usize * height as usize;
     let data = dec.read_image().map_err(unreadable)?;
-    let mut planes = vec![Vec::with_capacity(n); 4];
+    let mut planes: Vec<Vec<u8>> = (0..4).map(|_| Vec::with_capacity(n)).collect();
     match (bits, data) {
         (8, DecodingResult::U8(v)) if v.len() >= 4 * n => {
             for px in v.chunks_exact(4).take(n) {

@@ -95,7 +95,7 @@ pub fn thresholds(ranks: &[u32]) -> Vec<u8> {
 /// The offset (dx, dy) of ink `ink`'s matrix for side `n`.
 pub fn ink_offset(ink: Ink, n: u32) -> (u32, u32) {
     let i = ink as u32;
-    ((i * n * 3 / 8) % n, (i * n * 5 / 8) % n)
+    ((i * (n * 3 / 8 + 1)) % n, (i * (n * 5 / 8)) % n)
 }
 
 /// For one ink: N rows, each the thresholds of columns 0..`tile` (a multiple of N) on that

@@ -329,6 +329,34 @@ pub struct InputSpec {
     pub source: InputSource,
 }
 
+/// The shape of a job's output as the kernel sees it: `channels` channels of `lines` lines of
+/// `line_bytes` bytes; `pixels` when the job is an image (rip).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobGeometry {
+    /// Channels computed together by each task.
+    pub channels: u32,
+    /// Lines per channel.
+    pub lines: u64,
+    /// Bytes per line of one channel.
+    pub line_bytes: u64,
+    /// Width × height in pixels, bits per pixel and resolution (x, y) in dpi, for images.
+    pub pixels: Option<PixelGeometry>,
+}
+
+/// Pixel geometry of an image job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PixelGeometry {
+    /// Pixels per line.
+    pub width: u64,
+    /// Lines.
+    pub height: u64,
+    /// Bits per pixel per channel.
+    pub bits: u32,
+    /// Resolution across and along, in dpi, when the spec gave a sheet size.
+    pub dpi: Option<(u32, u32)>,
+}
+
+
 /// A half-open range of output lines `[start, end)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct LineRange {
@@ -568,6 +596,8 @@ pub enum Message {
         kernel: String,
         /// Kernel parameters from the spec.
         params: Value,
+        /// Shape of the job's output, which the kernel computes into.
+        geometry: JobGeometry,
         /// Inputs to fetch.
         inputs: Vec<InputSpec>,
     },

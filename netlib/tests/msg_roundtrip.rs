@@ -170,6 +170,32 @@ fn float() -> impl Strategy<Value = f64> {
         | prop::num::f64::INFINITE
         | prop::num::f64::NEGATIVE
 }
+
+fn geometry() -> impl Strategy<Value = JobGeometry> {
+    (
+        any::<u32>(),
+        any::<u64>(),
+        any::<u64>(),
+        proptest::option::of((
+            any::<u64>(),
+            any::<u64>(),
+            any::<u32>(),
+            proptest::option::of((any::<u32>(), any::<u32>())),
+        )),
+    )
+        .prop_map(|(channels, lines, line_bytes, px)| JobGeometry {
+            channels,
+            lines,
+            line_bytes,
+            pixels: px.map(|(width, height, bits, dpi)| PixelGeometry {
+                width,
+                height,
+                bits,
+                dpi,
+            }),
+        })
+}
+
 fn value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         name().prop_map(Value::Str),
@@ -307,12 +333,14 @@ fn message() -> impl Strategy<Value = Message> {
             job(),
             name(),
             value(),
+            geometry(),
             prop::collection::vec(input_spec(), 0..3)
         )
-            .prop_map(|(job, kernel, params, inputs)| Message::Preload {
+            .prop_map(|(job, kernel, params, geometry, inputs)| Message::Preload {
                 job,
                 kernel,
                 params,
+                geometry,
                 inputs
             }),
         job().prop_map(|job| Message::Preloaded { job }),

@@ -1,4 +1,5 @@
 //! spate-producer: task engines (preload, compute, expel) and kernels. See DESIGN.md §1 and §5.
 #![forbid(unsafe_code)]
 
+pub mod kernel;
 pub mod rip;

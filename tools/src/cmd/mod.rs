@@ -3,11 +3,26 @@
 use clap::Subcommand;
 
 pub mod bench;
+pub mod cancel;
 pub mod doctor;
+pub mod node;
 pub mod read;
+pub mod scheduler;
+pub mod status;
+pub mod submit;
 
 #[derive(Subcommand)]
 pub enum Cmd {
+    /// Run the scheduler: the cluster's single point of decision and of contact with users.
+    Scheduler(scheduler::Args),
+    /// Run a node daemon: producer and/or consumer roles on this host.
+    Node(node::Args),
+    /// Submit a job spec (TOML); prints the job id and how to read each stream.
+    Submit(submit::Args),
+    /// Show jobs and nodes known to the scheduler.
+    Status(status::Args),
+    /// Cancel a job.
+    Cancel(cancel::Args),
     /// Read a stream from a consumer's shared-memory ring (to a file, stdout, or nowhere).
     Read(read::Args),
     /// Check what this node offers spate (io_uring, hugepages, memlock, congestion control).
@@ -19,6 +34,11 @@ pub enum Cmd {
 
 pub fn run(cmd: Cmd) -> anyhow::Result<i32> {
     match cmd {
+        Cmd::Scheduler(a) => scheduler::run(a),
+        Cmd::Node(a) => node::run(a),
+        Cmd::Submit(a) => submit::run(a),
+        Cmd::Status(a) => status::run(a),
+        Cmd::Cancel(a) => cancel::run(a),
         Cmd::Read(a) => read::run(a),
         Cmd::Doctor(a) => doctor::run(a),
         Cmd::Bench(b) => bench::run(b),

@@ -217,6 +217,15 @@ fn bad_tone_curves_are_refused_by_name() {
             channel: "X".into()
         }
     );
+    let mut p = RipParams::default();
+    p.curves.insert("K".into(), vec![[0, 0], [255, 255]]);
+    p.curves.insert("k".into(), vec![[0, 0], [255, 200]]);
+    assert_eq!(
+        refused(p),
+        RipError::DuplicateCurve {
+            channel: "k".into()
+        }
+    );
     // A curve for a valid ink that is not output.
     let mut p = RipParams {
         channels: vec!["K".into()],

@@ -85,6 +85,12 @@ pub enum RipError {
         /// The curve's key.
         channel: String,
     },
+    /// Two tone curves for the same channel (names differing in case).
+    #[error("curves: {channel:?} names a channel that already has a curve")]
+    DuplicateCurve {
+        /// The second curve's key.
+        channel: String,
+    },
     /// A tone curve with fewer than two points.
     #[error("curves.{channel}: {points} point(s) given: a tone curve needs at least 2")]
     ToneCurveTooFewPoints {
@@ -254,7 +260,6 @@ pub struct Rip {
     recip: Vec<u32>,
     screen_n: u32,
     tiles: Vec<Vec<u8>>,
-    threads: usize,
     pool: Option<Arc<rayon::ThreadPool>>,
 }
 
@@ -340,7 +345,6 @@ impl Rip {
             recip,
             screen_n: c.screen_size,
             tiles,
-            threads: 0,
             pool: None,
             params,
         };
@@ -363,7 +367,6 @@ impl Rip {
                 })?;
             Some(Arc::new(pool))
         };
-        self.threads = threads;
         Ok(())
     }
 

@@ -243,6 +243,11 @@ impl RipParams {
                     channel: name.clone(),
                 });
             };
+            if luts[pos].is_some() {
+                return Err(RipError::DuplicateCurve {
+                    channel: name.clone(),
+                });
+            }
             luts[pos] = Some(tone_lut(ink, points)?);
         }
         if !(1..=400).contains(&self.ink_limit) {

@@ -1,0 +1,548 @@
+//! The consumer's receive engine: a table of stream rings, a hand-off server for their readers,
+//! and one (optionally pinned) thread that serves raw connections from producers and lands each
+//! granted chunk through io_uring straight into its ring's data mapping.
+//!
+//! Backpressure: an offer is granted only when its range fits within `reader position +
+//! capacity` ([`Writer::try_reserve`]); otherwise the raw server asks again later (every
+//! `RawConfig::retry`, and at once when the engine is woken), so unread bytes are never
+//! overwritten and the producer simply waits for its grant.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use spate_netlib::endpoint::Endpoint;
+use spate_netlib::raw::{ChunkKey, ConnId, Landing, Offered, RawConfig, RawError, RawServer};
+use spate_ring::handoff::{HandoffConfig, HandoffError, HandoffServer};
+use spate_ring::{
+    AbortReason, Backing, BackingPref, Grant, ReaderStatus, Reserve, RingConfig, ShmError,
+    WriteError, Writer,
+};
+use spate_runtime::{Arena, FixedBuf, Notifier, Region, RuntimeError, Span};
+
+/// Refusal code sent when the engine fails internally on an offer.
+const REFUSE_INTERNAL: u8 = 200;
+
+/// How to run a consumer engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Where producers connect (UNIX for same-host producers, TCP for remote ones). Port 0
+    /// picks a free port; [`ConsumerEngine::endpoints`] tells the real ones.
+    pub listen: Vec<Endpoint>,
+    /// The readers' hand-off socket path.
+    pub handoff: PathBuf,
+    /// Core to pin the receive thread to (None: not pinned).
+    pub core: Option<usize>,
+    /// Ring memory preference (hugetlb with fallback by default).
+    pub backing: BackingPref,
+    /// Most bytes all rings together may use (0: no limit).
+    pub ring_budget: u64,
+    /// Raw connection settings.
+    pub raw: RawConfig,
+    /// Uids allowed to attach as readers besides our own.
+    pub allow_uids: Vec<u32>,
+}
+
+impl EngineConfig {
+    /// Defaults for the given endpoints and hand-off path.
+    pub fn new(listen: Vec<Endpoint>, handoff: PathBuf) -> EngineConfig {
+        EngineConfig {
+            listen,
+            handoff,
+            core: None,
+            backing: BackingPref::Auto,
+            ring_budget: 0,
+            raw: RawConfig {
+                retry: Duration::from_millis(1),
+                ..RawConfig::default()
+            },
+            allow_uids: Vec::new(),
+        }
+    }
+}
+
+/// Errors of the consumer engine.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    /// The hand-off server could not start.
+    #[error("reader hand-off socket: {0}")]
+    Handoff(#[from] HandoffError),
+    /// The raw server could not start or listen.
+    #[error("raw data endpoint: {0}")]
+    Raw(#[from] RawError),
+    /// The io_uring runtime failed (setup, pinning, memlock).
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The receive thread died during start-up.
+    #[error("the receive thread died while starting")]
+    ThreadDied,
+    /// Spawning a thread failed.
+    #[error("spawning the receive thread: {0}")]
+    Spawn(std::io::Error),
+    /// The stream already exists.
+    #[error("stream {stream} of job {job} is already allocated here")]
+    Exists {
+        /// Job.
+        job: u64,
+        /// Stream.
+        stream: u32,
+    },
+    /// Capacity zero.
+    #[error("stream {stream} of job {job}: ring capacity must be > 0")]
+    ZeroCapacity {
+        /// Job.
+        job: u64,
+        /// Stream.
+        stream: u32,
+    },
+    /// Not enough ring budget left.
+    #[error(
+        "ring budget exceeded: {asked} bytes asked, {used} of {budget} in use; raise the node's \
+         ring budget (--ring-budget) or wait for running jobs to finish"
+    )]
+    Budget {
+        /// Bytes asked (rounded to pages).
+        asked: u64,
+        /// Bytes in use.
+        used: u64,
+        /// The budget.
+        budget: u64,
+    },
+    /// Creating the ring failed (the message names the fix, e.g. for the hugetlb pool).
+    #[error("creating the ring: {0}")]
+    Ring(#[from] WriteError),
+    /// Reading the OS random generator for the stream key failed.
+    #[error("generating a stream key: {0}")]
+    Random(String),
+}
+
+/// A freshly allocated stream.
+#[derive(Debug, Clone)]
+pub struct Allocation {
+    /// Key under which readers attach (32 hex digits of [`Allocation::key_u128`]).
+    pub key: String,
+    /// The key as a number (`StreamKey` in the protocol).
+    pub key_u128: u128,
+    /// How the ring memory is backed.
+    pub backing: Backing,
+    /// Why hugetlb was not used, if it was not.
+    pub fallback: Option<String>,
+    /// Actual capacity (rounded up to pages).
+    pub capacity: u64,
+    /// The hand-off socket path.
+    pub handoff: PathBuf,
+}
+
+/// What the engine knows of one stream now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamState {
+    /// Job.
+    pub job: u64,
+    /// Stream.
+    pub stream: u32,
+    /// In-order frontier.
+    pub frontier: u64,
+    /// Reader position.
+    pub read_pos: u64,
+    /// Total length.
+    pub total: u64,
+    /// The reader.
+    pub reader: ReaderStatus,
+    /// Whether the ring was finished or aborted.
+    pub closed: bool,
+}
+
+struct Entry {
+    writer: Writer,
+    region: Arc<Region>,
+    key: String,
+    capacity: u64,
+}
+
+type Table = Arc<Mutex<HashMap<(u64, u32), Arc<Entry>>>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The consumer's receive engine (see the module docs). Dropping it aborts every open ring,
+/// stops the thread and removes the sockets.
+pub struct ConsumerEngine {
+    table: Table,
+    handoff: HandoffServer,
+    endpoints: Vec<Endpoint>,
+    waker: Notifier,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    backing: BackingPref,
+    budget: u64,
+}
+
+impl std::fmt::Debug for ConsumerEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerEngine")
+            .field("endpoints", &self.endpoints)
+            .field("handoff", &self.handoff.path())
+            .finish()
+    }
+}
+
+impl ConsumerEngine {
+    /// Bind the hand-off socket and the data endpoints and start the receive thread.
+    pub fn start(cfg: EngineConfig) -> Result<ConsumerEngine, ConsumerError> {
+        let handoff = HandoffServer::bind(
+            &cfg.handoff,
+            HandoffConfig {
+                allow_uids: cfg.allow_uids.clone(),
+            },
+        )?;
+        let table: Table = Arc::new(Mutex::new(HashMap::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::sync_channel::<Result<(Vec<Endpoint>, Notifier), ConsumerError>>(1);
+        let (t2, s2) = (table.clone(), stop.clone());
+        let (listen, raw, core) = (cfg.listen.clone(), cfg.raw.clone(), cfg.core);
+        let thread = std::thread::Builder::new()
+            .name("spate-recv".into())
+            .spawn(move || {
+                if let Some(c) = core
+                    && let Err(e) = spate_runtime::thread::pin_current(c)
+                {
+                    let _ = tx.send(Err(e.into()));
+                    return;
+                }
+                let setup = || -> Result<(RawServer, Vec<Endpoint>), ConsumerError> {
+                    let mut server = RawServer::new(raw)?;
+                    let mut eps = Vec::new();
+                    for ep in &listen {
+                        eps.push(server.listen(ep)?);
+                    }
+                    Ok((server, eps))
+                };
+                match setup() {
+                    Ok((server, eps)) => {
+                        let _ = tx.send(Ok((eps, server.waker())));
+                        serve(server, t2, s2);
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            })
+            .map_err(ConsumerError::Spawn)?;
+        let (endpoints, waker) = match rx.recv() {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(ConsumerError::ThreadDied);
+            }
+        };
+        Ok(ConsumerEngine {
+            table,
+            handoff,
+            endpoints,
+            waker,
+            stop,
+            thread: Some(thread),
+            backing: cfg.backing,
+            budget: cfg.ring_budget,
+        })
+    }
+
+    /// The endpoints producers connect to (real ports).
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// The readers' hand-off socket.
+    pub fn handoff_path(&self) -> &Path {
+        self.handoff.path()
+    }
+
+    /// Bytes of ring memory in use.
+    pub fn ring_bytes(&self) -> u64 {
+        lock(&self.table).values().map(|e| e.capacity).sum()
+    }
+
+    /// Whether the receive thread is still running.
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Allocate a ring for `stream` of `job` (`capacity` bytes, capped at the stream length)
+    /// and publish it for its reader under a fresh random key.
+    pub fn alloc(
+        &self,
+        job: u64,
+        stream: u32,
+        capacity: u64,
+        total_len: u64,
+    ) -> Result<Allocation, ConsumerError> {
+        if capacity == 0 {
+            return Err(ConsumerError::ZeroCapacity { job, stream });
+        }
+        if lock(&self.table).contains_key(&(job, stream)) {
+            return Err(ConsumerError::Exists { job, stream });
+        }
+        let cap = capacity.min(total_len.max(1));
+        let used = self.ring_bytes();
+        let rounded =
+            cap.div_ceil(spate_ring::shm::HUGE_PAGE as u64) * spate_ring::shm::HUGE_PAGE as u64;
+        if self.budget > 0 && used + rounded > self.budget {
+            return Err(ConsumerError::Budget {
+                asked: rounded,
+                used,
+                budget: self.budget,
+            });
+        }
+        let writer = Writer::create(&RingConfig {
+            name: format!("spate-j{job}-s{stream}"),
+            capacity: usize::try_from(cap).map_err(|_| {
+                ConsumerError::Ring(WriteError::Shm(ShmError::BadLength(usize::MAX)))
+            })?,
+            backing: self.backing,
+            total_len: Some(total_len),
+        })?;
+        let region = Region::from_mapping(writer.data_mapping())?;
+        let mut rnd = [0u8; 16];
+        getrandom::fill(&mut rnd).map_err(|e| ConsumerError::Random(e.to_string()))?;
+        let key_u128 = u128::from_le_bytes(rnd);
+        let key = format!("{key_u128:032x}");
+        if total_len == 0 {
+            writer.finish()?;
+        }
+        self.handoff.publish(&key, &writer)?;
+        let alloc = Allocation {
+            key: key.clone(),
+            key_u128,
+            backing: writer.backing(),
+            fallback: writer.fallback_reason().map(str::to_string),
+            capacity: writer.capacity(),
+            handoff: self.handoff.path().to_path_buf(),
+        };
+        if let Some(why) = &alloc.fallback {
+            tracing::warn!(job, stream, backing = ?alloc.backing, "ring not in hugetlb pages: {why}");
+        }
+        let capacity = writer.capacity();
+        lock(&self.table).insert(
+            (job, stream),
+            Arc::new(Entry {
+                writer,
+                region,
+                key,
+                capacity,
+            }),
+        );
+        Ok(alloc)
+    }
+
+    /// Drop every ring of `job` (aborting those not finished: their readers see why).
+    /// Returns how many were released.
+    pub fn release(&self, job: u64, reason: AbortReason) -> usize {
+        let gone: Vec<Arc<Entry>> = {
+            let mut t = lock(&self.table);
+            let keys: Vec<(u64, u32)> = t.keys().filter(|k| k.0 == job).copied().collect();
+            keys.iter().filter_map(|k| t.remove(k)).collect()
+        };
+        for e in &gone {
+            e.writer.abort(reason);
+            self.handoff.unpublish(&e.key);
+        }
+        // Offers waiting for room in these rings are refused now rather than at the next retry.
+        self.waker.notify();
+        gone.len()
+    }
+
+    /// The state of every stream.
+    pub fn streams(&self) -> Vec<StreamState> {
+        let entries: Vec<((u64, u32), Arc<Entry>)> = lock(&self.table)
+            .iter()
+            .map(|(k, e)| (*k, e.clone()))
+            .collect();
+        let mut v: Vec<StreamState> = entries
+            .into_iter()
+            .map(|((job, stream), e)| StreamState {
+                job,
+                stream,
+                frontier: e.writer.frontier(),
+                read_pos: e.writer.reader_pos(),
+                total: e.writer.total_len().unwrap_or(0),
+                reader: e.writer.reader_status(),
+                closed: e.writer.is_closed(),
+            })
+            .collect();
+        v.sort_by_key(|s| (s.job, s.stream));
+        v
+    }
+
+    /// Wake the receive thread (offers waiting for room are asked again at once).
+    pub fn wake(&self) {
+        self.waker.notify();
+    }
+}
+
+impl Drop for ConsumerEngine {
+    fn drop(&mut self) {
+        let all: Vec<Arc<Entry>> = lock(&self.table).drain().map(|(_, e)| e).collect();
+        for e in &all {
+            e.writer.abort(AbortReason::ConsumerShutdown);
+            self.handoff.unpublish(&e.key);
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        self.waker.notify();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(mut server: RawServer, table: Table, stop: Arc<AtomicBool>) {
+    let mut landing = RingLanding {
+        table,
+        pending: HashMap::new(),
+    };
+    while !stop.load(Ordering::SeqCst) {
+        if let Err(e) = server.turn(&mut landing, Some(Duration::from_millis(200))) {
+            tracing::error!(error = %e, "receive engine failed; stopping it");
+            return;
+        }
+        // Rings released (and scratch buffers dropped) since: give their registrations back.
+        server.driver().release_unused();
+    }
+}
+
+/// A chunk granted and being received.
+struct Pending {
+    entry: Arc<Entry>,
+    /// The ring grant (None: a duplicate that lands nowhere).
+    grant: Option<Grant>,
+    /// Some(skip): received into a scratch buffer; bytes from `skip` go to the grant.
+    scratch_skip: Option<usize>,
+}
+
+struct RingLanding {
+    table: Table,
+    pending: HashMap<(ConnId, ChunkKey), Pending>,
+}
+
+impl RingLanding {
+    /// A throw-away registered buffer for a chunk that (partly) landed already: its bytes
+    /// below the frontier may be being read and must not be written again.
+    fn scratch(
+        &mut self,
+        conn: ConnId,
+        key: &ChunkKey,
+        entry: Arc<Entry>,
+        grant: Option<Grant>,
+    ) -> Offered {
+        let skip = grant.as_ref().map_or(0, Grant::skip);
+        match Arena::with_backing("spate-dup", key.len as usize, 1, BackingPref::NoHugeTlb)
+            .map(|a| a.alloc())
+        {
+            Ok(Some(b)) => {
+                self.pending.insert(
+                    (conn, *key),
+                    Pending {
+                        entry,
+                        grant,
+                        scratch_skip: Some(skip),
+                    },
+                );
+                Offered::Grant(b.into())
+            }
+            Ok(None) | Err(_) => {
+                tracing::warn!(?key, "no scratch buffer for a duplicate chunk; refusing it");
+                Offered::Refuse(spate_netlib::raw::RefuseReason::Other(REFUSE_INTERNAL))
+            }
+        }
+    }
+}
+
+impl Landing for RingLanding {
+    fn offer(&mut self, conn: ConnId, key: &ChunkKey) -> Offered {
+        use spate_netlib::raw::RefuseReason as R;
+        let Some(entry) = lock(&self.table).get(&(key.job, key.stream)).cloned() else {
+            return Offered::Refuse(R::UnknownStream);
+        };
+        let Ok(len) = usize::try_from(key.len) else {
+            return Offered::Refuse(R::TooLarge);
+        };
+        match entry.writer.try_reserve(key.offset, len) {
+            Ok(Reserve::Granted(g)) if g.skip() == 0 && g.len() == len => {
+                let at = g.ring_offset();
+                match Span::new(&entry.region, at..at + len) {
+                    Ok(span) => {
+                        self.pending.insert(
+                            (conn, *key),
+                            Pending {
+                                entry,
+                                grant: Some(g),
+                                scratch_skip: None,
+                            },
+                        );
+                        Offered::Grant(span.into())
+                    }
+                    Err(e) => {
+                        tracing::error!(?key, error = %e, "ring span out of its region");
+                        Offered::Refuse(R::Other(REFUSE_INTERNAL))
+                    }
+                }
+            }
+            Ok(Reserve::Granted(g)) => self.scratch(conn, key, entry, Some(g)),
+            Ok(Reserve::AlreadyLanded) => self.scratch(conn, key, entry, None),
+            Ok(Reserve::NoRoom) | Err(WriteError::Busy { .. }) => Offered::Wait,
+            Err(WriteError::Closed(_)) => Offered::Refuse(R::Aborted),
+            Err(WriteError::BadRange { .. }) => Offered::Refuse(R::OutOfRange),
+            Err(e) => {
+                tracing::warn!(?key, error = %e, "refusing a chunk");
+                Offered::Refuse(R::Other(REFUSE_INTERNAL))
+            }
+        }
+    }
+
+    fn landed(&mut self, conn: ConnId, key: &ChunkKey, dest: FixedBuf) {
+        let Some(p) = self.pending.remove(&(conn, *key)) else {
+            return;
+        };
+        let Some(mut g) = p.grant else {
+            return; // a whole duplicate: drop the bytes
+        };
+        if let Some(skip) = p.scratch_skip {
+            let FixedBuf::Arena(b) = &dest else {
+                return;
+            };
+            let n = g.len();
+            g.as_mut_slice()
+                .copy_from_slice(&b.as_slice()[skip..skip + n]);
+        }
+        drop(dest);
+        match g.land() {
+            Ok(f) => {
+                if p.entry.writer.total_len() == Some(f)
+                    && let Err(e) = p.entry.writer.finish()
+                {
+                    tracing::warn!(?key, error = %e, "finishing the stream failed");
+                }
+            }
+            Err(e) => tracing::debug!(?key, error = %e, "landing after the stream closed"),
+        }
+    }
+
+    fn abandoned(&mut self, conn: ConnId, key: &ChunkKey, _dest: FixedBuf) {
+        // Dropping the grant gives its range back for a later (re)send.
+        self.pending.remove(&(conn, *key));
+    }
+
+    fn closed(&mut self, conn: ConnId, error: Option<&RawError>) {
+        if let Some(e) = error {
+            tracing::info!(conn = conn.0, error = %e, "raw connection closed");
+        }
+        self.pending.retain(|(c, _), _| *c != conn);
+    }
+}

@@ -1,7 +1,9 @@
 //! spate-scheduler: the pure decision core (events in, commands out), placement and admission
-//! policies, and the job spec. See DESIGN.md §2 and §6.
+//! policies, the job spec, the server (event loop) and its file service. See DESIGN.md §2 and §6.
 #![forbid(unsafe_code)]
 
 pub mod core;
+pub mod files;
 pub mod policy;
+pub mod server;
 pub mod spec;

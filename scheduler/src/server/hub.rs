@@ -1,0 +1,1272 @@
+//! The server's translation layer, sans-IO: authenticated peers' [`Message`]s in, core
+//! [`Event`]s to the [`Scheduler`], its [`Command`]s back out as [`Action`]s (messages to send,
+//! connections to close). The event loop in [`super`] only moves bytes.
+//!
+//! Identifiers: every connection gets a [`ConnId`]; a daemon's connection id is its core
+//! [`NodeId`], a user's is its [`ClientId`]. Core job ids are the proto job ids.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::PathBuf;
+
+use spate_netlib::auth::Role;
+use spate_netlib::proto::{
+    self, DataEndpoint, ErrorKind, ExpelTarget, InputSource, InputSpec, JobGeometry, JobOutcome,
+    LineRange, Message, NodeState, NodeStatus, PixelGeometry, Progress, RefuseReason, RingBacking,
+    SourceBinding, StreamIndex, StreamKey, Value,
+};
+
+use crate::core::{
+    self, ClientError, ClientId, Command, Event, JobEnd, JobId, Leave, Millis, NodeId, Refusal,
+    Reply, Scheduler, Submission, Target, TaskId,
+};
+use crate::files::{FileService, check_name};
+use crate::policy::Route;
+use crate::spec::{Chunk, JobPlan, SpecError, SpecErrorKind};
+
+/// A connection, numbered by the server from 1.
+pub type ConnId = u64;
+
+/// Watchers get a progress-only [`Message::JobUpdate`] at most this often (state changes go
+/// out at once).
+pub const UPDATE_INTERVAL_MS: u64 = 250;
+
+/// A daemon silent for more than this many heartbeat intervals is declared crashed.
+pub const MISSED_HEARTBEATS: u64 = 3;
+
+/// What the I/O shell must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Send this message on this connection.
+    Send(ConnId, Message),
+    /// Close this connection once what is queued for it is sent.
+    Close(ConnId),
+}
+
+#[derive(Debug)]
+struct Fetch {
+    job: proto::JobId,
+    name: String,
+    offset: u64,
+    end: u64,
+}
+
+#[derive(Debug)]
+struct Daemon {
+    /// What it announced (once joined and admitted by the core).
+    info: Option<proto::NodeInfo>,
+    last_seen: Millis,
+    /// It quit, was refused or was declared dead: no NodeLeft on disconnect.
+    gone: bool,
+    fetches: VecDeque<Fetch>,
+}
+
+#[derive(Debug)]
+enum Peer {
+    Daemon(Daemon),
+    User,
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    node: String,
+    alloc: Option<(StreamKey, PathBuf, RingBacking)>,
+    read_pos: u64,
+}
+
+#[derive(Debug)]
+struct JobInfo {
+    submitter: ConnId,
+    name: String,
+    slots: Vec<Slot>,
+    watchers: BTreeSet<ConnId>,
+    /// Last state and progress sent to watchers, and when.
+    sent: Option<(proto::JobState, Progress)>,
+    sent_at: Millis,
+}
+
+/// The translation layer. See the module docs.
+pub struct Hub {
+    core: Scheduler,
+    files: Option<FileService>,
+    heartbeat_ms: u64,
+    now: Millis,
+    last_heartbeat: Millis,
+    peers: BTreeMap<ConnId, Peer>,
+    jobs: BTreeMap<JobId, JobInfo>,
+    events: VecDeque<Event>,
+    out: Vec<Action>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("now", &self.now)
+            .field("peers", &self.peers)
+            .field("jobs", &self.jobs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// A hub around `core`, serving inputs from `files`, asking daemons for a heartbeat every
+    /// `heartbeat_ms`.
+    pub fn new(core: Scheduler, files: Option<FileService>, heartbeat_ms: u64) -> Hub {
+        Hub {
+            core,
+            files,
+            heartbeat_ms: heartbeat_ms.max(1),
+            now: 0,
+            last_heartbeat: 0,
+            peers: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            events: VecDeque::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// The decision core (for queries).
+    pub fn core(&self) -> &Scheduler {
+        &self.core
+    }
+
+    /// Actions produced so far, in order.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Whether actions are waiting.
+    pub fn has_actions(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    fn send(&mut self, conn: ConnId, msg: Message) {
+        self.out.push(Action::Send(conn, msg));
+    }
+
+    fn error(&mut self, conn: ConnId, kind: ErrorKind, message: impl Into<String>) {
+        self.send(
+            conn,
+            Message::Error {
+                kind,
+                message: message.into(),
+            },
+        );
+    }
+
+    fn clock(&mut self, now: Millis) {
+        self.now = self.now.max(now);
+    }
+
+    // -- connections --------------------------------------------------------------------------
+
+    /// A connection authenticated as `role`. Returns false (and queues an error and a close)
+    /// for roles that may not talk to the scheduler.
+    pub fn connected(&mut self, now: Millis, conn: ConnId, role: Role) -> bool {
+        self.clock(now);
+        let peer = match role {
+            Role::Daemon | Role::Producer | Role::Consumer => Peer::Daemon(Daemon {
+                info: None,
+                last_seen: self.now,
+                gone: false,
+                fetches: VecDeque::new(),
+            }),
+            Role::User => Peer::User,
+            Role::Scheduler => {
+                self.error(
+                    conn,
+                    ErrorKind::NotPermitted,
+                    "a scheduler cannot connect to another scheduler",
+                );
+                self.out.push(Action::Close(conn));
+                return false;
+            }
+        };
+        self.peers.insert(conn, peer);
+        true
+    }
+
+    /// A connection ended (EOF, error, or closed by us). A daemon that had joined and did not
+    /// quit is a crashed node. A user's jobs go on.
+    pub fn disconnected(&mut self, now: Millis, conn: ConnId) {
+        self.clock(now);
+        match self.peers.remove(&conn) {
+            Some(Peer::Daemon(d)) if d.info.is_some() && !d.gone => {
+                tracing::warn!(conn, node = %name_of(&d), "daemon connection lost");
+                self.feed(Event::NodeLeft {
+                    node: NodeId(conn),
+                    how: Leave::Crash,
+                });
+            }
+            Some(Peer::Daemon(_)) => {}
+            Some(Peer::User) => {
+                for j in self.jobs.values_mut() {
+                    j.watchers.remove(&conn);
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Time passes: heartbeat checks and heartbeats, core timeouts, progress updates.
+    pub fn tick(&mut self, now: Millis) {
+        self.clock(now);
+        let limit = self.heartbeat_ms.saturating_mul(MISSED_HEARTBEATS);
+        let silent: Vec<(ConnId, bool)> = self
+            .peers
+            .iter()
+            .filter_map(|(id, p)| match p {
+                Peer::Daemon(d) if !d.gone && self.now.saturating_sub(d.last_seen) > limit => {
+                    Some((*id, d.info.is_some()))
+                }
+                _ => None,
+            })
+            .collect();
+        for (conn, joined) in silent {
+            tracing::warn!(
+                conn,
+                "daemon silent for more than {MISSED_HEARTBEATS} heartbeats: declared dead"
+            );
+            if let Some(Peer::Daemon(d)) = self.peers.get_mut(&conn) {
+                d.gone = true;
+            }
+            self.error(
+                conn,
+                ErrorKind::UnexpectedMessage,
+                format!(
+                    "no message for more than {MISSED_HEARTBEATS} heartbeats of {} ms: declared dead",
+                    self.heartbeat_ms
+                ),
+            );
+            self.out.push(Action::Close(conn));
+            if joined {
+                self.feed(Event::NodeLeft {
+                    node: NodeId(conn),
+                    how: Leave::Crash,
+                });
+            }
+        }
+        if self.now.saturating_sub(self.last_heartbeat) >= self.heartbeat_ms {
+            self.last_heartbeat = self.now;
+            let daemons: Vec<ConnId> = self
+                .peers
+                .iter()
+                .filter(|(_, p)| matches!(p, Peer::Daemon(d) if !d.gone))
+                .map(|(id, _)| *id)
+                .collect();
+            for d in daemons {
+                self.send(d, Message::Heartbeat);
+            }
+        }
+        self.feed(Event::Tick);
+        self.publish(false);
+    }
+
+    /// The scheduler stops: every peer is told and closed.
+    pub fn shutdown(&mut self, reason: &str) {
+        let peers: Vec<ConnId> = self.peers.keys().copied().collect();
+        for p in peers {
+            self.send(
+                p,
+                Message::Shutdown {
+                    reason: reason.to_string(),
+                },
+            );
+            self.out.push(Action::Close(p));
+            if let Some(Peer::Daemon(d)) = self.peers.get_mut(&p) {
+                d.gone = true;
+            }
+        }
+    }
+
+    // -- messages -----------------------------------------------------------------------------
+
+    /// A message from an authenticated connection.
+    pub fn message(&mut self, now: Millis, conn: ConnId, msg: Message) {
+        self.clock(now);
+        match self.peers.get_mut(&conn) {
+            Some(Peer::Daemon(d)) => {
+                d.last_seen = self.now;
+                if d.gone {
+                    return;
+                }
+                let joined = d.info.is_some();
+                self.daemon_message(conn, joined, msg);
+            }
+            Some(Peer::User) => self.user_message(conn, msg),
+            None => {}
+        }
+        self.publish(false);
+    }
+
+    fn daemon_message(&mut self, conn: ConnId, joined: bool, msg: Message) {
+        let node = NodeId(conn);
+        match msg {
+            Message::Join(info) if !joined && info.name.is_empty() => {
+                if let Some(Peer::Daemon(d)) = self.peers.get_mut(&conn) {
+                    d.gone = true;
+                }
+                self.error(conn, ErrorKind::BadRequest, "Join with an empty node name");
+                self.out.push(Action::Close(conn));
+            }
+            Message::Join(info) if !joined => self.on_join(conn, info),
+            Message::Join(_) => self.error(
+                conn,
+                ErrorKind::UnexpectedMessage,
+                "this daemon already joined on this connection",
+            ),
+            Message::Heartbeat => {}
+            Message::Error { kind, message } => {
+                tracing::warn!(conn, ?kind, "daemon reports an error: {message}");
+            }
+            m if !joined => self.error(
+                conn,
+                ErrorKind::UnexpectedMessage,
+                format!("{} before Join: a daemon must Join first", m.name()),
+            ),
+            Message::Quit { reason } => {
+                tracing::info!(conn, "daemon quits: {reason}");
+                if let Some(Peer::Daemon(d)) = self.peers.get_mut(&conn) {
+                    d.gone = true;
+                }
+                self.out.push(Action::Close(conn));
+                self.feed(Event::NodeLeft {
+                    node,
+                    how: Leave::Quit,
+                });
+            }
+            Message::Allocated {
+                job,
+                stream,
+                key,
+                handoff,
+                backing,
+            } => {
+                let id = JobId(job.0);
+                let ours = self
+                    .core
+                    .job(id)
+                    .and_then(|s| s.streams.get(stream.0 as usize).map(|s| s.0 == node))
+                    .unwrap_or(false);
+                if ours && let Some(j) = self.jobs.get_mut(&id) {
+                    if let Some(slot) = j.slots.get_mut(stream.0 as usize) {
+                        slot.alloc = Some((key, handoff, backing));
+                    }
+                    tracing::info!(%id, stream = stream.0, ?backing, "stream allocated");
+                }
+                self.feed(Event::StreamAllocated {
+                    node,
+                    job: id,
+                    stream: stream.0,
+                    // The core only hands the key back; the full key stays in the slot.
+                    key: key.0 as u64,
+                });
+            }
+            Message::AllocFailed {
+                job,
+                stream,
+                reason,
+            } => self.feed(Event::AllocFailed {
+                node,
+                job: JobId(job.0),
+                stream: stream.0,
+                reason,
+            }),
+            Message::StreamProgress {
+                job,
+                stream,
+                frontier,
+                read_pos,
+            } => {
+                let id = JobId(job.0);
+                let ours = self
+                    .core
+                    .job(id)
+                    .and_then(|s| s.streams.get(stream.0 as usize).map(|s| s.0 == node))
+                    .unwrap_or(false);
+                if ours
+                    && let Some(slot) = self
+                        .jobs
+                        .get_mut(&id)
+                        .and_then(|j| j.slots.get_mut(stream.0 as usize))
+                {
+                    slot.read_pos = slot.read_pos.max(read_pos);
+                }
+                self.feed(Event::StreamProgress {
+                    node,
+                    job: id,
+                    stream: stream.0,
+                    frontier,
+                });
+            }
+            Message::ReaderAttached { job, stream } => {
+                tracing::info!(job = job.0, stream = stream.0, "reader attached");
+            }
+            Message::ReaderGone { job, stream } => self.feed(Event::ReaderGone {
+                node,
+                job: JobId(job.0),
+                stream: stream.0,
+            }),
+            Message::Preloaded { job } => self.feed(Event::PreloadDone {
+                node,
+                job: JobId(job.0),
+            }),
+            Message::PreloadFailed { job, reason } => self.feed(Event::PreloadFailed {
+                node,
+                job: JobId(job.0),
+                reason,
+            }),
+            Message::FetchInput {
+                job,
+                name,
+                offset,
+                len,
+            } => self.on_fetch(conn, job, name, offset, len),
+            Message::TaskDone { task, kind, .. } => {
+                // Compute+Expel is one core task: only the expel's report finishes it.
+                if kind == proto::TaskKind::Expel {
+                    self.feed(Event::TaskDone {
+                        node,
+                        task: TaskId(task.0),
+                    });
+                }
+            }
+            Message::TaskFailed {
+                task,
+                reason,
+                retryable,
+                ..
+            } => {
+                tracing::warn!(conn, task = task.0, retryable, "task failed: {reason}");
+                self.feed(Event::TaskFailed {
+                    node,
+                    task: TaskId(task.0),
+                    reason,
+                });
+            }
+            m => self.error(
+                conn,
+                ErrorKind::NotPermitted,
+                format!(
+                    "{} is not a message a daemon sends to the scheduler",
+                    m.name()
+                ),
+            ),
+        }
+    }
+
+    fn user_message(&mut self, conn: ConnId, msg: Message) {
+        let client = ClientId(conn);
+        match msg {
+            Message::Submit { spec_toml, inputs } => self.on_submit(conn, spec_toml, inputs),
+            Message::Ready { job } => self.feed(Event::Ready {
+                client,
+                job: JobId(job.0),
+            }),
+            Message::Done { job } => self.feed(Event::Done {
+                client,
+                job: JobId(job.0),
+            }),
+            Message::Cancel { job } => self.feed(Event::Cancel {
+                client,
+                job: JobId(job.0),
+            }),
+            Message::Status { job } => {
+                let reply = self.status(job.map(|j| JobId(j.0)));
+                self.send(conn, reply);
+            }
+            Message::Watch { job } => {
+                let id = JobId(job.0);
+                match self.jobs.get_mut(&id) {
+                    Some(j) => {
+                        j.watchers.insert(conn);
+                        self.send(conn, Message::Ack { job });
+                        if let Some(s) = self.job_status(id) {
+                            self.send(conn, Message::JobUpdate(s));
+                        }
+                    }
+                    None => self.error(
+                        conn,
+                        ErrorKind::UnknownJob,
+                        ClientError::UnknownJob(id).to_string(),
+                    ),
+                }
+            }
+            Message::Heartbeat => {}
+            Message::Error { kind, message } => {
+                tracing::debug!(conn, ?kind, "user reports an error: {message}");
+            }
+            m => self.error(
+                conn,
+                ErrorKind::NotPermitted,
+                format!(
+                    "{} is not a message a user sends to the scheduler",
+                    m.name()
+                ),
+            ),
+        }
+    }
+
+    fn on_join(&mut self, conn: ConnId, info: proto::NodeInfo) {
+        let node = NodeId(conn);
+        let cmds = self.core.handle(
+            self.now,
+            Event::NodeJoined {
+                node,
+                info: core_info(&info),
+            },
+        );
+        let refused = cmds
+            .iter()
+            .any(|c| matches!(c, Command::RefuseNode { node: n, .. } if *n == node));
+        if !refused {
+            tracing::info!(
+                conn,
+                name = %info.name,
+                producer = info.roles.producer,
+                consumer = info.roles.consumer,
+                "node joined"
+            );
+            if let Some(Peer::Daemon(d)) = self.peers.get_mut(&conn) {
+                d.info = Some(info);
+            }
+            self.send(
+                conn,
+                Message::Welcome {
+                    heartbeat_ms: self.heartbeat_ms,
+                },
+            );
+        }
+        self.apply(cmds);
+        self.drain();
+    }
+
+    fn on_submit(&mut self, conn: ConnId, spec_toml: String, inputs: Vec<String>) {
+        let refuse = |hub: &mut Hub, reason: RefuseReason, message: String| {
+            tracing::info!(conn, "job refused: {message}");
+            hub.send(conn, Message::Refused { reason, message });
+        };
+        let plan = match JobPlan::parse(&spec_toml) {
+            Ok(p) => p,
+            Err(e) => {
+                let r = Refusal::InvalidSpec(e);
+                return refuse(self, refuse_reason(&r), r.to_string());
+            }
+        };
+        let params = table_to_value(&plan.params);
+        if params.depth() > proto::MAX_VALUE_DEPTH {
+            let r = Refusal::InvalidSpec(SpecError {
+                field: "params".into(),
+                kind: SpecErrorKind::Invalid {
+                    value: format!("{} levels", params.depth()),
+                    reason: format!(
+                        "kernel parameters nest at most {} levels",
+                        proto::MAX_VALUE_DEPTH
+                    ),
+                },
+            });
+            return refuse(self, refuse_reason(&r), r.to_string());
+        }
+        let mut names: Vec<String> = plan.inputs.clone();
+        for n in inputs {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+        for name in names {
+            let checked = match &self.files {
+                None => Err(crate::files::FileError::NoService { name: name.clone() }),
+                Some(f) => f.size(&name).map(|_| ()),
+            };
+            if let Err(e) = checked {
+                return refuse(
+                    self,
+                    RefuseReason::InputUnavailable { name },
+                    format!("{e}"),
+                );
+            }
+        }
+        self.feed(Event::Submit {
+            client: ClientId(conn),
+            spec: Submission::Plan(Box::new(plan)),
+        });
+    }
+
+    fn on_fetch(&mut self, conn: ConnId, job: proto::JobId, name: String, offset: u64, len: u64) {
+        let failed = |hub: &mut Hub, name: String, reason: String| {
+            tracing::warn!(conn, job = job.0, "fetch refused: {reason}");
+            hub.send(conn, Message::FetchFailed { job, name, reason });
+        };
+        if let Err(e) = check_name(&name) {
+            return failed(self, name, e.to_string());
+        }
+        let listed = self
+            .core
+            .plan(JobId(job.0))
+            .map(|p| p.inputs.contains(&name));
+        match listed {
+            None => return failed(self, name, format!("job {} is not running", job.0)),
+            Some(false) => {
+                let reason = format!("\"{name}\" is not an input of job {}", job.0);
+                return failed(self, name, reason);
+            }
+            Some(true) => {}
+        }
+        let size = match &self.files {
+            None => Err(crate::files::FileError::NoService { name: name.clone() }),
+            Some(f) => f.size(&name),
+        };
+        let size = match size {
+            Ok(s) => s,
+            Err(e) => return failed(self, name, e.to_string()),
+        };
+        let end = offset.saturating_add(len).min(size);
+        if let Some(Peer::Daemon(d)) = self.peers.get_mut(&conn) {
+            d.fetches.push_back(Fetch {
+                job,
+                name,
+                offset: offset.min(end),
+                end,
+            });
+        }
+    }
+
+    /// Whether `conn` has input pieces waiting to be sent (see [`Hub::pump`]).
+    pub fn has_fetches(&self, conn: ConnId) -> bool {
+        matches!(self.peers.get(&conn), Some(Peer::Daemon(d)) if !d.fetches.is_empty())
+    }
+
+    /// Queues input pieces for `conn`, about `budget` bytes at most (at least one piece), so
+    /// the shell can pace file reads by how fast the connection drains.
+    pub fn pump(&mut self, conn: ConnId, budget: usize) {
+        let Some(files) = self.files.clone() else {
+            return;
+        };
+        let mut spent = 0usize;
+        let mut msgs = Vec::new();
+        if let Some(Peer::Daemon(d)) = self.peers.get_mut(&conn) {
+            while let Some(f) = d.fetches.front_mut() {
+                if spent > 0 && spent >= budget {
+                    break;
+                }
+                let want = (f.end - f.offset).min(u64::from(proto::INPUT_CHUNK_MAX));
+                match files.read(&f.name, f.offset, want) {
+                    Ok(data) => {
+                        let n = data.len() as u64;
+                        let last = n < want || f.offset + n >= f.end;
+                        msgs.push(Message::InputChunk {
+                            job: f.job,
+                            name: f.name.clone(),
+                            offset: f.offset,
+                            data,
+                            last,
+                        });
+                        spent += n as usize + 64;
+                        f.offset += n;
+                        if last {
+                            d.fetches.pop_front();
+                        }
+                    }
+                    Err(e) => {
+                        msgs.push(Message::FetchFailed {
+                            job: f.job,
+                            name: f.name.clone(),
+                            reason: e.to_string(),
+                        });
+                        spent += 64;
+                        d.fetches.pop_front();
+                    }
+                }
+            }
+        }
+        for m in msgs {
+            self.send(conn, m);
+        }
+    }
+
+    // -- core plumbing ------------------------------------------------------------------------
+
+    fn feed(&mut self, event: Event) {
+        self.events.push_back(event);
+        self.drain();
+    }
+
+    fn drain(&mut self) {
+        while let Some(ev) = self.events.pop_front() {
+            let cmds = self.core.handle(self.now, ev);
+            self.apply(cmds);
+        }
+        // Jobs the core forgot (refused while allocating) are forgotten here too.
+        let core = &self.core;
+        self.jobs.retain(|id, _| core.plan(*id).is_some());
+    }
+
+    fn apply(&mut self, cmds: Vec<Command>) {
+        for c in cmds {
+            match c {
+                Command::Reply { client, reply } => self.reply(client.0, reply),
+                Command::RefuseNode { node, reason } => {
+                    tracing::warn!(conn = node.0, "node refused: {reason}");
+                    if let Some(Peer::Daemon(d)) = self.peers.get_mut(&node.0) {
+                        d.gone = true;
+                    }
+                    self.error(node.0, ErrorKind::BadRequest, reason);
+                    self.out.push(Action::Close(node.0));
+                }
+                Command::AllocStream {
+                    node,
+                    job,
+                    stream,
+                    len,
+                    ring,
+                } => {
+                    self.track(job);
+                    self.send(
+                        node.0,
+                        Message::AllocStream {
+                            job: proto::JobId(job.0),
+                            stream: StreamIndex(stream),
+                            capacity: ring,
+                            total_len: len,
+                        },
+                    );
+                }
+                Command::Release { node, job, why, .. } => {
+                    tracing::debug!(conn = node.0, %job, ?why, "release");
+                    self.send(
+                        node.0,
+                        Message::Release {
+                            job: proto::JobId(job.0),
+                        },
+                    );
+                }
+                Command::Preload { node, job } => match self.preload(job) {
+                    Ok(m) => self.send(node.0, m),
+                    Err(reason) => {
+                        self.events
+                            .push_back(Event::PreloadFailed { node, job, reason })
+                    }
+                },
+                Command::Compute {
+                    node,
+                    task,
+                    job,
+                    chunk,
+                    targets,
+                } => match self.expel_targets(node, &targets) {
+                    Ok(t) => {
+                        let (c, e) = compute_pair(task, job, &chunk, t);
+                        self.send(node.0, c);
+                        self.send(node.0, e);
+                    }
+                    Err(reason) => {
+                        tracing::warn!(%job, task = task.0, "cannot route task: {reason}");
+                        self.events
+                            .push_back(Event::TaskFailed { node, task, reason });
+                    }
+                },
+                Command::Unload { node, job } => self.send(
+                    node.0,
+                    Message::Unload {
+                        job: proto::JobId(job.0),
+                    },
+                ),
+                Command::Delivered { client, job } => {
+                    tracing::info!(%job, "every chunk delivered");
+                    let watching = self
+                        .jobs
+                        .get(&job)
+                        .is_some_and(|j| j.watchers.contains(&client.0));
+                    if !watching && let Some(s) = self.job_status(job) {
+                        self.send(client.0, Message::JobUpdate(s));
+                    }
+                }
+                Command::JobEnded { client, job, end } => {
+                    let outcome = match &end {
+                        JobEnd::Completed => JobOutcome::Completed,
+                        JobEnd::Cancelled => JobOutcome::Cancelled,
+                        JobEnd::Aborted(r) => JobOutcome::Aborted {
+                            reason: r.to_string(),
+                        },
+                    };
+                    tracing::info!(%job, ?outcome, "job ended");
+                    let mut to: BTreeSet<ConnId> = BTreeSet::from([client.0]);
+                    if let Some(j) = self.jobs.remove(&job) {
+                        to.extend(j.watchers);
+                    }
+                    for c in to {
+                        if self.peers.contains_key(&c) {
+                            self.send(
+                                c,
+                                Message::JobEnded {
+                                    job: proto::JobId(job.0),
+                                    outcome: outcome.clone(),
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts tracking a job the core just created.
+    fn track(&mut self, job: JobId) {
+        if self.jobs.contains_key(&job) {
+            return;
+        }
+        let (Some(plan), Some(st)) = (self.core.plan(job), self.core.job(job)) else {
+            return;
+        };
+        self.jobs.insert(
+            job,
+            JobInfo {
+                submitter: st.client.0,
+                name: plan.name.clone().unwrap_or_default(),
+                slots: plan
+                    .streams
+                    .iter()
+                    .map(|s| Slot {
+                        node: s.node.clone(),
+                        alloc: None,
+                        read_pos: 0,
+                    })
+                    .collect(),
+                watchers: BTreeSet::new(),
+                sent: None,
+                sent_at: 0,
+            },
+        );
+    }
+
+    fn reply(&mut self, conn: ConnId, reply: Reply) {
+        let msg = match reply {
+            Reply::Accepted { job, streams } => {
+                let slots = self.jobs.get(&job).map(|j| j.slots.clone());
+                let streams = streams
+                    .into_iter()
+                    .map(|p| {
+                        let alloc = slots
+                            .as_ref()
+                            .and_then(|s| s.get(p.stream as usize))
+                            .and_then(|s| s.alloc.clone());
+                        let (key, handoff) = match alloc {
+                            Some((k, h, _)) => (k, h),
+                            None => (StreamKey(u128::from(p.key)), PathBuf::new()),
+                        };
+                        proto::StreamPlacement {
+                            stream: StreamIndex(p.stream),
+                            node: p.node_name,
+                            handoff,
+                            key,
+                            length: p.len,
+                        }
+                    })
+                    .collect();
+                tracing::info!(%job, "job accepted");
+                Message::Accepted {
+                    job: proto::JobId(job.0),
+                    streams,
+                }
+            }
+            Reply::Refused(r) => {
+                let reason = match &r {
+                    Refusal::AllocTimeout { node } => RefuseReason::AllocFailed {
+                        node: node.clone(),
+                        stream: self.pending_stream(conn, node),
+                    },
+                    other => refuse_reason(other),
+                };
+                tracing::info!(conn, "job refused: {r}");
+                Message::Refused {
+                    reason,
+                    message: r.to_string(),
+                }
+            }
+            Reply::Ok(job) => Message::Ack {
+                job: proto::JobId(job.0),
+            },
+            Reply::Error(e) => Message::Error {
+                kind: match e {
+                    ClientError::UnknownJob(_) => ErrorKind::UnknownJob,
+                    ClientError::BadState { .. } => ErrorKind::UnexpectedMessage,
+                },
+                message: e.to_string(),
+            },
+        };
+        self.send(conn, msg);
+    }
+
+    /// The first unallocated stream on `node` of a job of `conn` that the core just dropped.
+    fn pending_stream(&self, conn: ConnId, node: &str) -> StreamIndex {
+        for (id, j) in &self.jobs {
+            if j.submitter != conn || self.core.plan(*id).is_some() {
+                continue;
+            }
+            if let Some(i) = j
+                .slots
+                .iter()
+                .position(|s| s.alloc.is_none() && s.node == node)
+            {
+                return StreamIndex(i as u32);
+            }
+        }
+        StreamIndex(0)
+    }
+
+    fn preload(&self, job: JobId) -> Result<Message, String> {
+        let plan = self
+            .core
+            .plan(job)
+            .ok_or_else(|| format!("{job} is gone"))?;
+        let mut inputs = Vec::with_capacity(plan.inputs.len());
+        for name in &plan.inputs {
+            let size = match &self.files {
+                None => Err(crate::files::FileError::NoService { name: name.clone() }),
+                Some(f) => f.size(name),
+            }
+            .map_err(|e| e.to_string())?;
+            inputs.push(InputSpec {
+                name: name.clone(),
+                source: InputSource::FileService { size },
+            });
+        }
+        let g = &plan.geometry;
+        Ok(Message::Preload {
+            job: proto::JobId(job.0),
+            kernel: plan.kernel.name().to_string(),
+            params: table_to_value(&plan.params),
+            geometry: JobGeometry {
+                channels: g.channels,
+                lines: g.lines,
+                line_bytes: g.line_bytes,
+                pixels: g.pixels.as_ref().map(|p| PixelGeometry {
+                    width: p.width,
+                    height: p.height,
+                    bits: p.bits,
+                    dpi: p.dpi,
+                }),
+            },
+            inputs,
+        })
+    }
+
+    fn daemon_info(&self, node: NodeId) -> Option<&proto::NodeInfo> {
+        match self.peers.get(&node.0) {
+            Some(Peer::Daemon(d)) => d.info.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Where each piece goes: the consumer's data endpoint for the route the policy chose.
+    fn expel_targets(
+        &self,
+        producer: NodeId,
+        targets: &[Target],
+    ) -> Result<Vec<ExpelTarget>, String> {
+        let p = self
+            .daemon_info(producer)
+            .ok_or_else(|| format!("producer {} is gone", producer.0))?;
+        let mut out = Vec::with_capacity(targets.len());
+        let mut chunk_offset = 0;
+        for t in targets {
+            let c = self
+                .daemon_info(t.node)
+                .ok_or_else(|| format!("consumer of stream {} is gone", t.piece.stream))?;
+            let (endpoint, source) = route(p, c, &t.route)?;
+            out.push(ExpelTarget {
+                stream: StreamIndex(t.piece.stream),
+                consumer: c.name.clone(),
+                endpoint,
+                source,
+                chunk_offset,
+                stream_offset: t.piece.offset,
+                len: t.piece.len,
+            });
+            chunk_offset += t.piece.len;
+        }
+        Ok(out)
+    }
+
+    // -- status -------------------------------------------------------------------------------
+
+    /// A job's state and progress as users see it.
+    pub fn job_status(&self, job: JobId) -> Option<proto::JobStatus> {
+        let st = self.core.job(job)?;
+        let plan = self.core.plan(job)?;
+        let info = self.jobs.get(&job);
+        let total = plan.total_bytes();
+        let state = match st.state {
+            core::JobState::Allocating => proto::JobState::Allocating,
+            core::JobState::Accepted => proto::JobState::WaitingReady,
+            core::JobState::Running if !st.producers.iter().any(|(_, r)| *r) => {
+                proto::JobState::Preloading
+            }
+            core::JobState::Running => proto::JobState::Running,
+            core::JobState::Delivered => proto::JobState::Delivered,
+        };
+        let delivered = if st.state == core::JobState::Delivered {
+            total
+        } else {
+            st.streams.iter().map(|s| s.3).sum()
+        };
+        Some(proto::JobStatus {
+            job: proto::JobId(job.0),
+            name: info.map(|j| j.name.clone()).unwrap_or_default(),
+            state,
+            progress: Progress {
+                delivered,
+                read: info.map_or(0, |j| j.slots.iter().map(|s| s.read_pos).sum()),
+                total,
+            },
+        })
+    }
+
+    /// The answer to a Status request.
+    pub fn status(&self, job: Option<JobId>) -> Message {
+        let ids = match job {
+            Some(id) if self.core.plan(id).is_none() => {
+                return Message::Error {
+                    kind: ErrorKind::UnknownJob,
+                    message: ClientError::UnknownJob(id).to_string(),
+                };
+            }
+            Some(id) => vec![id],
+            None => self.core.jobs(),
+        };
+        let jobs = ids.iter().filter_map(|id| self.job_status(*id)).collect();
+        let all: Vec<core::JobStatus> = self
+            .core
+            .jobs()
+            .into_iter()
+            .filter_map(|id| self.core.job(id))
+            .collect();
+        let nodes = self
+            .peers
+            .iter()
+            .filter_map(|(id, p)| match p {
+                Peer::Daemon(d) if !d.gone => d.info.as_ref().map(|i| (*id, i)),
+                _ => None,
+            })
+            .filter(|(id, _)| self.core.node(NodeId(*id)).is_some())
+            .map(|(id, i)| NodeStatus {
+                name: i.name.clone(),
+                roles: i.roles,
+                state: NodeState::Alive,
+                tasks_in_flight: self.core.tasks_of(NodeId(id)).len() as u32,
+                streams: all
+                    .iter()
+                    .flat_map(|j| j.streams.iter())
+                    .filter(|s| s.0 == NodeId(id))
+                    .count() as u32,
+            })
+            .collect();
+        Message::StatusReply { jobs, nodes }
+    }
+
+    /// Sends watchers a JobUpdate on every state change, and on progress at most every
+    /// [`UPDATE_INTERVAL_MS`] (or whenever `force`).
+    fn publish(&mut self, force: bool) {
+        let ids: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| !j.watchers.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let Some(s) = self.job_status(id) else {
+                continue;
+            };
+            let now = self.now;
+            let Some(j) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            let due = match &j.sent {
+                None => true,
+                Some((state, _)) if *state != s.state => true,
+                Some((_, p)) => {
+                    *p != s.progress
+                        && (force || now.saturating_sub(j.sent_at) >= UPDATE_INTERVAL_MS)
+                }
+            };
+            if !due {
+                continue;
+            }
+            j.sent = Some((s.state.clone(), s.progress));
+            j.sent_at = now;
+            let to: Vec<ConnId> = j.watchers.iter().copied().collect();
+            for c in to {
+                self.send(c, Message::JobUpdate(s.clone()));
+            }
+        }
+    }
+}
+
+fn name_of(d: &Daemon) -> String {
+    d.info.as_ref().map_or_else(String::new, |i| i.name.clone())
+}
+
+/// The core's view of a joining daemon.
+pub fn core_info(i: &proto::NodeInfo) -> core::NodeInfo {
+    let interfaces = i
+        .data_endpoints
+        .iter()
+        .filter_map(|e| match e {
+            DataEndpoint::Tcp { addr, interface } => Some(core::Interface {
+                name: interface.clone().unwrap_or_else(|| addr.to_string()),
+                addr: addr.to_string(),
+            }),
+            DataEndpoint::Unix { .. } => None,
+        })
+        .collect();
+    core::NodeInfo {
+        name: i.name.clone(),
+        host: format!("{:032x}", i.host.0),
+        roles: core::Roles {
+            producer: i.roles.producer,
+            consumer: i.roles.consumer,
+        },
+        cores: if i.compute.cores > 0 {
+            i.compute.cores
+        } else {
+            i.cores
+        },
+        capacity: if i.roles.consumer { i.ring_budget } else { 0 },
+        interfaces,
+    }
+}
+
+/// Picks the consumer endpoint for a route, and the producer's source address: the address of
+/// the producer's interface with the same name as the endpoint's interface, if it has one of
+/// the same family (a cluster names its data network alike on every node).
+pub fn route(
+    p: &proto::NodeInfo,
+    c: &proto::NodeInfo,
+    route: &Route,
+) -> Result<(DataEndpoint, Option<SourceBinding>), String> {
+    let unix = c
+        .data_endpoints
+        .iter()
+        .find(|e| matches!(e, DataEndpoint::Unix { .. }));
+    let tcp: Vec<&DataEndpoint> = c
+        .data_endpoints
+        .iter()
+        .filter(|e| matches!(e, DataEndpoint::Tcp { .. }))
+        .collect();
+    let same_host = p.host == c.host;
+    let chosen = match route {
+        Route::Local => unix.or(tcp.first().copied()),
+        Route::Remote(iface) => {
+            let by_iface = iface.as_ref().and_then(|i| {
+                tcp.iter().copied().find(
+                    |e| matches!(e, DataEndpoint::Tcp { addr, .. } if addr.to_string() == i.addr),
+                )
+            });
+            by_iface
+                .or(tcp.first().copied())
+                .or(if same_host { unix } else { None })
+        }
+    };
+    let Some(endpoint) = chosen.cloned() else {
+        return Err(format!(
+            "consumer \"{}\" announced no data endpoint that producer \"{}\" can reach{}",
+            c.name,
+            p.name,
+            if same_host {
+                ""
+            } else {
+                " (it is on another host and has no TCP data endpoint)"
+            }
+        ));
+    };
+    let source = match &endpoint {
+        DataEndpoint::Tcp {
+            addr,
+            interface: Some(name),
+        } => p
+            .interfaces
+            .iter()
+            .find(|i| &i.name == name && i.addr.is_ipv4() == addr.is_ipv4())
+            .map(|i| SourceBinding {
+                interface: None,
+                addr: Some(i.addr),
+            }),
+        _ => None,
+    };
+    Ok((endpoint, source))
+}
+
+/// The Compute and Expel messages of one core task (same task id: the producer answers one
+/// `TaskDone { kind: Expel }` for the pair). Pieces lie channel after channel in the computed
+/// chunk, so `chunk_offset` is the sum of the preceding pieces' lengths.
+pub fn compute_pair(
+    task: TaskId,
+    job: JobId,
+    chunk: &Chunk,
+    targets: Vec<ExpelTarget>,
+) -> (Message, Message) {
+    (
+        Message::Compute {
+            task: proto::TaskId(task.0),
+            job: proto::JobId(job.0),
+            chunk: proto::ChunkIndex(chunk.index),
+            lines: LineRange {
+                start: chunk.lines.start,
+                end: chunk.lines.end,
+            },
+        },
+        Message::Expel {
+            task: proto::TaskId(task.0),
+            job: proto::JobId(job.0),
+            chunk: proto::ChunkIndex(chunk.index),
+            targets,
+        },
+    )
+}
+
+/// The structured reason of a core refusal.
+pub fn refuse_reason(r: &Refusal) -> RefuseReason {
+    match r {
+        Refusal::InvalidSpec(e) => match &e.kind {
+            SpecErrorKind::UnknownKernel { name } => RefuseReason::UnknownKernel {
+                kernel: name.clone(),
+            },
+            _ => RefuseReason::InvalidSpec {
+                field: e.field.clone(),
+            },
+        },
+        Refusal::MissingOutputNode { node, .. }
+        | Refusal::NotAConsumer { node, .. }
+        | Refusal::ConsumerLost { node } => RefuseReason::ConsumerMissing { node: node.clone() },
+        Refusal::NoProducers => RefuseReason::NoProducers,
+        Refusal::Capacity { .. } | Refusal::Policy(_) => RefuseReason::InsufficientCapacity,
+        Refusal::AllocFailed { stream, node, .. } => RefuseReason::AllocFailed {
+            node: node.clone(),
+            stream: StreamIndex(*stream),
+        },
+        Refusal::AllocTimeout { node } => RefuseReason::AllocFailed {
+            node: node.clone(),
+            stream: StreamIndex(0),
+        },
+    }
+}
+
+/// Kernel parameters from the spec, as a proto [`Value`] (datetimes become strings).
+pub fn table_to_value(t: &toml::Table) -> Value {
+    Value::Table(
+        t.iter()
+            .map(|(k, v)| (k.clone(), toml_to_value(v)))
+            .collect(),
+    )
+}
+
+fn toml_to_value(v: &toml::Value) -> Value {
+    match v {
+        toml::Value::String(s) => Value::Str(s.clone()),
+        toml::Value::Integer(i) => Value::Int(*i),
+        toml::Value::Float(f) => Value::Float(*f),
+        toml::Value::Boolean(b) => Value::Bool(*b),
+        toml::Value::Datetime(d) => Value::Str(d.to_string()),
+        toml::Value::Array(a) => Value::List(a.iter().map(toml_to_value).collect()),
+        toml::Value::Table(t) => table_to_value(t),
+    }
+}

@@ -5,8 +5,8 @@
 //! condition, registers in `reader_waiters`, and `futex_wait`s on the snapshot; the kernel
 //! re-checks the word, so a bump between snapshot and sleep is never lost. The same holds in
 //! the other direction with `read_pos` / `read_seq` / `writer_waiters`. All flag and sequence
-//! operations are SeqCst (a Dekker pair: either the waiter sees the new value or the
-//! publisher sees the waiter). Model-checked with loom (tests/loom.rs).
+//! operations are SeqCst and the cross checks are read-modify-writes (a Dekker pair: either
+//! the waiter sees the new value or the publisher sees the waiter). Model-checked with loom (tests/loom.rs).
 
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -98,7 +98,9 @@ impl Ctl {
     #[cfg(loom)]
     fn fwait(&self, word: &AtomicU32, expected: u32, _timeout: Option<Duration>) {
         let g = self.park.0.lock().unwrap();
-        if word.load(Ordering::SeqCst) == expected {
+        // The kernel reads the word after a full barrier (futex_q_lock's smp_mb): an RMW
+        // models that read.
+        if word.fetch_add(0, Ordering::SeqCst) == expected {
             drop(self.park.1.wait(g).unwrap());
         }
     }
@@ -129,7 +131,10 @@ impl Ctl {
 
     fn bump(&self, seq: &AtomicU32, waiters: &AtomicU32) {
         seq.fetch_add(1, Ordering::SeqCst);
-        if waiters.load(Ordering::SeqCst) != 0 {
+        // An RMW, not a load: it reads the latest `waiters` in modification order, so this and
+        // the waiter's `fetch_add` cannot both miss each other (store buffering) even under
+        // acquire/release semantics only (which is what loom models for SeqCst).
+        if waiters.fetch_add(0, Ordering::SeqCst) != 0 {
             self.fwake(seq);
         }
     }

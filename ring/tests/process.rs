@@ -30,7 +30,11 @@ fn child() {
     };
     match role {
         "writer-full" | "writer-hang" => {
-            let total = if role == "writer-full" { 8 * CAP as u64 + 999 } else { 1 << 30 };
+            let total = if role == "writer-full" {
+                8 * CAP as u64 + 999
+            } else {
+                1 << 30
+            };
             let w = writer(CAP, Some(total), BackingPref::NoHugeTlb);
             let srv = HandoffServer::bind(path, HandoffConfig::default()).unwrap();
             srv.publish("s", &w).unwrap();
@@ -60,7 +64,10 @@ fn child() {
         }
         "reader-hang" => {
             let mut r = handoff::connect(path, "s").unwrap();
-            assert!(matches!(r.acquire(1, 100, None).unwrap(), Acquired::Data(_)));
+            assert!(matches!(
+                r.acquire(1, 100, None).unwrap(),
+                Acquired::Data(_)
+            ));
             ready();
             loop {
                 std::thread::sleep(Duration::from_secs(1));
@@ -82,7 +89,10 @@ fn spawn(role: &str, path: &Path) -> Child {
     let mut line = String::new();
     loop {
         line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "child {role} exited early");
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "child {role} exited early"
+        );
         if line.trim_end().ends_with("READY") {
             return c;
         }
@@ -99,11 +109,17 @@ fn separate_processes_stream_is_exact() {
     ));
     let mut r = handoff::connect(&path, "s").unwrap();
     assert_ne!(r.writer_pid(), std::process::id());
-    assert!(matches!(handoff::connect(&path, "s"), Err(HandoffError::Busy(_))));
+    assert!(matches!(
+        handoff::connect(&path, "s"),
+        Err(HandoffError::Busy(_))
+    ));
     assert_eq!(read_all(&mut r, 1 << 20), Ok(8 * CAP as u64 + 999));
     drop(r);
     assert!(c.wait().unwrap().success());
-    assert!(!path.exists(), "socket path must be unlinked on clean shutdown");
+    assert!(
+        !path.exists(),
+        "socket path must be unlinked on clean shutdown"
+    );
 }
 
 #[test]
@@ -111,7 +127,10 @@ fn kill_9_writer_makes_reader_fail_with_dead_writer() {
     let path = sock_path("killw");
     let mut c = spawn("writer-hang", &path);
     let mut r = handoff::connect(&path, "s").unwrap();
-    let n = match r.acquire(1 << 20, 1 << 20, Some(Duration::from_secs(20))).unwrap() {
+    let n = match r
+        .acquire(1 << 20, 1 << 20, Some(Duration::from_secs(20)))
+        .unwrap()
+    {
         Acquired::Data(b) => b.data.len(),
         other => panic!("{other:?}"),
     };
@@ -119,8 +138,15 @@ fn kill_9_writer_makes_reader_fail_with_dead_writer() {
     c.kill().unwrap(); // SIGKILL; not reaped yet (a zombie still counts as dead)
     let t = Instant::now();
     let e = r.acquire(1, 1, None).unwrap_err();
-    assert!(matches!(e, ReadError::WriterDead { at, .. } if at == 1 << 20), "{e}");
-    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+    assert!(
+        matches!(e, ReadError::WriterDead { at, .. } if at == 1 << 20),
+        "{e}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
     c.wait().unwrap();
     // The crash left a stale socket file: a new server replaces it.
     assert!(path.exists());
@@ -140,9 +166,11 @@ fn kill_9_reader_is_seen_by_writer() {
     assert_eq!(w.reader_status(), ReaderStatus::Attached);
     assert!(w.reader_alive());
     c.kill().unwrap();
-    wait_until("writer to see the reader dead", Duration::from_secs(5), || {
-        w.reader_status() == ReaderStatus::Dead
-    });
+    wait_until(
+        "writer to see the reader dead",
+        Duration::from_secs(5),
+        || w.reader_status() == ReaderStatus::Dead,
+    );
     assert!(matches!(
         w.wait_room(CAP as u64 + 1, Some(Duration::from_secs(5))),
         Err(WriteError::ReaderGone(ReaderStatus::Dead))

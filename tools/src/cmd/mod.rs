@@ -7,6 +7,7 @@ pub mod cancel;
 pub mod doctor;
 pub mod node;
 pub mod read;
+pub mod ring_serve;
 pub mod scheduler;
 pub mod status;
 pub mod submit;
@@ -30,6 +31,9 @@ pub enum Cmd {
     /// Benchmarks against limits measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Serve a pattern stream on a ring (for tests of `spate read`).
+    #[command(hide = true)]
+    RingServe(ring_serve::Args),
 }
 
 pub fn run(cmd: Cmd) -> anyhow::Result<i32> {
@@ -42,5 +46,6 @@ pub fn run(cmd: Cmd) -> anyhow::Result<i32> {
         Cmd::Read(a) => read::run(a),
         Cmd::Doctor(a) => doctor::run(a),
         Cmd::Bench(b) => bench::run(b),
+        Cmd::RingServe(a) => ring_serve::run(a),
     }
 }

@@ -1,0 +1,145 @@
+//! `spate read` end to end against `spate ring-serve` (the real binary, two processes).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_spate");
+
+fn sock(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("spate-read-{}-{name}.sock", std::process::id()))
+}
+
+/// Start `spate ring-serve` and wait for its READY line.
+fn serve(name: &str, extra: &[&str]) -> (Child, PathBuf) {
+    let path = sock(name);
+    let mut c = Command::new(BIN)
+        .args(["ring-serve", "--no-hugetlb", "--socket"])
+        .arg(&path)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(c.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("READY"), "ring-serve said {line:?}");
+    (c, path)
+}
+
+fn read(path: &PathBuf, extra: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(["read", "--key", "s", "--socket"])
+        .arg(path)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON {e}: {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+const BYTES: u64 = 5 * 1024 * 1024 + 4321;
+
+#[test]
+fn reads_verified_stream_to_file_byte_exact() {
+    let (mut srv, path) = serve(
+        "file",
+        &[
+            "--bytes",
+            &BYTES.to_string(),
+            "--seed",
+            "7",
+            "--stream",
+            "2",
+            "--chunk",
+            "100000",
+        ],
+    );
+    let out = std::env::temp_dir().join(format!("spate-read-{}.out", std::process::id()));
+    let o = read(&path, &["--verify", "7:2", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains(&format!("{BYTES} bytes")), "{text}");
+    assert!(text.contains("pattern verified"), "{text}");
+    let got = std::fs::read(&out).unwrap();
+    let mut want = vec![0u8; BYTES as usize];
+    spate_ring::pattern::fill(7, 2, 0, &mut want);
+    assert!(got == want, "file differs from the pattern");
+    std::fs::remove_file(&out).unwrap();
+    assert!(srv.wait().unwrap().success());
+    assert!(!path.exists());
+}
+
+#[test]
+fn json_report_shape_with_constant_rate() {
+    let (mut srv, path) = serve("json", &["--bytes", "2000000", "--chunk", "65536"]);
+    let o = read(
+        &path,
+        &[
+            "--json", "--verify", "0:0", "--rate", "400Mbit", "--block", "64KiB",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v = json(&o);
+    assert_eq!(v["outcome"], "end");
+    assert_eq!(v["bytes"], 2_000_000);
+    assert_eq!(v["verified"], true);
+    assert_eq!(v["backing"].as_str().unwrap().starts_with("shmem"), true);
+    assert!(v["seconds"].as_f64().unwrap() > 0.0);
+    assert!(v["gbit_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["rate_gbit_per_s"].as_f64().unwrap(), 0.4);
+    assert!(v["starvations"].is_u64());
+    assert!(v["starvation_seconds"].is_f64());
+    assert!(v["error"].is_null());
+    // 2 MB at 50 MB/s is paced: at least ~40 ms (sleeping, not a busy loop).
+    assert!(v["seconds"].as_f64().unwrap() >= 0.035, "{v}");
+    assert!(srv.wait().unwrap().success());
+}
+
+#[test]
+fn verification_failure_names_first_bad_offset() {
+    let (mut srv, path) = serve("bad", &["--bytes", "3000000", "--corrupt-at", "1234567"]);
+    let o = read(&path, &["--verify", "0:0", "--json"]);
+    assert_eq!(o.status.code(), Some(2));
+    let v = json(&o);
+    assert_eq!(v["outcome"], "verify_failed");
+    assert_eq!(v["bad_offset"], 1_234_567);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("first bad byte at offset 1234567"), "{err}");
+    srv.wait().unwrap();
+}
+
+#[test]
+fn abort_exits_with_reason() {
+    let (mut srv, path) = serve("abort", &["--bytes", "100000000", "--abort-at", "1000000"]);
+    let o = read(&path, &[]);
+    assert_eq!(o.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("stream aborted: cancelled"), "{err}");
+    assert!(srv.wait().unwrap().success());
+}
+
+#[test]
+fn dead_writer_exits_with_message() {
+    let (mut srv, path) = serve("dead", &["--bytes", "100000000", "--die-at", "1000000"]);
+    let o = read(&path, &["--json"]);
+    assert_eq!(o.status.code(), Some(4));
+    assert_eq!(json(&o)["outcome"], "writer_dead");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("died before the end of the stream"), "{err}");
+    assert_eq!(srv.wait().unwrap().code(), Some(9));
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn unknown_key_and_missing_socket_fail_clearly() {
+    let o = read(&sock("none"), &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cannot attach to stream \"s\""), "{err}");
+    assert!(err.contains("connect to hand-off socket"), "{err}");
+}

@@ -4,6 +4,7 @@ use clap::Subcommand;
 
 pub mod bench;
 pub mod cancel;
+pub mod demo;
 pub mod doctor;
 pub mod node;
 pub mod read;
@@ -14,6 +15,8 @@ pub mod submit;
 
 #[derive(Subcommand)]
 pub enum Cmd {
+    /// Run a local cluster end to end: scheduler, producers, consumers, one job, readers.
+    Demo(demo::Args),
     /// Run the scheduler: the cluster's single point of decision and of contact with users.
     Scheduler(scheduler::Args),
     /// Run a node daemon: producer and/or consumer roles on this host.
@@ -38,6 +41,7 @@ pub enum Cmd {
 
 pub fn run(cmd: Cmd) -> anyhow::Result<i32> {
     match cmd {
+        Cmd::Demo(a) => demo::run(a),
         Cmd::Scheduler(a) => scheduler::run(a),
         Cmd::Node(a) => node::run(a),
         Cmd::Submit(a) => submit::run(a),

@@ -52,7 +52,7 @@ fn many_to_many_pattern_job_is_verified() {
 #[test]
 fn bad_job_size_is_refused_with_the_reason() {
     let out = Command::new(env!("CARGO_BIN_EXE_spate"))
-        .args(["demo", "--job", "12345"])
+        .args(["demo", "--job", "100KiB"])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -380,6 +380,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
 
 fn run_in(a: &Args, dir: &Path) -> anyhow::Result<Report> {
     let deadline = Instant::now() + Duration::from_secs(a.timeout);
+    let job = job_spec(a, &dir.join("files"))?;
     let secret_path = dir.join("secret");
     let secret = Secret::generate()?;
     std::fs::write(&secret_path, hex(secret.expose()))?;
@@ -445,7 +446,6 @@ fn run_in(a: &Args, dir: &Path) -> anyhow::Result<Report> {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    let job = job_spec(a, &dir.join("files"))?;
     let t_submit = Instant::now();
     conn.send(&Message::Submit {
         spec_toml: job.spec.clone(),

@@ -11,7 +11,11 @@ use spate_ring::ctl::{Ctl, STATE_ENDED, STATE_OPEN};
 /// (loom fails on a deadlock), and the reader sees every unit and then the end.
 #[test]
 fn publish_wait_release_end() {
-    loom::model(|| {
+    let mut b = loom::model::Builder::new();
+    // Bounded preemptions keep the run to seconds; 3 covers the lost-wake-up interleavings
+    // (one preemption between each check and its sleep on either side).
+    b.preemption_bound = Some(3);
+    b.check(|| {
         let c = Arc::new(Ctl::new());
         let w = c.clone();
         let t = loom::thread::spawn(move || {

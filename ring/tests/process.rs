@@ -78,6 +78,7 @@ fn child() {
     std::process::exit(0);
 }
 
+#[allow(clippy::zombie_processes)] // the caller waits for (or kills and waits) the child
 fn spawn(role: &str, path: &Path) -> Child {
     let mut c = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child", "--nocapture", "--test-threads=1"])

@@ -11,6 +11,7 @@ fn sock(name: &str) -> PathBuf {
 }
 
 /// Start `spate ring-serve` and wait for its READY line.
+#[allow(clippy::zombie_processes)] // the caller waits for (or kills and waits) the child
 fn serve(name: &str, extra: &[&str]) -> (Child, PathBuf) {
     let path = sock(name);
     let mut c = Command::new(BIN)
@@ -88,7 +89,7 @@ fn json_report_shape_with_constant_rate() {
     assert_eq!(v["outcome"], "end");
     assert_eq!(v["bytes"], 2_000_000);
     assert_eq!(v["verified"], true);
-    assert_eq!(v["backing"].as_str().unwrap().starts_with("shmem"), true);
+    assert!(v["backing"].as_str().unwrap().starts_with("shmem"));
     assert!(v["seconds"].as_f64().unwrap() > 0.0);
     assert!(v["gbit_per_s"].as_f64().unwrap() > 0.0);
     assert_eq!(v["rate_gbit_per_s"].as_f64().unwrap(), 0.4);

@@ -21,6 +21,7 @@
 //! files are removed.
 
 mod hub;
+pub mod user;
 
 use std::collections::BTreeMap;
 use std::io;

@@ -2,6 +2,29 @@
 //! (memory copy, raw socket transfer), reported as ratios, with latency histograms.
 #![forbid(unsafe_code)]
 
+/// Sizes on the command line, in the job spec's units (`8GiB`, `4MiB`, `1.5GB`, `12345`): see
+/// [`spate_scheduler::spec::parse_size`]. Zero is refused.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    match spate_scheduler::spec::parse_size(s) {
+        Ok(0) => Err(format!("{s:?} must be more than zero")),
+        Ok(v) => Ok(v),
+        Err(e) => Err(format!("{s:?}: {e}")),
+    }
+}
+
 pub mod net;
-pub mod rip;
 pub mod ring;
+pub mod rip;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_use_the_spec_units_and_refuse_zero() {
+        assert_eq!(super::parse_size("8GiB"), Ok(8 << 30));
+        assert_eq!(super::parse_size("4MiB"), Ok(4 << 20));
+        assert_eq!(super::parse_size("1.5GB"), Ok(1_500_000_000));
+        assert_eq!(super::parse_size("12345"), Ok(12345));
+        assert!(super::parse_size("0").unwrap_err().contains("more than zero"));
+        assert!(super::parse_size("4XB").unwrap_err().contains("unknown unit"));
+    }
+}

@@ -40,26 +40,7 @@ pub struct Args {
     pub role: Option<String>,
 }
 
-/// Parse `8GiB`, `4MiB`, `100K`, `1G`, `12345` (binary multiples).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: expected e.g. 8GiB or 4MiB"))?;
-    let mul: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" | "kb" => 1 << 10,
-        "m" | "mib" | "mb" => 1 << 20,
-        "g" | "gib" | "gb" => 1 << 30,
-        "t" | "tib" | "tb" => 1 << 40,
-        _ => return Err(format!("invalid size unit in {s:?}: use K, M, G (binary)")),
-    };
-    n.checked_mul(mul)
-        .filter(|v| *v > 0)
-        .ok_or_else(|| format!("invalid size {s:?}: zero or too large"))
-}
+pub use crate::parse_size;
 
 /// Run the benchmark (or, with `--role receiver`, its receiving side).
 pub fn run(a: Args) -> anyhow::Result<i32> {
@@ -376,20 +357,4 @@ fn measure(a: &Args, raw_ep: &Endpoint, std_ep: &Endpoint) -> anyhow::Result<Mea
     s.read_exact(&mut ack)?;
     let base = t1.elapsed();
     Ok((uring, base, hist, arena.backing().to_string(), mode))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size("8GiB"), Ok(8 << 30));
-        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
-        assert_eq!(parse_size("100k"), Ok(100 << 10));
-        assert_eq!(parse_size("12345"), Ok(12345));
-        assert!(parse_size("0").is_err());
-        assert!(parse_size("4XB").is_err());
-        assert!(parse_size("GiB").is_err());
-    }
 }

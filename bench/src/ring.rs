@@ -43,36 +43,7 @@ pub struct Args {
     pub socket: Option<PathBuf>,
 }
 
-/// Parse a size like `4096`, `64KiB`, `4MiB`, `2MB`, `8GiB`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("bad size {s:?}: expected e.g. 4MiB"))?;
-    let mul: f64 = match unit.trim() {
-        "" | "B" => 1.0,
-        "kB" | "KB" => 1e3,
-        "MB" => 1e6,
-        "GB" => 1e9,
-        "KiB" => 1024.0,
-        "MiB" => 1048576.0,
-        "GiB" => 1073741824.0,
-        u => {
-            return Err(format!(
-                "bad size unit {u:?}: use B, kB, MB, GB, KiB, MiB, GiB"
-            ));
-        }
-    };
-    let b = (v * mul).round();
-    if !(1.0..=1e18).contains(&b) {
-        return Err(format!("size {s:?} out of range"));
-    }
-    Ok(b as u64)
-}
+pub use crate::parse_size;
 
 #[derive(serde::Serialize, serde::Deserialize, Default, Debug, Clone, Copy)]
 struct Pct {

@@ -13,7 +13,7 @@ pub struct Args {
     pub json: bool,
     /// Memory spate will register with io_uring on this node (buffers + stream rings), e.g.
     /// 1GiB; the memlock check uses it.
-    #[arg(long, default_value = "256MiB", value_parser = spate_bench::net::parse_size)]
+    #[arg(long, default_value = "256MiB", value_parser = spate_bench::parse_size)]
     pub register: u64,
 }
 

@@ -52,8 +52,8 @@ pub struct Args {
     #[arg(long, value_name = "PATH|-")]
     pub out: Option<String>,
     /// Constant read rate, per second. Units: bit, kbit, Mbit, Gbit, Tbit (decimal bits);
-    /// B, kB, MB, GB (decimal bytes); KiB, MiB, GiB (binary bytes); an optional "/s" or "ps"
-    /// suffix is accepted. Examples: 2.5Gbit, 800Mbit/s, 1.2GB, 300MiB.
+    /// B, kB, MB, GB (decimal bytes); KiB, MiB, GiB (binary bytes), case-insensitive; an
+    /// optional "/s" suffix, or "bps" for bits. Examples: 2.5Gbit, 800Mbit/s, 1.2GB, 300MiB.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub rate: Option<f64>,
     /// Check every byte against the test pattern of seed SEED, stream index STREAM.
@@ -72,75 +72,15 @@ pub struct Args {
     pub json: bool,
 }
 
-/// Parse a size like `4096`, `64KiB`, `1MiB`, `2MB`, `8GiB`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("bad size {s:?}: expected e.g. 4MiB"))?;
-    let mul: f64 = match unit.trim() {
-        "" | "B" => 1.0,
-        "k" | "kB" | "KB" => 1e3,
-        "M" | "MB" => 1e6,
-        "G" | "GB" => 1e9,
-        "Ki" | "KiB" => 1024.0,
-        "Mi" | "MiB" => 1024.0 * 1024.0,
-        "Gi" | "GiB" => 1024.0 * 1024.0 * 1024.0,
-        u => {
-            return Err(format!(
-                "bad size unit {u:?} in {s:?}: use B, kB, MB, GB, KiB, MiB, GiB"
-            ));
-        }
-    };
-    let b = (v * mul).round();
-    if !(1.0..=1e18).contains(&b) {
-        return Err(format!("size {s:?} out of range"));
-    }
-    Ok(b as u64)
-}
+use spate_bench::parse_size;
 
-/// Parse a rate into bytes per second.
+/// Parse a rate (the job spec's units, e.g. `2.5Gbit`, `300MB/s`) into bytes per second.
 pub fn parse_rate(s: &str) -> Result<f64, String> {
-    let t = s.trim();
-    let t = t
-        .strip_suffix("/s")
-        .or_else(|| t.strip_suffix("ps"))
-        .unwrap_or(t);
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("bad rate {s:?}: expected e.g. 2.5Gbit"))?;
-    let bytes_per: f64 = match unit.trim() {
-        "bit" | "b" => 1.0 / 8.0,
-        "kbit" | "Kbit" | "kb" => 1e3 / 8.0,
-        "Mbit" | "Mb" => 1e6 / 8.0,
-        "Gbit" | "Gb" => 1e9 / 8.0,
-        "Tbit" | "Tb" => 1e12 / 8.0,
-        "B" => 1.0,
-        "kB" | "KB" => 1e3,
-        "MB" => 1e6,
-        "GB" => 1e9,
-        "KiB" => 1024.0,
-        "MiB" => 1024.0 * 1024.0,
-        "GiB" => 1024.0 * 1024.0 * 1024.0,
-        u => {
-            return Err(format!(
-                "bad rate unit {u:?} in {s:?}: use bit, kbit, Mbit, Gbit, Tbit, B, kB, MB, GB, KiB, MiB, GiB"
-            ));
-        }
-    };
-    let r = v * bytes_per;
-    if !(r.is_finite() && r > 0.0) {
-        return Err(format!("rate {s:?} must be positive"));
+    match spate_scheduler::spec::parse_rate(s) {
+        Ok(0) => Err(format!("rate {s:?} must be more than zero")),
+        Ok(bits) => Ok(bits as f64 / 8.0),
+        Err(e) => Err(format!("rate {s:?}: {e}")),
     }
-    Ok(r)
 }
 
 fn parse_verify(s: &str) -> Result<(u64, u64), String> {

@@ -3,3 +3,6 @@
 
 pub mod kernel;
 pub mod rip;
+pub mod daemon;
+pub mod engine;
+pub mod factory;

@@ -1,8 +1,126 @@
-//! PLACEHOLDER: replaced by the real command in this same change.
+//! `spate status`: jobs and nodes as the scheduler sees them.
 
-#[derive(clap::Args)]
-pub struct Args {}
+use std::path::PathBuf;
+use std::time::Duration;
 
-pub fn run(_a: Args) -> anyhow::Result<i32> {
-    anyhow::bail!("not built yet")
+use anyhow::Context as _;
+use serde_json::json;
+use spate_netlib::endpoint::Endpoint;
+use spate_netlib::proto::{JobId, Message, NodeState};
+use spate_scheduler::server::user::{DEFAULT_ENDPOINT, User, load_secret};
+
+use super::submit::state_name;
+
+#[derive(clap::Args, Debug)]
+#[command(
+    about = "Show jobs and nodes known to the scheduler",
+    long_about = "Show the live jobs (state, bytes delivered in order at the consumers, bytes \
+read, total) and the connected daemons (roles, tasks in flight, streams held).\n\n\
+--json prints one object: {\"jobs\": [{\"job\", \"name\", \"state\", \"delivered\", \"read\", \
+\"total\"}], \"nodes\": [{\"name\", \"producer\", \"consumer\", \"state\", \"tasks_in_flight\", \
+\"streams\"}]}."
+)]
+pub struct Args {
+    /// Only this job.
+    #[arg(value_name = "JOB")]
+    pub job: Option<u64>,
+    /// The scheduler: unix:PATH or tcp:HOST:PORT.
+    #[arg(long, env = "SPATE_SCHEDULER", value_name = "ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    pub scheduler: Endpoint,
+    /// File holding the cluster secret (default: $SPATE_SECRET, or PATH.secret beside a UNIX
+    /// scheduler socket).
+    #[arg(long, value_name = "PATH")]
+    pub secret_file: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    let secret = load_secret(a.secret_file.as_deref(), &a.scheduler)
+        .context("cannot load the cluster secret")?;
+    let mut user = User::connect(&a.scheduler, &secret, Duration::from_secs(10))?;
+    let reply = user.request(
+        &Message::Status {
+            job: a.job.map(JobId),
+        },
+        |m| match m {
+            Message::StatusReply { jobs, nodes } => Some(Ok((jobs, nodes))),
+            Message::Error { message, .. } => Some(Err(message)),
+            _ => None,
+        },
+    )?;
+    let (jobs, nodes) = reply.map_err(|m| anyhow::anyhow!("{m}"))?;
+    let node_state = |s: NodeState| match s {
+        NodeState::Alive => "alive",
+        NodeState::Leaving => "leaving",
+        NodeState::Lost => "lost",
+    };
+    if a.json {
+        let jobs: Vec<serde_json::Value> = jobs
+            .iter()
+            .map(|j| {
+                json!({
+                    "job": j.job.0,
+                    "name": j.name,
+                    "state": state_name(&j.state),
+                    "delivered": j.progress.delivered,
+                    "read": j.progress.read,
+                    "total": j.progress.total,
+                })
+            })
+            .collect();
+        let nodes: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|n| {
+                json!({
+                    "name": n.name,
+                    "producer": n.roles.producer,
+                    "consumer": n.roles.consumer,
+                    "state": node_state(n.state),
+                    "tasks_in_flight": n.tasks_in_flight,
+                    "streams": n.streams,
+                })
+            })
+            .collect();
+        println!("{}", json!({"jobs": jobs, "nodes": nodes}));
+        return Ok(0);
+    }
+    println!("nodes: {}", nodes.len());
+    for n in &nodes {
+        let roles = match (n.roles.producer, n.roles.consumer) {
+            (true, true) => "producer+consumer",
+            (true, false) => "producer",
+            (false, true) => "consumer",
+            (false, false) => "-",
+        };
+        println!(
+            "  {:<20} {:<17} {:<7} tasks {:>3}  streams {:>3}",
+            n.name,
+            roles,
+            node_state(n.state),
+            n.tasks_in_flight,
+            n.streams
+        );
+    }
+    println!("jobs: {}", jobs.len());
+    for j in &jobs {
+        let pct = |x: u64| {
+            if j.progress.total == 0 {
+                100.0
+            } else {
+                x as f64 * 100.0 / j.progress.total as f64
+            }
+        };
+        println!(
+            "  {:<6} {:<16} {:<13} delivered {:5.1}%  read {:5.1}%  of {} bytes",
+            j.job.0,
+            if j.name.is_empty() { "-" } else { &j.name },
+            state_name(&j.state),
+            pct(j.progress.delivered),
+            pct(j.progress.read),
+            j.progress.total
+        );
+    }
+    Ok(0)
 }

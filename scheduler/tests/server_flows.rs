@@ -864,3 +864,45 @@ fn the_file_service_serves_inputs_byte_exact() {
     srv.finish();
     let _ = std::fs::remove_dir_all(&files);
 }
+
+#[test]
+fn users_and_daemons_connect_over_tcp_too() {
+    let dir = tmpdir("tcp");
+    let sock = dir.join("sched.sock");
+    let cfg = ServerConfig::new(
+        vec![
+            Endpoint::Unix(sock.clone()),
+            "tcp:127.0.0.1:0".parse().unwrap(),
+        ],
+        secret(),
+    );
+    let server = Server::bind(cfg).unwrap();
+    let eps = server.endpoints();
+    assert_eq!(eps[0], Endpoint::Unix(sock.clone()));
+    let tcp = eps[1].clone();
+    let stop = server.stop_handle();
+    let t = std::thread::spawn(move || server.run().unwrap());
+
+    let s = std::net::TcpStream::connect(match &tcp {
+        Endpoint::Tcp { host, port } => format!("{host}:{port}"),
+        e => panic!("{e}"),
+    })
+    .unwrap();
+    let mut d = MsgConn::client(s.try_clone().unwrap(), &secret(), Role::Daemon).unwrap();
+    d.send(&Message::Join(info("c9", 3, false, true))).unwrap();
+    assert!(matches!(d.recv().unwrap(), Message::Welcome { .. }));
+
+    let mut u = spate_scheduler::server::user::User::connect(&tcp, &secret(), WAIT).unwrap();
+    let nodes = u
+        .request(&Message::Status { job: None }, |m| match m {
+            Message::StatusReply { nodes, .. } => Some(nodes),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0].name, "c9");
+    stop.stop();
+    t.join().unwrap();
+    assert!(!sock.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,8 +1,586 @@
-//! PLACEHOLDER: replaced by the real command in this same change.
+//! `spate node`: a node daemon offering the producer and/or consumer role to a scheduler.
+//!
+//! It starts its engines (pinned to the configured cores), prints what it offers, connects to
+//! the scheduler (authenticated), joins, heartbeats, and serves the scheduler's requests until
+//! the scheduler shuts down (exit 0) or goes away (exit 1, "scheduler gone: ...").
 
-#[derive(clap::Args)]
-pub struct Args {}
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-pub fn run(_a: Args) -> anyhow::Result<i32> {
-    anyhow::bail!("not built yet")
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use spate_consumer::{ConsumerEngine, ConsumerNode, EngineConfig as ConsumerConfig};
+use spate_netlib::auth::{Role, Secret};
+use spate_netlib::endpoint::{Endpoint, Stream, Via};
+use spate_netlib::msg::{MsgConfig, MsgConn, MsgError, SetReadTimeout, TryCloneStream};
+use spate_netlib::proto::{
+    ComputeCapacity, DataEndpoint, HostId, Interface, Message, NodeInfo, NodeRoles,
+};
+use spate_producer::daemon::ProducerNode;
+use spate_producer::engine::{EngineConfig as ProducerConfig, ProducerEngine};
+
+/// Run a node daemon.
+#[derive(clap::Args, Debug, Default)]
+pub struct Args {
+    /// Settings file (TOML) with the same keys as the flags (e.g. `ring_budget = "4GiB"`,
+    /// `interfaces = ["eth1=10.0.0.1"]`); flags given on the command line win.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Node name, unique in the cluster (job specs name output locations by it).
+    #[arg(long)]
+    name: Option<String>,
+    /// Scheduler endpoint: `unix:PATH` or `tcp:HOST:PORT`.
+    #[arg(long)]
+    scheduler: Option<String>,
+    /// Offer the producer role (run compute and expel tasks).
+    #[arg(long)]
+    producer: bool,
+    /// Offer the consumer role (own stream rings, receive chunks).
+    #[arg(long)]
+    consumer: bool,
+    /// Cores for the engines, e.g. `0,1` or `2-3` (compute, expel, receive take them in turn).
+    #[arg(long)]
+    cores: Option<String>,
+    /// A network interface for data, `NAME=ADDRESS` (repeatable); consumers listen on its
+    /// address, producers announce it.
+    #[arg(long = "interface")]
+    interfaces: Vec<String>,
+    /// Directory for this node's sockets (data and reader hand-off).
+    #[arg(long, visible_alias = "data-dir")]
+    run_dir: Option<PathBuf>,
+    /// Most memory all stream rings together may use, e.g. `4GiB` (consumers).
+    #[arg(long)]
+    ring_budget: Option<String>,
+    /// TCP port of the data listeners (default: any free port).
+    #[arg(long)]
+    data_port: Option<u16>,
+    /// File holding the cluster secret (else the SPATE_SECRET environment variable).
+    #[arg(long)]
+    secret_file: Option<PathBuf>,
+}
+
+/// The settings file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    name: Option<String>,
+    scheduler: Option<String>,
+    producer: Option<bool>,
+    consumer: Option<bool>,
+    cores: Option<String>,
+    interfaces: Option<Vec<String>>,
+    #[serde(alias = "data_dir")]
+    run_dir: Option<PathBuf>,
+    ring_budget: Option<String>,
+    data_port: Option<u16>,
+    secret_file: Option<PathBuf>,
+}
+
+/// Resolved settings.
+#[derive(Debug)]
+struct Settings {
+    name: String,
+    scheduler: Endpoint,
+    producer: bool,
+    consumer: bool,
+    cores: Option<Vec<usize>>,
+    interfaces: Vec<Interface>,
+    run_dir: PathBuf,
+    ring_budget: u64,
+    data_port: u16,
+    secret_file: Option<PathBuf>,
+}
+
+fn parse_interface(s: &str) -> anyhow::Result<Interface> {
+    match s.split_once('=') {
+        Some((name, addr)) if !name.trim().is_empty() => {
+            let addr: IpAddr = addr.trim().parse().with_context(|| {
+                format!("interface {s:?}: {addr:?} is not an IP address (want NAME=ADDRESS)")
+            })?;
+            Ok(Interface {
+                name: name.trim().to_string(),
+                addr,
+            })
+        }
+        None if s.trim() == "lo" => Ok(Interface {
+            name: "lo".into(),
+            addr: IpAddr::from([127, 0, 0, 1]),
+        }),
+        _ => bail!(
+            "interface {s:?}: give its address too, as --interface {}=ADDRESS (e.g. {}=10.0.0.1)",
+            s.trim(),
+            s.trim()
+        ),
+    }
+}
+
+fn settings(a: Args) -> anyhow::Result<Settings> {
+    let file: FileConfig = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading the node config {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("node config {}", p.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let name = a
+        .name
+        .or(file.name)
+        .context("no node name: pass --name NAME (or `name` in --config)")?;
+    if name.is_empty() || name.len() > 255 {
+        bail!("node name must be 1 to 255 bytes");
+    }
+    let sched = a
+        .scheduler
+        .or(file.scheduler)
+        .context("no scheduler: pass --scheduler unix:PATH or tcp:HOST:PORT")?;
+    let scheduler: Endpoint = sched
+        .parse()
+        .with_context(|| format!("--scheduler {sched:?}"))?;
+    let producer = a.producer || file.producer.unwrap_or(false);
+    let consumer = a.consumer || file.consumer.unwrap_or(false);
+    if !producer && !consumer {
+        bail!("this node offers nothing: pass --producer and/or --consumer");
+    }
+    let cores = match a.cores.or(file.cores) {
+        Some(c) => Some(spate_runtime::thread::parse_cores(&c).context("--cores")?),
+        None => None,
+    };
+    let ifs = if a.interfaces.is_empty() {
+        file.interfaces.unwrap_or_default()
+    } else {
+        a.interfaces
+    };
+    let interfaces = ifs
+        .iter()
+        .map(|s| parse_interface(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let run_dir = a.run_dir.or(file.run_dir).unwrap_or_else(|| {
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        base.join(format!("spate-{name}"))
+    });
+    let ring_budget = match a.ring_budget.or(file.ring_budget) {
+        Some(s) => spate_scheduler::spec::parse_size(&s)
+            .map_err(|e| anyhow::anyhow!("--ring-budget {s:?}: {e}"))?,
+        None => 1 << 30,
+    };
+    Ok(Settings {
+        name,
+        scheduler,
+        producer,
+        consumer,
+        cores,
+        interfaces,
+        run_dir,
+        ring_budget,
+        data_port: a.data_port.or(file.data_port).unwrap_or(0),
+        secret_file: a.secret_file.or(file.secret_file),
+    })
+}
+
+/// This machine's identity: /etc/machine-id, else a hash of the host name.
+fn host_id() -> HostId {
+    if let Ok(s) = std::fs::read_to_string("/etc/machine-id")
+        && let Ok(v) = u128::from_str_radix(s.trim(), 16)
+    {
+        return HostId(v);
+    }
+    use std::hash::{Hash, Hasher};
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let mut s = std::collections::hash_map::DefaultHasher::new();
+    h.trim().hash(&mut s);
+    HostId(u128::from(s.finish()))
+}
+
+fn meminfo(key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Lines describing memory for rings and registered buffers, with warnings that name fixes.
+fn memory_report(s: &Settings) -> Vec<String> {
+    let mut out = Vec::new();
+    let (total, free) = (
+        meminfo("HugePages_Total:").unwrap_or(0),
+        meminfo("HugePages_Free:").unwrap_or(0),
+    );
+    if total == 0 {
+        out.push(
+            "hugepages: none reserved; rings and buffers fall back to plain shared memory \
+             (reserve some with `echo 512 > /proc/sys/vm/nr_hugepages`)"
+                .to_string(),
+        );
+    } else {
+        out.push(format!(
+            "hugepages: {free} of {total} pages of 2 MiB free ({} MiB)",
+            free * 2
+        ));
+        if s.consumer && free * (2 << 20) < s.ring_budget {
+            out.push(format!(
+                "warning: the ring budget ({} MiB) exceeds the free hugepages; larger rings fall \
+                 back to plain shared memory (reserve more with \
+                 `echo {} > /proc/sys/vm/nr_hugepages`)",
+                s.ring_budget >> 20,
+                total + (s.ring_budget >> 21).saturating_sub(free)
+            ));
+        }
+    }
+    let cap = spate_runtime::memlock::has_cap_ipc_lock();
+    match spate_runtime::memlock::limits() {
+        Ok(_) if cap => out.push("memlock: not limited (CAP_IPC_LOCK)".into()),
+        Ok(l) => {
+            out.push(format!(
+                "memlock: soft {}, hard {}",
+                spate_runtime::memlock::fmt_limit(l.soft),
+                spate_runtime::memlock::fmt_limit(l.hard)
+            ));
+            if l.hard != spate_runtime::memlock::UNLIMITED && l.hard < (256 << 20) {
+                out.push(
+                    "warning: registered io_uring buffers count against the memlock limit and \
+                     will fail above it: raise it with `ulimit -l unlimited`, \
+                     LimitMEMLOCK=infinity (systemd) or AmbientCapabilities=CAP_IPC_LOCK"
+                        .into(),
+                );
+            }
+        }
+        Err(e) => out.push(format!("memlock: unknown ({e})")),
+    }
+    out
+}
+
+fn data_endpoint(ep: &Endpoint, ifs: &[Interface]) -> anyhow::Result<DataEndpoint> {
+    Ok(match ep {
+        Endpoint::Unix(p) => DataEndpoint::Unix { path: p.clone() },
+        Endpoint::Tcp { .. } => {
+            let addr: SocketAddr = *ep
+                .resolve()?
+                .first()
+                .with_context(|| format!("{ep} resolves to nothing"))?;
+            DataEndpoint::Tcp {
+                addr,
+                interface: ifs
+                    .iter()
+                    .find(|i| i.addr == addr.ip())
+                    .map(|i| i.name.clone()),
+            }
+        }
+    })
+}
+
+/// The roles of this daemon, shared by the receive loop and the reporting thread.
+struct Roles {
+    consumer: Option<Arc<Mutex<ConsumerNode>>>,
+    producer: Option<ProducerNode>,
+}
+
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    let s = settings(a)?;
+    let secret = Secret::load(s.secret_file.as_deref()).context("cluster secret")?;
+    create_dir(&s.run_dir)?;
+    let available = spate_runtime::thread::available_cores();
+    let core = |i: usize| s.cores.as_ref().map(|c| c[i % c.len()]);
+    let (compute_core, expel_core) = (core(0), core(1));
+    let recv_core = core(if s.producer { 2 } else { 0 });
+
+    let (out_tx, out_rx) = mpsc::channel::<Message>();
+    let mut lines = Vec::new();
+    let roles_txt = match (s.producer, s.consumer) {
+        (true, true) => "producer + consumer",
+        (true, false) => "producer",
+        _ => "consumer",
+    };
+    lines.push(format!("spate node {}: {roles_txt}", s.name));
+    lines.push(match &s.cores {
+        Some(c) => format!("cores: {c:?} of {available:?}"),
+        None => format!("cores: not pinned ({} available)", available.len()),
+    });
+    if !s.interfaces.is_empty() {
+        let v: Vec<String> = s
+            .interfaces
+            .iter()
+            .map(|i| format!("{}={}", i.name, i.addr))
+            .collect();
+        lines.push(format!("interfaces: {}", v.join(", ")));
+    }
+    lines.extend(memory_report(&s));
+
+    let mut data_endpoints = Vec::new();
+    let mut handoff = None;
+    let consumer = if s.consumer {
+        let mut listen = vec![Endpoint::Unix(s.run_dir.join("data.sock"))];
+        for i in &s.interfaces {
+            listen.push(Endpoint::from(SocketAddr::new(i.addr, s.data_port)));
+        }
+        let mut cfg = ConsumerConfig::new(listen, s.run_dir.join("handoff.sock"));
+        cfg.core = recv_core;
+        cfg.ring_budget = s.ring_budget;
+        let eng = ConsumerEngine::start(cfg).context("starting the consumer engine")?;
+        for ep in eng.endpoints() {
+            data_endpoints.push(data_endpoint(ep, &s.interfaces)?);
+        }
+        handoff = Some(eng.handoff_path().to_path_buf());
+        let eps: Vec<String> = eng.endpoints().iter().map(|e| e.to_string()).collect();
+        lines.push(format!(
+            "consumer: receive engine on {}; data {}; reader hand-off {}; ring budget {}",
+            recv_core.map_or("any core".to_string(), |c| format!("core {c}")),
+            eps.join(", "),
+            eng.handoff_path().display(),
+            spate_runtime::memlock::fmt_bytes(s.ring_budget)
+        ));
+        Some(Arc::new(Mutex::new(ConsumerNode::new(eng))))
+    } else {
+        None
+    };
+    let producer = if s.producer {
+        let cfg = ProducerConfig {
+            compute_core,
+            expel_core,
+            ..ProducerConfig::default()
+        };
+        let buffers = cfg.buffers;
+        let eng =
+            ProducerEngine::start(cfg, out_tx.clone()).context("starting the producer engines")?;
+        let at = |c: Option<usize>| c.map_or("any core".to_string(), |c| format!("core {c}"));
+        lines.push(format!(
+            "producer: compute on {}, expel on {}, {buffers} chunk buffers",
+            at(compute_core),
+            at(expel_core)
+        ));
+        Some(ProducerNode::new(eng))
+    } else {
+        None
+    };
+    for l in &lines {
+        println!("{l}");
+    }
+
+    let info = NodeInfo {
+        name: s.name.clone(),
+        host: host_id(),
+        roles: NodeRoles {
+            producer: s.producer,
+            consumer: s.consumer,
+        },
+        cores: available.len() as u32,
+        interfaces: s.interfaces.clone(),
+        compute: ComputeCapacity {
+            cores: u32::from(s.producer),
+            bytes_per_sec: 0,
+        },
+        ring_budget: if s.consumer { s.ring_budget } else { 0 },
+        data_endpoints,
+        handoff_socket: handoff,
+    };
+    let roles = Roles { consumer, producer };
+    let stream = s
+        .scheduler
+        .connect(&Via::any(), Some(Duration::from_secs(10)))
+        .with_context(|| format!("connecting to the scheduler at {}", s.scheduler))?;
+    let code = match stream {
+        Stream::Unix(u) => session(u, &secret, info, roles, out_tx, out_rx)?,
+        Stream::Tcp(t) => {
+            let _ = t.set_nodelay(true);
+            session(t, &secret, info, roles, out_tx, out_rx)?
+        }
+    };
+    Ok(code)
+}
+
+fn create_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating the run directory {}", dir.display()))
+}
+
+/// Send queued messages, and a heartbeat whenever `period` passed without one.
+fn writer<S: Write>(
+    mut tx: spate_netlib::msg::MsgSender<S>,
+    rx: Receiver<Message>,
+    period: Duration,
+    dead: Arc<AtomicBool>,
+) {
+    let mut next = Instant::now() + period;
+    loop {
+        let m = match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => {
+                next = Instant::now() + period;
+                Message::Heartbeat
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        if let Err(e) = tx.send(&m) {
+            tracing::warn!(error = %e, "sending to the scheduler failed");
+            dead.store(true, Ordering::SeqCst);
+            return;
+        }
+    }
+}
+
+fn session<S>(
+    stream: S,
+    secret: &Secret,
+    info: NodeInfo,
+    mut roles: Roles,
+    out_tx: Sender<Message>,
+    out_rx: Receiver<Message>,
+) -> anyhow::Result<i32>
+where
+    S: Read + Write + SetReadTimeout + TryCloneStream + Send + 'static,
+{
+    let mut conn = MsgConn::client_with(stream, secret, Role::Daemon, &MsgConfig::default())
+        .context("authenticating with the scheduler")?;
+    conn.send(&Message::Join(info))
+        .context("joining the scheduler")?;
+    let heartbeat = match conn.recv_timeout(Duration::from_secs(30)) {
+        Ok(Some(Message::Welcome { heartbeat_ms })) => Duration::from_millis(heartbeat_ms.max(10)),
+        Ok(Some(Message::Error { kind, message })) => {
+            bail!("the scheduler refused the join ({kind:?}): {message}")
+        }
+        Ok(Some(Message::Shutdown { reason })) => {
+            println!("scheduler shut down: {reason}");
+            return Ok(0);
+        }
+        Ok(Some(other)) => bail!("the scheduler answered {} to Join", other.name()),
+        Ok(None) => bail!("the scheduler did not answer Join within 30 s"),
+        Err(e) => bail!("scheduler gone: {e}"),
+    };
+    println!(
+        "joined the scheduler (heartbeat every {} ms)",
+        heartbeat.as_millis()
+    );
+    let (mut rx, tx) = conn.split().context("splitting the scheduler connection")?;
+    let dead = Arc::new(AtomicBool::new(false));
+    let d2 = dead.clone();
+    std::thread::Builder::new()
+        .name("spate-ctl-tx".into())
+        .spawn(move || writer(tx, out_rx, heartbeat, d2))
+        .context("spawning the control sender")?;
+    // Stream reports (progress, readers) from the consumer role.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ticker = roles.consumer.clone().map(|c| {
+        let (stop, out) = (stop.clone(), out_tx.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let msgs = c.lock().unwrap_or_else(|p| p.into_inner()).tick();
+                for m in msgs {
+                    let _ = out.send(m);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    });
+    let code = loop {
+        let m = match rx.recv() {
+            Ok(m) => m,
+            Err(MsgError::Closed) => {
+                eprintln!("spate node: scheduler gone: it closed the connection; stopping");
+                break 1;
+            }
+            Err(e) => {
+                eprintln!("spate node: scheduler gone: {e}; stopping");
+                break 1;
+            }
+        };
+        if dead.load(Ordering::SeqCst) {
+            eprintln!("spate node: scheduler gone: sending failed; stopping");
+            break 1;
+        }
+        match m {
+            Message::Shutdown { reason } => {
+                println!("scheduler shut down: {reason}; stopping");
+                break 0;
+            }
+            Message::Heartbeat | Message::Welcome { .. } => {}
+            Message::Error { kind, message } => {
+                tracing::warn!(?kind, %message, "the scheduler reports an error");
+            }
+            m => {
+                let mut replies = None;
+                if let Some(c) = &roles.consumer {
+                    replies = c.lock().unwrap_or_else(|p| p.into_inner()).handle(&m);
+                }
+                if replies.is_none()
+                    && let Some(p) = &mut roles.producer
+                {
+                    replies = p.handle(&m);
+                }
+                match replies {
+                    Some(r) => {
+                        for reply in r {
+                            let _ = out_tx.send(reply);
+                        }
+                    }
+                    None => {
+                        tracing::warn!(msg = m.name(), "unexpected message from the scheduler");
+                        let _ = out_tx.send(Message::Error {
+                            kind: spate_netlib::proto::ErrorKind::UnexpectedMessage,
+                            message: format!("this node does not handle {}", m.name()),
+                        });
+                    }
+                }
+            }
+        }
+    };
+    stop.store(true, Ordering::SeqCst);
+    if let Some(t) = ticker {
+        let _ = t.join();
+    }
+    // Stop the engines (rings are aborted with "consumer shutting down").
+    drop(roles);
+    Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interfaces_parse_with_their_address() {
+        let i = parse_interface("eth1=10.0.0.1").unwrap();
+        assert_eq!(
+            (i.name.as_str(), i.addr.to_string()),
+            ("eth1", "10.0.0.1".into())
+        );
+        assert_eq!(parse_interface("lo").unwrap().addr.to_string(), "127.0.0.1");
+        let e = parse_interface("eth1").unwrap_err().to_string();
+        assert!(e.contains("--interface eth1=ADDRESS"), "{e}");
+        assert!(parse_interface("eth1=x").is_err());
+    }
+
+    #[test]
+    fn settings_need_a_name_a_scheduler_and_a_role() {
+        let e = settings(Args::default()).unwrap_err().to_string();
+        assert!(e.contains("--name"), "{e}");
+        let a = Args {
+            name: Some("n".into()),
+            scheduler: Some("unix:/x".into()),
+            ..Args::default()
+        };
+        let e = settings(a).unwrap_err().to_string();
+        assert!(e.contains("--producer and/or --consumer"), "{e}");
+        let a = Args {
+            name: Some("n".into()),
+            scheduler: Some("unix:/x".into()),
+            consumer: true,
+            ring_budget: Some("4GiB".into()),
+            cores: Some("0,1".into()),
+            ..Args::default()
+        };
+        let s = settings(a).unwrap();
+        assert_eq!(s.ring_budget, 4 << 30);
+        assert_eq!(s.cores, Some(vec![0, 1]));
+    }
 }

@@ -34,8 +34,8 @@ pub struct Args {
     /// Node name, unique in the cluster (job specs name output locations by it).
     #[arg(long)]
     name: Option<String>,
-    /// Scheduler endpoint: `unix:PATH` or `tcp:HOST:PORT`.
-    #[arg(long)]
+    /// Scheduler endpoint: `unix:PATH` or `tcp:HOST:PORT` [default: unix:/run/spate/sched.sock].
+    #[arg(long, env = "SPATE_SCHEDULER")]
     scheduler: Option<String>,
     /// Offer the producer role (run compute and expel tasks).
     #[arg(long)]
@@ -59,7 +59,8 @@ pub struct Args {
     /// TCP port of the data listeners (default: any free port).
     #[arg(long)]
     data_port: Option<u16>,
-    /// File holding the cluster secret (else the SPATE_SECRET environment variable).
+    /// File holding the cluster secret (else SPATE_SECRET, else PATH.secret beside a UNIX
+    /// scheduler socket).
     #[arg(long)]
     secret_file: Option<PathBuf>,
 }
@@ -138,7 +139,7 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
     let sched = a
         .scheduler
         .or(file.scheduler)
-        .context("no scheduler: pass --scheduler unix:PATH or tcp:HOST:PORT")?;
+        .unwrap_or_else(|| spate_scheduler::server::user::DEFAULT_ENDPOINT.to_string());
     let scheduler: Endpoint = sched
         .parse()
         .with_context(|| format!("--scheduler {sched:?}"))?;
@@ -284,7 +285,8 @@ struct Roles {
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let s = settings(a)?;
-    let secret = Secret::load(s.secret_file.as_deref()).context("cluster secret")?;
+    let secret = spate_scheduler::server::user::load_secret(s.secret_file.as_deref(), &s.scheduler)
+        .context("cluster secret")?;
     create_dir(&s.run_dir)?;
     let available = spate_runtime::thread::available_cores();
     let core = |i: usize| s.cores.as_ref().map(|c| c[i % c.len()]);
@@ -561,12 +563,46 @@ mod tests {
     }
 
     #[test]
-    fn settings_need_a_name_a_scheduler_and_a_role() {
+    fn a_config_file_gives_every_key_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("spate-node-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("node.toml");
+        std::fs::write(
+            &p,
+            "name = \"n1\"\nscheduler = \"tcp:10.0.0.1:7070\"\nproducer = true\n\
+             consumer = true\ncores = \"0-1\"\ninterfaces = [\"eth1=10.0.0.2\"]\n\
+             data_dir = \"/run/spate/n1\"\nring_budget = \"2GiB\"\ndata_port = 7071\n",
+        )
+        .unwrap();
+        let s = settings(Args {
+            config: Some(p.clone()),
+            name: Some("n2".into()),
+            ..Args::default()
+        })
+        .unwrap();
+        assert_eq!(s.name, "n2");
+        assert_eq!(s.scheduler.to_string(), "tcp:10.0.0.1:7070");
+        assert!(s.producer && s.consumer);
+        assert_eq!(s.cores, Some(vec![0, 1]));
+        assert_eq!(s.interfaces[0].name, "eth1");
+        assert_eq!(s.run_dir, PathBuf::from("/run/spate/n1"));
+        assert_eq!((s.ring_budget, s.data_port), (2 << 30, 7071));
+        std::fs::write(&p, "name = \"n1\"\nbogus = 1\n").unwrap();
+        let e = settings(Args {
+            config: Some(p),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("bogus"), "{e:#}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn settings_need_a_name_and_a_role() {
         let e = settings(Args::default()).unwrap_err().to_string();
         assert!(e.contains("--name"), "{e}");
         let a = Args {
             name: Some("n".into()),
-            scheduler: Some("unix:/x".into()),
             ..Args::default()
         };
         let e = settings(a).unwrap_err().to_string();

@@ -382,9 +382,10 @@ fn run_in(a: &Args, dir: &Path) -> anyhow::Result<Report> {
     let deadline = Instant::now() + Duration::from_secs(a.timeout);
     let job = job_spec(a, &dir.join("files"))?;
     let secret_path = dir.join("secret");
-    let secret = Secret::generate()?;
-    std::fs::write(&secret_path, hex(secret.expose()))?;
+    std::fs::write(&secret_path, hex(Secret::generate()?.expose()))?;
     std::fs::set_permissions(&secret_path, std::fs::Permissions::from_mode(0o600))?;
+    // Everyone, the demo's own user connection included, reads the secret from the file.
+    let secret = Secret::from_file(&secret_path)?;
     let sock = dir.join("sched.sock");
     let s = |x: &str| x.to_string();
     let sched_ep = format!("unix:{}", sock.display());

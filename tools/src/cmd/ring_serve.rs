@@ -19,13 +19,13 @@ pub struct Args {
     #[arg(long, default_value = "s")]
     pub key: String,
     /// Stream length in bytes.
-    #[arg(long, value_parser = super::read::parse_size)]
+    #[arg(long, value_parser = spate_bench::parse_size)]
     pub bytes: u64,
     /// Ring capacity.
-    #[arg(long, default_value = "4MiB", value_parser = super::read::parse_size)]
+    #[arg(long, default_value = "4MiB", value_parser = spate_bench::parse_size)]
     pub capacity: u64,
     /// Chunk size.
-    #[arg(long, default_value = "256KiB", value_parser = super::read::parse_size)]
+    #[arg(long, default_value = "256KiB", value_parser = spate_bench::parse_size)]
     pub chunk: u64,
     /// Pattern seed.
     #[arg(long, default_value_t = 0)]

@@ -24,7 +24,15 @@ mod tests {
         assert_eq!(super::parse_size("4MiB"), Ok(4 << 20));
         assert_eq!(super::parse_size("1.5GB"), Ok(1_500_000_000));
         assert_eq!(super::parse_size("12345"), Ok(12345));
-        assert!(super::parse_size("0").unwrap_err().contains("more than zero"));
-        assert!(super::parse_size("4XB").unwrap_err().contains("unknown unit"));
+        assert!(
+            super::parse_size("0")
+                .unwrap_err()
+                .contains("more than zero")
+        );
+        assert!(
+            super::parse_size("4XB")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
     }
 }

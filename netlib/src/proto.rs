@@ -356,7 +356,6 @@ pub struct PixelGeometry {
     pub dpi: Option<(u32, u32)>,
 }
 
-
 /// A half-open range of output lines `[start, end)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct LineRange {

@@ -6,7 +6,11 @@ mod cmd;
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "spate", version, about = "Constrained, high-throughput data streams")]
+#[command(
+    name = "spate",
+    version,
+    about = "Constrained, high-throughput data streams"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: cmd::Cmd,

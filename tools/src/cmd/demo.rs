@@ -173,8 +173,7 @@ fn job_spec(a: &Args, files: &Path) -> anyhow::Result<Job> {
         "name = \"demo-{}\"\nkernel = \"{kernel}\"\n",
         a.job
     ));
-    let streams;
-    if reference {
+    let streams = if reference {
         let (inches, dpi) = match a.job.as_str() {
             "A" => (10, 300),
             "B" => (40, 900),
@@ -190,7 +189,7 @@ fn job_spec(a: &Args, files: &Path) -> anyhow::Result<Job> {
         spec.push_str(&format!(
             "sheet = \"{inches}x{inches}in\"\ndpi = {dpi}\nchannels = 4\nsplit = \"channel\"\n"
         ));
-        streams = 4;
+        4
     } else {
         if a.kernel == DemoKernel::Rip {
             bail!("--kernel rip needs --job A, B or C (the reference printing jobs)");
@@ -214,8 +213,8 @@ fn job_spec(a: &Args, files: &Path) -> anyhow::Result<Job> {
         if parts > 1 {
             spec.push_str(&format!("split = {{ lines = {parts} }}\n"));
         }
-        streams = parts as usize;
-    }
+        parts as usize
+    };
     if let Some(c) = &a.chunk {
         spec.push_str(&format!("chunk = \"{c}\"\n"));
     }

@@ -118,7 +118,10 @@ fn a_consumer_killed_mid_job_aborts_it_naming_the_consumer() {
     assert_eq!(code, Some(3), "{outcome} {err}");
     assert_eq!(outcome["outcome"], "aborted", "{outcome}");
     let reason = outcome["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains("\"c0\""), "the reason names c0: {outcome}");
+    assert!(
+        reason.contains("output node \"c0\" crashed"),
+        "the reason names c0: {outcome}"
+    );
 }
 
 #[test]

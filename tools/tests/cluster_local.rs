@@ -75,7 +75,19 @@ fn two_jobs_run_at_once_on_the_same_consumers() {
     let (s1, s2) = (c.spec("job1", &spec(11)), c.spec("job2", &spec(12)));
     // Both accepted (and started) before either is read: they run concurrently.
     let subs = [c.submit_wait(&s1), c.submit_wait(&s2)];
-    assert_ne!(subs[0].job(), subs[1].job());
+    let ids = [subs[0].job(), subs[1].job()];
+    assert_ne!(ids[0], ids[1]);
+    // The scheduler holds both at once, neither finished (nothing is read yet).
+    c.wait_status("both jobs live", |s| {
+        ids.iter().all(|id| {
+            s["jobs"].as_array().is_some_and(|js| {
+                js.iter().any(|j| {
+                    j["job"].as_u64() == Some(*id)
+                        && matches!(j["state"].as_str(), Some("running" | "delivered"))
+                })
+            })
+        })
+    });
     let mut readers = vec![];
     for (sub, seed) in subs.iter().zip([11, 12]) {
         for s in sub.streams() {

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use spate_netlib::proto::{JobGeometry, Value};
 
 use crate::kernel::{Kernel, KernelError, Null, Pattern};
+use crate::rip_kernel::RipKernel;
 
 /// Build the kernel `name` for a job. `inputs` maps input names to their bytes.
 pub fn build(
@@ -14,16 +15,22 @@ pub fn build(
     geometry: &JobGeometry,
     inputs: &HashMap<String, Vec<u8>>,
 ) -> Result<Box<dyn Kernel>, KernelError> {
-    let _ = (geometry, inputs);
+    build_with_threads(name, params, geometry, inputs, None)
+}
+
+/// Like [`build`], with the number of compute threads a kernel may use (`None`: all cores,
+/// unless the job's parameters say otherwise).
+pub fn build_with_threads(
+    name: &str,
+    params: &Value,
+    geometry: &JobGeometry,
+    inputs: &HashMap<String, Vec<u8>>,
+    threads: Option<usize>,
+) -> Result<Box<dyn Kernel>, KernelError> {
     match name {
         "pattern" => Ok(Box::new(Pattern::from_params(params)?)),
         "null" => Ok(Box::new(Null)),
-        "rip" => Err(KernelError::Param {
-            name: "kernel".into(),
-            problem: "the rip kernel is not wired into the producer daemon yet; use `pattern` \
-                      or `null`, or run `spate bench rip`"
-                .into(),
-        }),
+        "rip" => Ok(Box::new(RipKernel::new(params, geometry, inputs, threads)?)),
         other => Err(KernelError::Unknown(other.to_string())),
     }
 }

@@ -6,3 +6,4 @@ pub mod engine;
 pub mod factory;
 pub mod kernel;
 pub mod rip;
+pub mod rip_kernel;

@@ -12,6 +12,20 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     }
 }
 
+/// Pin the calling thread to the first (`last == false`) or last usable core, so that the two
+/// sides of a two-process benchmark run on different cores (thread-per-core, as the daemons
+/// do). On a single-core machine, or when pinning fails, it says so and runs unpinned.
+pub fn pin_one_side(last: bool) {
+    let cores = spate_runtime::thread::available_cores();
+    let core = if last { cores.last() } else { cores.first() };
+    if cores.len() >= 2
+        && let Some(&c) = core
+        && let Err(e) = spate_runtime::thread::pin_current(c)
+    {
+        eprintln!("spate bench: not pinned: {e}");
+    }
+}
+
 pub mod net;
 pub mod ring;
 pub mod rip;

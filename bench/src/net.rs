@@ -57,17 +57,6 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
 }
 
-fn pin(last: bool) {
-    let cores = spate_runtime::thread::available_cores();
-    let core = if last { cores.last() } else { cores.first() };
-    if cores.len() >= 2
-        && let Some(&c) = core
-        && let Err(e) = spate_runtime::thread::pin_current(c)
-    {
-        eprintln!("spate bench net: not pinned: {e}");
-    }
-}
-
 struct Sink {
     arena: Arena,
     landed: u64,
@@ -95,7 +84,7 @@ impl Landing for Sink {
 }
 
 fn receiver(a: &Args) -> anyhow::Result<i32> {
-    pin(true);
+    crate::pin_one_side(true);
     let dir = std::env::temp_dir();
     let pid = std::process::id();
     let (raw_ep, std_ep): (Endpoint, Endpoint) = match a.transport.as_str() {
@@ -216,7 +205,7 @@ fn sender(a: &Args) -> anyhow::Result<i32> {
     let raw_ep: Endpoint = parts[1].parse()?;
     let std_ep: Endpoint = parts[2].parse()?;
     let dst_backing = parts[3..].join(" ");
-    pin(false);
+    crate::pin_one_side(false);
 
     let r = measure(a, &raw_ep, &std_ep);
     let status = child.wait()?;

@@ -106,6 +106,7 @@ fn gbit(bytes: u64, secs: f64) -> f64 {
 }
 
 fn writer(a: Args) -> anyhow::Result<i32> {
+    crate::pin_one_side(false);
     let chunk = a.chunk.max(1);
     let capacity = a.capacity.unwrap_or(chunk.saturating_mul(16));
     if chunk > capacity / 2 {
@@ -294,6 +295,7 @@ fn baselines(cap: usize, chunk: usize, bytes: u64) -> (f64, f64, f64) {
 }
 
 fn reader(a: Args) -> anyhow::Result<i32> {
+    crate::pin_one_side(true);
     let sock = a.socket.context("--socket is required for --role reader")?;
     let mut r = handoff::connect(&sock, "bench")?;
     let chunk = a.chunk.min(r.capacity()) as usize;

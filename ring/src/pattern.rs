@@ -40,6 +40,23 @@ pub fn byte_at(seed: u64, stream: u64, offset: u64) -> u8 {
 
 /// Fill `buf` with the pattern bytes of stream offsets `[offset, offset + buf.len())`.
 pub fn fill(seed: u64, stream: u64, offset: u64, buf: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above; the function is otherwise safe.
+        return unsafe { fill_avx2(seed, stream, offset, buf) };
+    }
+    fill_impl(seed, stream, offset, buf)
+}
+
+/// [`fill_impl`] compiled for AVX2 (four words per instruction instead of two).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn fill_avx2(seed: u64, stream: u64, offset: u64, buf: &mut [u8]) {
+    fill_impl(seed, stream, offset, buf)
+}
+
+#[inline(always)]
+fn fill_impl(seed: u64, stream: u64, offset: u64, buf: &mut [u8]) {
     let k = key(seed, stream);
     let mut off = offset;
     let mut rest = buf;
@@ -68,6 +85,23 @@ pub fn fill(seed: u64, stream: u64, offset: u64, buf: &mut [u8]) {
 /// Check `buf` against stream offsets `[offset, offset + buf.len())`. Returns the stream
 /// offset of the first wrong byte, or `None` when all match.
 pub fn check(seed: u64, stream: u64, offset: u64, buf: &[u8]) -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above; the function is otherwise safe.
+        return unsafe { check_avx2(seed, stream, offset, buf) };
+    }
+    check_impl(seed, stream, offset, buf)
+}
+
+/// [`check_impl`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn check_avx2(seed: u64, stream: u64, offset: u64, buf: &[u8]) -> Option<u64> {
+    check_impl(seed, stream, offset, buf)
+}
+
+#[inline(always)]
+fn check_impl(seed: u64, stream: u64, offset: u64, buf: &[u8]) -> Option<u64> {
     let k = key(seed, stream);
     let first_bad = |base: u64, got: &[u8], want: &[u8]| {
         got.iter()

@@ -6,6 +6,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
@@ -13,6 +14,7 @@ use hdrhistogram::Histogram;
 use spate_netlib::auth::{Role, Secret};
 use spate_netlib::msg::MsgConn;
 use spate_netlib::proto::{JobId, JobOutcome, Message, NodeState, StreamPlacement};
+use spate_producer::rip::Rip;
 use spate_ring::{Acquired, pattern};
 
 /// The kernels the demo can run.
@@ -36,7 +38,13 @@ report throughput (job bytes / time from submission to the last byte read) and t
 the readers' waits. Everything is torn down at the end.\n\n\
 --job A|B|C are the digital-printing reference jobs (4 ink channels of 3000², 36000², \
 120000² pixels, one stream per channel); a size such as 1GiB is one channel of that many bytes \
-(split into C streams when there are C consumers).",
+(split into C streams when there are C consumers).\n\n\
+Verification: the pattern kernel is checked byte for byte against the test pattern; the rip \
+kernel is checked against a sequential run of the same RIP in the demo process (each reader \
+renders its lines again in batches of about 4 MiB, all ink channels at once as the ink limit \
+couples them), so a rip job reads several times slower than it is produced: fine for job A, \
+for job B expect every reader to redo the whole job's RIP work (4 x 5.2 GB of output). The null \
+kernel cannot be verified.",
     after_help = "Examples:\n  spate demo\n  spate demo --job B --producers 1 --consumers 1 --kernel null\n  \
 spate demo --job A --kernel rip --producers 2 --json"
 )]
@@ -152,11 +160,29 @@ impl Drop for Daemon {
     }
 }
 
+/// How the readers check each stream.
+#[derive(Clone)]
+enum Verify {
+    /// Not checkable (null kernel).
+    Nothing,
+    /// The ring's test pattern under this seed.
+    Pattern(u64),
+    /// A sequential run of this RIP; each stream carries `channel`'s `lines`.
+    Rip(Arc<RipJob>),
+}
+
+/// A rip job as the demo checks it: the same RIP the producers build, and the streams' shapes.
+struct RipJob {
+    rip: Rip,
+    /// Per stream index: the channel and the lines of that channel it carries.
+    streams: Vec<(usize, std::ops::Range<u64>)>,
+}
+
 /// What the demo submits: the spec text and how to check each stream.
 struct Job {
     spec: String,
     inputs: Vec<String>,
-    verify_seed: Option<u64>,
+    verify: Verify,
 }
 
 fn job_spec(a: &Args, files: &Path) -> anyhow::Result<Job> {
@@ -227,11 +253,117 @@ fn job_spec(a: &Args, files: &Path) -> anyhow::Result<Job> {
     if a.kernel == DemoKernel::Pattern {
         spec.push_str(&format!("\n[params]\nseed = {}\n", a.seed));
     }
+    let verify = match a.kernel {
+        DemoKernel::Pattern => Verify::Pattern(a.seed),
+        DemoKernel::Null => Verify::Nothing,
+        DemoKernel::Rip => Verify::Rip(Arc::new(rip_job(&spec, files)?)),
+    };
     Ok(Job {
         spec,
         inputs,
-        verify_seed: (a.kernel == DemoKernel::Pattern).then_some(a.seed),
+        verify,
     })
+}
+
+/// Builds, from the spec the demo submits and the input files, the RIP every producer builds
+/// (the producer's own mapping of `[params]` and geometry), to check the streams against.
+fn rip_job(spec: &str, files: &Path) -> anyhow::Result<RipJob> {
+    use spate_netlib::proto::{JobGeometry, PixelGeometry};
+    let plan = spate_scheduler::spec::JobPlan::parse(spec)
+        .map_err(|e| anyhow!("the demo's own job spec is invalid: {e}"))?;
+    let g = &plan.geometry;
+    let geometry = JobGeometry {
+        channels: g.channels,
+        lines: g.lines,
+        line_bytes: g.line_bytes,
+        pixels: g.pixels.as_ref().map(|p| PixelGeometry {
+            width: p.width,
+            height: p.height,
+            bits: p.bits,
+            dpi: p.dpi,
+        }),
+    };
+    let mut inputs = std::collections::HashMap::new();
+    for name in &plan.inputs {
+        let bytes =
+            std::fs::read(files.join(name)).with_context(|| format!("reading input {name}"))?;
+        inputs.insert(name.clone(), bytes);
+    }
+    let params = spate_scheduler::server::table_to_value(&plan.params);
+    let rip = spate_producer::rip_kernel::build_rip(&params, &geometry, &inputs, None)
+        .map_err(|e| anyhow!("the demo cannot build the reference RIP: {e}"))?;
+    let streams = plan
+        .streams
+        .iter()
+        .map(|s| (s.channel as usize, s.lines.clone()))
+        .collect();
+    Ok(RipJob { rip, streams })
+}
+
+/// Checks a rip stream block by block against a sequential render of the same lines, holding
+/// only one batch of reference lines (about 4 MiB per channel) at a time.
+struct RipCheck {
+    job: Arc<RipJob>,
+    channel: usize,
+    lines: std::ops::Range<u64>,
+    width: u64,
+    batch: u64,
+    /// Stream offset of `window[0]`.
+    start: u64,
+    window: Vec<u8>,
+}
+
+impl RipCheck {
+    fn new(job: Arc<RipJob>, stream: u32) -> anyhow::Result<RipCheck> {
+        let (channel, lines) = job
+            .streams
+            .get(stream as usize)
+            .cloned()
+            .ok_or_else(|| anyhow!("stream {stream} is not in the demo's job"))?;
+        let width = u64::from(job.rip.width());
+        Ok(RipCheck {
+            job,
+            channel,
+            lines,
+            width,
+            batch: ((4u64 << 20) / width.max(1)).max(1),
+            start: 0,
+            window: Vec::new(),
+        })
+    }
+
+    /// The stream offset of the first byte of `data` (at stream `offset`) that differs from the
+    /// sequential run, if any.
+    fn check(&mut self, offset: u64, data: &[u8]) -> anyhow::Result<Option<u64>> {
+        let mut pos = 0usize;
+        while pos < data.len() {
+            let off = offset + pos as u64;
+            let end = self.start + self.window.len() as u64;
+            if off < self.start || off >= end {
+                let first = self.lines.start + off / self.width;
+                let last = (first + self.batch).min(self.lines.end);
+                if first >= last {
+                    return Ok(Some(off));
+                }
+                let (a, b) = (u32::try_from(first)?, u32::try_from(last)?);
+                let mut bufs = self
+                    .job
+                    .rip
+                    .render_to_vecs(a..b)
+                    .map_err(|e| anyhow!("reference render: {e}"))?;
+                self.window = bufs.swap_remove(self.channel);
+                self.start = (first - self.lines.start) * self.width;
+            }
+            let i = (off - self.start) as usize;
+            let n = (data.len() - pos).min(self.window.len() - i);
+            let (got, want) = (&data[pos..pos + n], &self.window[i..i + n]);
+            if let Some(k) = got.iter().zip(want).position(|(g, w)| g != w) {
+                return Ok(Some(off + k as u64));
+            }
+            pos += n;
+        }
+        Ok(None)
+    }
 }
 
 /// One reader's result.
@@ -244,9 +376,17 @@ struct ReadResult {
 
 fn read_stream(
     p: &StreamPlacement,
-    verify_seed: Option<u64>,
+    verify: Verify,
     deadline: Instant,
 ) -> anyhow::Result<ReadResult> {
+    let seed = match &verify {
+        Verify::Pattern(s) => Some(*s),
+        _ => None,
+    };
+    let mut rip_check = match verify {
+        Verify::Rip(job) => Some(RipCheck::new(job, p.stream.0)?),
+        _ => None,
+    };
     let key = p.key.to_string();
     let mut r = spate_ring::handoff::connect(&p.handoff, &key)
         .with_context(|| format!("attach to stream {} at {}", p.stream.0, p.handoff.display()))?;
@@ -267,10 +407,18 @@ fn read_stream(
             Acquired::Data(b) => {
                 waits.saturating_record(t.elapsed().as_micros() as u64);
                 first_byte.get_or_insert_with(Instant::now);
-                if let Some(seed) = verify_seed
+                if let Some(seed) = seed
                     && let Some(bad) = pattern::check(seed, u64::from(p.stream.0), b.offset, b.data)
                 {
                     bail!("stream {}: verification failed at offset {bad}", p.stream.0);
+                }
+                if let Some(c) = rip_check.as_mut()
+                    && let Some(bad) = c.check(b.offset, b.data)?
+                {
+                    bail!(
+                        "stream {}: differs from a sequential RIP run at offset {bad}",
+                        p.stream.0
+                    );
                 }
                 let n = b.data.len();
                 r.release(n)?;
@@ -466,8 +614,8 @@ fn run_in(a: &Args, dir: &Path) -> anyhow::Result<Report> {
         .iter()
         .cloned()
         .map(|p| {
-            let seed = job.verify_seed;
-            std::thread::spawn(move || read_stream(&p, seed, deadline))
+            let verify = job.verify.clone();
+            std::thread::spawn(move || read_stream(&p, verify, deadline))
         })
         .collect();
     conn.send(&Message::Ready { job: id })?;
@@ -528,7 +676,7 @@ fn run_in(a: &Args, dir: &Path) -> anyhow::Result<Report> {
         bytes,
         seconds: secs,
         gbit_per_s: bytes as f64 * 8.0 / secs / 1e9,
-        verified: job.verify_seed.is_some(),
+        verified: !matches!(job.verify, Verify::Nothing),
         backing: results
             .first()
             .map(|r| r.backing.clone())

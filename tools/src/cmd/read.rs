@@ -2,6 +2,7 @@
 
 use anyhow::Context as _;
 use clap::Args as ClapArgs;
+use spate_producer::rip::{self, Ink};
 use spate_ring::handoff;
 use spate_ring::{Acquired, ReadError, Reader, pattern};
 use std::io::Write;
@@ -30,16 +31,24 @@ event; their number and total duration are reported. After a starvation the sche
 from the moment the data arrived (a printer cannot catch up).\n\n\
 With --verify SEED:STREAM every byte is checked against spate's deterministic test pattern \
 (the `pattern` kernel's output for that seed and stream index).\n\n\
+With --preview PATH.png --width W the stream is also drawn, while it is read, as a small PNG: \
+the stream is taken as lines of W pixels of one ink channel (one byte, a drop level below \
+--levels, per pixel) and every --scale x --scale box becomes one preview pixel showing its ink \
+coverage on white paper (in the ink's colour with --ink). Only one band of --scale lines is \
+accumulated at a time, so memory stays small whatever the stream's size. A stream that is not \
+a whole number of W-pixel lines gives no preview and an error.\n\n\
 The report goes to stdout (to stderr when the data goes to stdout). --json prints it as one \
 JSON object: {\"outcome\", \"bytes\", \"seconds\", \"gbit_per_s\", \"backing\", \"verified\", \
-\"rate_gbit_per_s\", \"starvations\", \"starvation_seconds\", \"error\", \"bad_offset\"}.\n\n\
+\"rate_gbit_per_s\", \"starvations\", \"starvation_seconds\", \"error\", \"bad_offset\", \
+\"preview\"} (preview: the PNG written, else null).\n\n\
 Exit status: 0 the stream was read to its end; 2 verification failed (the message names the \
 first bad offset); 3 the stream was aborted (with the reason); 4 the writer died before the \
 end; 1 any other error (cannot attach, bad arguments, output error).",
     after_help = "Examples:\n  \
 spate read --socket /run/spate/consumer.sock --key job7/0 --out image.c.raw\n  \
 spate read --socket /run/spate/consumer.sock --key job7/1 --rate 2.5Gbit --verify 42:1 --json\n  \
-spate read --socket /run/spate/consumer.sock --key job7/2 --out - | my-printer-driver"
+spate read --socket /run/spate/consumer.sock --key job7/2 --out - | my-printer-driver\n  \
+spate read --socket /run/spate/consumer.sock --key job7/3 --preview k.png --width 3000 --ink K"
 )]
 pub struct Args {
     /// The consumer's hand-off socket (UNIX socket path).
@@ -70,6 +79,127 @@ pub struct Args {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Also write a downscaled PNG preview of the stream (one ink channel) to this file.
+    #[arg(long, value_name = "PATH.png", requires = "width")]
+    pub preview: Option<PathBuf>,
+    /// Pixels per line of the stream (one byte per pixel), for --preview.
+    #[arg(long, value_name = "W", value_parser = clap::value_parser!(u32).range(1..))]
+    pub width: Option<u32>,
+    /// Drop levels of the stream's pixels (2..=256; bytes at or above levels-1 are full ink),
+    /// for --preview.
+    #[arg(long, value_name = "L", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(2..=256))]
+    pub levels: u32,
+    /// Preview pixels are boxes of S x S stream pixels (default: the smallest S that makes the
+    /// preview at most 1024 pixels wide).
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u32).range(1..))]
+    pub scale: Option<u32>,
+    /// Draw the preview in this ink's colour (C, M, Y or K; default: grey).
+    #[arg(long, value_name = "INK", value_parser = parse_ink)]
+    pub ink: Option<Ink>,
+}
+
+fn parse_ink(s: &str) -> Result<Ink, String> {
+    Ink::parse(s).map_err(|e| e.to_string())
+}
+
+/// A stream preview built while reading: only the current band of `scale` lines is
+/// accumulated; finished bands become one row of coverage values (0..=255) each.
+pub struct Preview {
+    width: usize,
+    scale: usize,
+    /// Highest drop level (levels - 1): bytes above it count as full ink.
+    top: u64,
+    /// Ink sum per preview column of the current band.
+    acc: Vec<u64>,
+    /// Full lines in the current band.
+    band_lines: usize,
+    /// Position inside the current line.
+    col: usize,
+    /// Finished rows of coverage, row after row.
+    cover: Vec<u8>,
+    lines: u64,
+}
+
+impl Preview {
+    /// A preview of `width`-pixel lines with drop levels `levels`, `scale` x `scale` boxes.
+    pub fn new(width: u32, levels: u32, scale: u32) -> Preview {
+        let (width, scale) = (width.max(1) as usize, scale.max(1) as usize);
+        Preview {
+            width,
+            scale,
+            top: u64::from(levels.clamp(2, 256) - 1),
+            acc: vec![0; width.div_ceil(scale)],
+            band_lines: 0,
+            col: 0,
+            cover: Vec::new(),
+            lines: 0,
+        }
+    }
+
+    /// The default scale: the smallest that keeps the preview at most 1024 pixels wide.
+    pub fn auto_scale(width: u32) -> u32 {
+        width.div_ceil(1024).max(1)
+    }
+
+    /// Adds the next bytes of the stream.
+    pub fn feed(&mut self, mut data: &[u8]) {
+        let (s, top) = (self.scale, self.top);
+        while !data.is_empty() {
+            let cell = self.col / s;
+            let n = data
+                .len()
+                .min((cell + 1) * s - self.col)
+                .min(self.width - self.col);
+            self.acc[cell] += data[..n]
+                .iter()
+                .map(|&v| u64::from(v).min(top))
+                .sum::<u64>();
+            data = &data[n..];
+            self.col += n;
+            if self.col == self.width {
+                self.col = 0;
+                self.lines += 1;
+                self.band_lines += 1;
+                if self.band_lines == s {
+                    self.flush_band();
+                }
+            }
+        }
+    }
+
+    fn flush_band(&mut self) {
+        let (w, s, rows) = (self.width, self.scale, self.band_lines);
+        for (px, a) in self.acc.iter_mut().enumerate() {
+            let cols = s.min(w - px * s);
+            let full = self.top * (rows * cols) as u64;
+            self.cover.push(((*a * 255 + full / 2) / full) as u8);
+            *a = 0;
+        }
+        self.band_lines = 0;
+    }
+
+    /// The PNG of everything fed so far (which must be whole lines), in `ink`'s colour.
+    pub fn finish(mut self, ink: Option<Ink>) -> anyhow::Result<Vec<u8>> {
+        if self.col != 0 {
+            anyhow::bail!(
+                "preview: the stream ends {} bytes into a line: it is not made of {}-pixel \
+                 lines (check --width)",
+                self.col,
+                self.width
+            );
+        }
+        if self.lines == 0 {
+            anyhow::bail!("preview: the stream is empty");
+        }
+        if self.band_lines > 0 {
+            self.flush_band();
+        }
+        let (pw, ph) = (self.acc.len(), self.cover.len() / self.acc.len());
+        // The coverage rows are already averaged: draw them 1:1 as 256-level data.
+        rip::preview(&self.cover, pw as u32, ph as u32, 1, 256, ink)
+            .map_err(|e| anyhow::anyhow!("preview: {e}"))
+    }
 }
 
 use spate_bench::parse_size;
@@ -111,6 +241,7 @@ struct Report {
     starvation_seconds: f64,
     error: Option<String>,
     bad_offset: Option<u64>,
+    preview: Option<String>,
 }
 
 enum Fail {
@@ -141,8 +272,35 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         rate_gbit_per_s: a.rate.map(|r| r * 8.0 / 1e9),
         ..Report::default()
     };
+    let mut preview = match (&a.preview, a.width) {
+        (Some(_), Some(w)) => Some(Preview::new(
+            w,
+            a.levels,
+            a.scale.unwrap_or_else(|| Preview::auto_scale(w)),
+        )),
+        _ => None,
+    };
     let t0 = Instant::now();
-    let res = read_loop(&mut reader, &a, block, out.as_mut(), &mut rep);
+    let mut res = read_loop(
+        &mut reader,
+        &a,
+        block,
+        out.as_mut(),
+        preview.as_mut(),
+        &mut rep,
+    );
+    if res.is_ok()
+        && let (Some(p), Some(path)) = (preview, &a.preview)
+    {
+        let written = p.finish(a.ink).and_then(|png| {
+            std::fs::write(path, png)
+                .with_context(|| format!("cannot write the preview {}", path.display()))
+        });
+        match written {
+            Ok(()) => rep.preview = Some(path.display().to_string()),
+            Err(e) => res = Err(Fail::Other(e)),
+        }
+    }
     if let Some(o) = out.as_mut()
         && let Err(e) = o.flush()
     {
@@ -205,6 +363,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         if rep.verified {
             s.push_str(", pattern verified");
         }
+        if let Some(p) = &rep.preview {
+            s.push_str(&format!(", preview written to {p}"));
+        }
         if let Some(r) = rep.rate_gbit_per_s {
             s.push_str(&format!(
                 "\nconstant rate {r:.3} Gbit/s: {} starvation events, {:.3} s starved in total",
@@ -229,6 +390,7 @@ fn read_loop(
     a: &Args,
     block: usize,
     mut out: Option<&mut Box<dyn Write>>,
+    mut preview: Option<&mut Preview>,
     rep: &mut Report,
 ) -> Result<(), Fail> {
     let idle = a.idle_timeout.map(Duration::from_secs_f64);
@@ -277,6 +439,9 @@ fn read_loop(
                     && let Some(bad) = pattern::check(seed, stream, b.offset, b.data)
                 {
                     return Err(Fail::Verify(bad));
+                }
+                if let Some(p) = preview.as_mut() {
+                    p.feed(b.data);
                 }
                 if let Some(o) = out.as_mut() {
                     o.write_all(b.data)

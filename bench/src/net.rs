@@ -128,20 +128,27 @@ fn receiver(a: &Args) -> anyhow::Result<i32> {
         }
     }
 
-    // Baseline: blocking reads of the same bytes into the same kind of (hugepage) memory.
+    // Baseline: blocking reads of the same bytes into the same (hugepage) buffers, in turn, as
+    // the io_uring path uses them (one hot buffer would flatter the baseline with cache hits).
     let mut s = std_l.accept()?;
-    let mut dst = sink
-        .arena
-        .alloc()
-        .context("receiver: no destination buffer for the baseline")?;
+    let mut dsts = Vec::new();
+    while let Some(b) = sink.arena.alloc() {
+        dsts.push(b);
+    }
+    if dsts.is_empty() {
+        bail!("receiver: no destination buffer for the baseline");
+    }
     let mut left = a.bytes;
+    let mut i = 0;
     while left > 0 {
         let n = left.min(a.chunk) as usize;
-        let buf = &mut dst.as_mut_slice()[..n];
+        let k = i % dsts.len();
+        let buf = &mut dsts[k].as_mut_slice()[..n];
         for piece in buf.chunks_mut(BASELINE_WRITE) {
             s.read_exact(piece)?;
         }
         left -= n as u64;
+        i += 1;
     }
     s.write_all(b"k")?;
     Ok(0)
@@ -328,19 +335,22 @@ fn measure(a: &Args, raw_ep: &Endpoint, std_ep: &Endpoint) -> anyhow::Result<Mea
         client.turn(Some(Duration::from_millis(50)), &mut events)?;
     }
 
-    // Baseline: plain blocking std socket, 1 MiB writes of the same chunks.
+    // Baseline: plain blocking std socket (default options), 1 MiB writes of the same chunks
+    // from the same source buffers in turn.
     let mut s = std_ep.connect(&Via::any(), Some(Duration::from_secs(5)))?;
-    let src = bufs
-        .pop()
-        .context("no source buffer left for the baseline")?;
+    if bufs.is_empty() {
+        bail!("no source buffer left for the baseline");
+    }
     let t1 = Instant::now();
     let mut left = a.bytes;
+    let mut i = 0;
     while left > 0 {
         let n = left.min(a.chunk) as usize;
-        for piece in src.as_slice()[..n].chunks(BASELINE_WRITE) {
+        for piece in bufs[i % bufs.len()].as_slice()[..n].chunks(BASELINE_WRITE) {
             s.write_all(piece)?;
         }
         left -= n as u64;
+        i += 1;
     }
     let mut ack = [0u8; 1];
     s.read_exact(&mut ack)?;

@@ -13,7 +13,7 @@ use anyhow::{Context as _, anyhow, bail};
 use hdrhistogram::Histogram;
 use spate_netlib::auth::{Role, Secret};
 use spate_netlib::msg::MsgConn;
-use spate_netlib::proto::{JobId, JobOutcome, Message, NodeState, StreamPlacement};
+use spate_netlib::proto::{JobId, JobOutcome, JobState, Message, NodeState, StreamPlacement};
 use spate_producer::rip::Rip;
 use spate_ring::{Acquired, pattern};
 
@@ -642,6 +642,13 @@ fn run_in(a: &Args, dir: &Path) -> anyhow::Result<Report> {
         .into_iter()
         .map(|r| r.map_err(|e| anyhow!("{e:#}")))
         .collect::<anyhow::Result<_>>()?;
+    // Every byte was read; the scheduler counts the job delivered once the producers' last
+    // TaskDone reached it, which may come a moment after the consumer's last landing.
+    expect(&mut conn, deadline, &mut daemons, |m| match m {
+        Message::JobUpdate(st) if st.job == id && st.state == JobState::Delivered => Some(Ok(())),
+        Message::JobEnded { outcome, .. } => Some(Err(anyhow!("job ended: {outcome:?}"))),
+        _ => None,
+    })?;
     conn.send(&Message::Done { job: id })?;
     expect(&mut conn, deadline, &mut daemons, |m| match m {
         Message::JobEnded {

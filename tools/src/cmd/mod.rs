@@ -15,19 +15,15 @@ pub mod submit;
 
 #[derive(Subcommand)]
 pub enum Cmd {
-    /// Run a local cluster end to end: scheduler, producers, consumers, one job, readers.
+    // Commands whose module sets `about`/`long_about` carry no doc comment here: a variant's
+    // doc comment would replace the module's long help.
     Demo(demo::Args),
-    /// Run the scheduler: the cluster's single point of decision and of contact with users.
     Scheduler(scheduler::Args),
     /// Run a node daemon: producer and/or consumer roles on this host.
     Node(node::Args),
-    /// Submit a job spec (TOML); prints the job id and how to read each stream.
     Submit(submit::Args),
-    /// Show jobs and nodes known to the scheduler.
     Status(status::Args),
-    /// Cancel a job.
     Cancel(cancel::Args),
-    /// Read a stream from a consumer's shared-memory ring (to a file, stdout, or nowhere).
     Read(read::Args),
     /// Check what this node offers spate (io_uring, hugepages, memlock, congestion control).
     Doctor(doctor::Args),

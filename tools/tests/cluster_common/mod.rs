@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod netns;
+
 /// The `spate` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_spate");
 /// Deadline for anything that should happen "soon" on a loaded 2-core machine.
@@ -69,6 +71,24 @@ pub fn wait_exit(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
 pub fn sigkill(child: &mut Child) {
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// A command for the `spate` binary under `wrap` (e.g. `ip netns exec NS`; empty: none), with
+/// no cluster settings inherited from the environment.
+pub fn cmd_in(wrap: &[String]) -> Command {
+    let mut c = match wrap.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(BIN);
+            c
+        }
+        None => Command::new(BIN),
+    };
+    c.env_remove("SPATE_SECRET")
+        .env_remove("SPATE_SCHEDULER")
+        .env_remove("SPATE_SOCKET")
+        .env_remove("SPATE_LOG");
+    c
 }
 
 /// One daemon of the cluster; its output goes to `DIR/NAME.log`.
@@ -141,19 +161,7 @@ impl Cluster {
 
     /// A command for the `spate` binary, under the wrapper when one is set.
     pub fn cmd(&self) -> Command {
-        let mut c = match self.wrap.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(BIN);
-                c
-            }
-            None => Command::new(BIN),
-        };
-        c.env_remove("SPATE_SECRET")
-            .env_remove("SPATE_SCHEDULER")
-            .env_remove("SPATE_SOCKET")
-            .env_remove("SPATE_LOG");
-        c
+        cmd_in(&self.wrap)
     }
 
     /// Spawns a daemon under the cluster's wrapper with its output in `DIR/NAME.log`.
@@ -345,8 +353,20 @@ impl Cluster {
     /// Starts `spate read --json` on stream `s` of an accepted job (the key and socket from
     /// the acceptance), with `--verify SEED:STREAM` and `extra` arguments.
     pub fn read(&self, s: &serde_json::Value, seed: u64, extra: &[&str]) -> Child {
+        self.read_in(&self.wrap, s, seed, extra)
+    }
+
+    /// [`Cluster::read`] under `wrap` instead of the cluster's wrapper (e.g. in the namespace
+    /// of the stream's consumer).
+    pub fn read_in(
+        &self,
+        wrap: &[String],
+        s: &serde_json::Value,
+        seed: u64,
+        extra: &[&str],
+    ) -> Child {
         let stream = s["stream"].as_u64().unwrap();
-        self.cmd()
+        cmd_in(wrap)
             .arg("read")
             .arg("--socket")
             .arg(s["handoff"].as_str().unwrap())

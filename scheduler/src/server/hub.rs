@@ -930,22 +930,11 @@ impl Hub {
                 source: InputSource::FileService { size },
             });
         }
-        let g = &plan.geometry;
         Ok(Message::Preload {
             job: proto::JobId(job.0),
             kernel: plan.kernel.name().to_string(),
             params: table_to_value(&plan.params),
-            geometry: JobGeometry {
-                channels: g.channels,
-                lines: g.lines,
-                line_bytes: g.line_bytes,
-                pixels: g.pixels.as_ref().map(|p| PixelGeometry {
-                    width: p.width,
-                    height: p.height,
-                    bits: p.bits,
-                    dpi: p.dpi,
-                }),
-            },
+            geometry: job_geometry(plan),
             inputs,
         })
     }
@@ -1247,6 +1236,22 @@ pub fn refuse_reason(r: &Refusal) -> RefuseReason {
             node: node.clone(),
             stream: StreamIndex(0),
         },
+    }
+}
+
+/// The output shape a producer's kernel computes into, from a job plan.
+pub fn job_geometry(plan: &JobPlan) -> JobGeometry {
+    let g = &plan.geometry;
+    JobGeometry {
+        channels: g.channels,
+        lines: g.lines,
+        line_bytes: g.line_bytes,
+        pixels: g.pixels.as_ref().map(|p| PixelGeometry {
+            width: p.width,
+            height: p.height,
+            bits: p.bits,
+            dpi: p.dpi,
+        }),
     }
 }
 

@@ -39,7 +39,7 @@ use spate_runtime::{Completion, Driver, DriverConfig, Notifier, Op, OpId, Output
 
 pub use hub::{
     Action, ConnId, Hub, MISSED_HEARTBEATS, UPDATE_INTERVAL_MS, compute_pair, core_info,
-    refuse_reason, route, table_to_value,
+    job_geometry, refuse_reason, route, table_to_value,
 };
 
 use crate::core::Scheduler;

@@ -268,21 +268,9 @@ fn job_spec(a: &Args, files: &Path) -> anyhow::Result<Job> {
 /// Builds, from the spec the demo submits and the input files, the RIP every producer builds
 /// (the producer's own mapping of `[params]` and geometry), to check the streams against.
 fn rip_job(spec: &str, files: &Path) -> anyhow::Result<RipJob> {
-    use spate_netlib::proto::{JobGeometry, PixelGeometry};
     let plan = spate_scheduler::spec::JobPlan::parse(spec)
         .map_err(|e| anyhow!("the demo's own job spec is invalid: {e}"))?;
-    let g = &plan.geometry;
-    let geometry = JobGeometry {
-        channels: g.channels,
-        lines: g.lines,
-        line_bytes: g.line_bytes,
-        pixels: g.pixels.as_ref().map(|p| PixelGeometry {
-            width: p.width,
-            height: p.height,
-            bits: p.bits,
-            dpi: p.dpi,
-        }),
-    };
+    let geometry = spate_scheduler::server::job_geometry(&plan);
     let mut inputs = std::collections::HashMap::new();
     for name in &plan.inputs {
         let bytes =

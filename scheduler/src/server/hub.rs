@@ -342,11 +342,7 @@ impl Hub {
                 backing,
             } => {
                 let id = JobId(job.0);
-                let ours = self
-                    .core
-                    .job(id)
-                    .and_then(|s| s.streams.get(stream.0 as usize).map(|s| s.0 == node))
-                    .unwrap_or(false);
+                let ours = self.holds_stream(node, id, stream.0);
                 if ours && let Some(j) = self.jobs.get_mut(&id) {
                     if let Some(slot) = j.slots.get_mut(stream.0 as usize) {
                         slot.alloc = Some((key, handoff, backing));
@@ -378,11 +374,7 @@ impl Hub {
                 read_pos,
             } => {
                 let id = JobId(job.0);
-                let ours = self
-                    .core
-                    .job(id)
-                    .and_then(|s| s.streams.get(stream.0 as usize).map(|s| s.0 == node))
-                    .unwrap_or(false);
+                let ours = self.holds_stream(node, id, stream.0);
                 if ours
                     && let Some(slot) = self
                         .jobs
@@ -684,6 +676,15 @@ impl Hub {
     }
 
     // -- core plumbing ------------------------------------------------------------------------
+
+    /// Whether the core placed stream `stream` of `job` on consumer `node` (reports from any
+    /// other node about it are stale or wrong and are ignored).
+    fn holds_stream(&self, node: NodeId, job: JobId, stream: u32) -> bool {
+        self.core
+            .job(job)
+            .and_then(|s| s.streams.get(stream as usize).map(|s| s.0 == node))
+            .unwrap_or(false)
+    }
 
     fn feed(&mut self, event: Event) {
         self.events.push_back(event);

@@ -26,6 +26,7 @@ pub fn pin_one_side(last: bool) {
     }
 }
 
+pub mod cluster;
 pub mod net;
 pub mod ring;
 pub mod rip;

@@ -1,0 +1,1 @@
+//! The emulated cluster (filled in by the emu work).

@@ -1,0 +1,1 @@
+//! Topology limits (filled in by the report work).

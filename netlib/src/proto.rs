@@ -13,7 +13,10 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// Version of the control protocol, carried in every frame header and checked in the handshake.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// Most chunk latencies one [`Message::JobStats`] carries (keeps it well inside a frame).
+pub const MAX_LATENCY_SAMPLES: usize = 100_000;
 
 /// Largest `data` the scheduler's file service puts in one [`Message::InputChunk`]; keeps every
 /// chunk far below the default maximum frame size.
@@ -520,6 +523,16 @@ pub enum Message {
         /// How it ended.
         outcome: JobOutcome,
     },
+    /// S→U: Measurements of a completed job, sent to its submitter just before
+    /// [`Message::JobEnded`].
+    JobStats {
+        /// Job id.
+        job: JobId,
+        /// Chunk latencies in microseconds, in release order: from a chunk's task being
+        /// created to its bytes being released in order at the consumers (at most
+        /// [`MAX_LATENCY_SAMPLES`], evenly thinned when the job had more chunks).
+        chunk_latency_us: Vec<u32>,
+    },
 
     // --- scheduler <-> consumer --------------------------------------------------------------
     /// S→C: Allocate a ring for one stream of a job.
@@ -728,6 +741,7 @@ impl Message {
             Message::Watch { .. } => "Watch",
             Message::JobUpdate(_) => "JobUpdate",
             Message::JobEnded { .. } => "JobEnded",
+            Message::JobStats { .. } => "JobStats",
             Message::AllocStream { .. } => "AllocStream",
             Message::Allocated { .. } => "Allocated",
             Message::AllocFailed { .. } => "AllocFailed",

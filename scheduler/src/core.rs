@@ -1645,7 +1645,7 @@ impl Scheduler {
                 let node = j.streams[piece.stream as usize].node;
                 let route = self
                     .view(node)
-                    .map_or(Route::Remote(None), |cv| self.policy.route(&pv, &cv));
+                    .map_or(Route::Remote(None), |cv| self.policy.route(&pv, &cv, index));
                 Target {
                     piece: *piece,
                     node,

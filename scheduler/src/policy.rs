@@ -86,8 +86,9 @@ pub trait Policy {
     /// Preference of a free producer for a job: lower is served first (ties: lower job id).
     fn job_rank(&self, producer: &NodeView<'_>, job: &JobView<'_>) -> u64;
 
-    /// The interface a producer uses to reach a consumer.
-    fn route(&self, producer: &NodeView<'_>, consumer: &NodeView<'_>) -> Route;
+    /// The interface a producer uses to reach a consumer for the pieces of chunk `chunk` (a
+    /// policy may spread a job's chunks over the consumer's interfaces).
+    fn route(&self, producer: &NodeView<'_>, consumer: &NodeView<'_>, chunk: u64) -> Route;
 
     /// How long consumers may take to allocate a job's streams, in milliseconds.
     fn alloc_timeout_ms(&self) -> u64;
@@ -265,7 +266,7 @@ impl Policy for LoadBalance {
         (u64::from(!local) << 40) | job.tasks_in_flight as u64
     }
 
-    fn route(&self, producer: &NodeView<'_>, consumer: &NodeView<'_>) -> Route {
+    fn route(&self, producer: &NodeView<'_>, consumer: &NodeView<'_>, chunk: u64) -> Route {
         if producer.info.host == consumer.info.host {
             return Route::Local;
         }
@@ -273,8 +274,10 @@ impl Policy for LoadBalance {
         if ifs.is_empty() {
             return Route::Remote(None);
         }
-        // Spread producers over the consumer's interfaces, deterministically.
-        let i = (producer.id.0 % ifs.len() as u64) as usize;
+        // Spread chunks over the consumer's interfaces, deterministically: consecutive chunks
+        // of one producer take turns, so even a one-to-one job uses every link (a node's two
+        // NICs), and producers start at different interfaces.
+        let i = (producer.id.0.wrapping_add(chunk) % ifs.len() as u64) as usize;
         Route::Remote(Some(ifs[i].clone()))
     }
 

@@ -134,14 +134,23 @@ fn routes_spread_over_interfaces() {
     ];
     let p = info("p", "h1", true, false);
     let local = info("l", "h2", true, false);
+    // Producers start on different interfaces...
     let r: Vec<Route> = (1..=3)
-        .map(|i| pol.route(&view(NodeId(i), &p), &view(NodeId(9), &c)))
+        .map(|i| pol.route(&view(NodeId(i), &p), &view(NodeId(9), &c), 0))
         .collect();
     assert_eq!(r[0], Route::Remote(Some(c.interfaces[1].clone())));
     assert_eq!(r[1], Route::Remote(Some(c.interfaces[0].clone())));
     assert_eq!(r[2], r[0]);
+    // ...and one producer's consecutive chunks take turns, so a one-to-one job uses both.
+    let one: Vec<Route> = (0..4)
+        .map(|k| pol.route(&view(NodeId(1), &p), &view(NodeId(9), &c), k))
+        .collect();
+    assert_eq!(one[0], Route::Remote(Some(c.interfaces[1].clone())));
+    assert_eq!(one[1], Route::Remote(Some(c.interfaces[0].clone())));
+    assert_eq!(one[2], one[0]);
+    assert_eq!(one[3], one[1]);
     assert_eq!(
-        pol.route(&view(NodeId(4), &local), &view(NodeId(9), &c)),
+        pol.route(&view(NodeId(4), &local), &view(NodeId(9), &c), 7),
         Route::Local
     );
 }

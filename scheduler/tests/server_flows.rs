@@ -489,6 +489,20 @@ fn accept(u: &mut Conn) -> JobId {
 }
 
 /// Checks that every chunk of SPEC was expelled, each exactly once, with the right targets.
+/// The submitter of a completed job gets its chunk latencies, one per chunk, before JobEnded.
+fn expect_stats(u: &mut Conn, job: JobId, chunks: usize) {
+    match next(u) {
+        Message::JobStats {
+            job: j,
+            chunk_latency_us,
+        } => {
+            assert_eq!(j, job);
+            assert_eq!(chunk_latency_us.len(), chunks, "{chunk_latency_us:?}");
+        }
+        m => panic!("expected JobStats, got {m:?}"),
+    }
+}
+
 fn check_pairs(pairs: &[Pair]) {
     let mut chunks: Vec<u64> = pairs.iter().map(|p| p.chunk).collect();
     chunks.sort_unstable();
@@ -572,6 +586,7 @@ fn a_job_runs_from_submit_to_completed() {
 
     u.send(&Message::Done { job }).unwrap();
     assert_eq!(next(&mut u), Message::Ack { job });
+    expect_stats(&mut u, job, 8);
     let ended = Message::JobEnded {
         job,
         outcome: JobOutcome::Completed,
@@ -657,6 +672,8 @@ fn a_dropped_producer_has_its_tasks_redone_by_another() {
     }
     u.send(&Message::Done { job }).unwrap();
     assert_eq!(next(&mut u), Message::Ack { job });
+    // The redone chunks count once each, from their first task.
+    expect_stats(&mut u, job, 8);
     assert_eq!(
         next(&mut u),
         Message::JobEnded {

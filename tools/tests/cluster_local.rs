@@ -30,6 +30,11 @@ fn two_producers_feed_one_consumer() {
     let (code, outcome, err) = sub.finish(WAIT);
     assert_eq!(code, Some(0), "{outcome} {err}");
     assert_eq!(outcome["outcome"], "completed");
+    // 24 chunks of 1 MiB: one latency each, task created -> released in order.
+    let lat = &outcome["chunk_latency_us"];
+    assert_eq!(lat["count"].as_u64(), Some(24), "{outcome}");
+    assert!(lat["p50"].as_u64() <= lat["p99"].as_u64(), "{outcome}");
+    assert!(lat["p99"].as_u64() <= lat["max"].as_u64(), "{outcome}");
 }
 
 #[test]

@@ -23,6 +23,17 @@ use crate::files::{FileService, check_name};
 use crate::policy::Route;
 use crate::spec::{Chunk, JobPlan, SpecError, SpecErrorKind};
 
+use super::latency::ChunkLatency;
+
+/// At most `max` of `v`, evenly spaced (all of them when there are no more).
+fn thin(v: Vec<u32>, max: usize) -> Vec<u32> {
+    if v.len() <= max || max == 0 {
+        return v;
+    }
+    let n = v.len();
+    (0..max).map(|i| v[i * n / max]).collect()
+}
+
 /// A connection, numbered by the server from 1.
 pub type ConnId = u64;
 
@@ -95,6 +106,12 @@ pub struct Hub {
     jobs: BTreeMap<JobId, JobInfo>,
     events: VecDeque<Event>,
     out: Vec<Action>,
+    /// A finer clock for latency figures, in microseconds (else `now` × 1000).
+    micros: Option<u64>,
+    /// Chunk latencies of running jobs.
+    latency: ChunkLatency,
+    /// The job and chunk of every task handed out and not finished.
+    task_chunks: BTreeMap<TaskId, (JobId, u64)>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -121,7 +138,20 @@ impl Hub {
             jobs: BTreeMap::new(),
             events: VecDeque::new(),
             out: Vec::new(),
+            micros: None,
+            latency: ChunkLatency::default(),
+            task_chunks: BTreeMap::new(),
         }
+    }
+
+    /// Sets the clock used for latency figures (microseconds, monotonic); call it before
+    /// handing the hub what happened at that moment.
+    pub fn at_micros(&mut self, now_us: u64) {
+        self.micros = Some(now_us);
+    }
+
+    fn now_us(&self) -> u64 {
+        self.micros.unwrap_or(self.now.saturating_mul(1000))
     }
 
     /// The decision core (for queries).
@@ -416,6 +446,10 @@ impl Hub {
             Message::TaskDone { task, kind, .. } => {
                 // Compute+Expel is one core task: only the expel's report finishes it.
                 if kind == proto::TaskKind::Expel {
+                    if let Some((job, chunk)) = self.task_chunks.remove(&TaskId(task.0)) {
+                        let now = self.now_us();
+                        self.latency.done(job, chunk, now);
+                    }
                     self.feed(Event::TaskDone {
                         node,
                         task: TaskId(task.0),
@@ -429,6 +463,7 @@ impl Hub {
                 ..
             } => {
                 tracing::warn!(conn, task = task.0, retryable, "task failed: {reason}");
+                self.task_chunks.remove(&TaskId(task.0));
                 self.feed(Event::TaskFailed {
                     node,
                     task: TaskId(task.0),
@@ -755,6 +790,9 @@ impl Hub {
                     targets,
                 } => match self.expel_targets(node, &targets) {
                     Ok(t) => {
+                        let now = self.now_us();
+                        self.latency.created(job, &chunk, now);
+                        self.task_chunks.insert(task, (job, chunk.index));
                         let (c, e) = compute_pair(task, job, &chunk, t);
                         self.send(node.0, c);
                         self.send(node.0, e);
@@ -790,6 +828,17 @@ impl Hub {
                         },
                     };
                     tracing::info!(%job, ?outcome, "job ended");
+                    let samples = self.latency.take(job);
+                    self.task_chunks.retain(|_, (j, _)| *j != job);
+                    if matches!(end, JobEnd::Completed) && self.peers.contains_key(&client.0) {
+                        self.send(
+                            client.0,
+                            Message::JobStats {
+                                job: proto::JobId(job.0),
+                                chunk_latency_us: thin(samples, proto::MAX_LATENCY_SAMPLES),
+                            },
+                        );
+                    }
                     let mut to: BTreeSet<ConnId> = BTreeSet::from([client.0]);
                     if let Some(j) = self.jobs.remove(&job) {
                         to.extend(j.watchers);

@@ -21,6 +21,7 @@
 //! files are removed.
 
 mod hub;
+mod latency;
 pub mod user;
 
 use std::collections::BTreeMap;
@@ -503,6 +504,7 @@ impl Loop {
                 match conn.decoder.decode_message(&mut input) {
                     Ok(Some(msg)) => {
                         tracing::trace!(conn = id, msg = msg.name(), "received");
+                        self.hub.at_micros(self.start.elapsed().as_micros() as u64);
                         self.hub.message(now, id, msg);
                     }
                     Ok(None) => return,
@@ -564,6 +566,7 @@ impl Loop {
 
     fn on_tick(&mut self, d: &mut Driver) {
         let now = self.now();
+        self.hub.at_micros(self.start.elapsed().as_micros() as u64);
         self.hub.tick(now);
         let limit = self.cfg.handshake_timeout;
         let late: Vec<ConnId> = self

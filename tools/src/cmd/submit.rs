@@ -216,7 +216,7 @@ fn ack(user: &mut User, msg: &Message, job: JobId, what: &str) -> anyhow::Result
 }
 
 fn follow(user: &mut User, job: JobId, json_out: bool) -> anyhow::Result<i32> {
-    let outcome = match watch(user, job, json_out) {
+    let (outcome, latency) = match watch(user, job, json_out) {
         Ok(o) => o,
         Err(e @ (UserError::Lost | UserError::Shutdown(_))) => {
             if json_out {
@@ -235,15 +235,23 @@ fn follow(user: &mut User, job: JobId, json_out: bool) -> anyhow::Result<i32> {
         JobOutcome::Cancelled => ("cancelled", None),
         JobOutcome::Aborted { reason } => ("aborted", Some(reason.clone())),
     };
+    let latency = latency.as_deref().and_then(latency_summary);
     if json_out {
         println!(
             "{}",
-            json!({"job": job.0, "outcome": name, "reason": reason})
+            json!({"job": job.0, "outcome": name, "reason": reason, "chunk_latency_us": latency})
         );
     } else {
         match &reason {
             Some(r) => println!("job {} {name}: {r}", job.0),
             None => println!("job {} {name}", job.0),
+        }
+        if let Some(l) = latency {
+            println!(
+                "chunk latency (task created -> released in order), {} chunks: p50 {} us, \
+                 p99 {} us, max {} us",
+                l["count"], l["p50"], l["p99"], l["max"]
+            );
         }
     }
     Ok(if outcome == JobOutcome::Completed {
@@ -253,14 +261,38 @@ fn follow(user: &mut User, job: JobId, json_out: bool) -> anyhow::Result<i32> {
     })
 }
 
-/// Follows a job to JobEnded; sends Done once it is delivered and fully read.
-fn watch(user: &mut User, job: JobId, json_out: bool) -> Result<JobOutcome, UserError> {
+/// Count, p50, p90, p99, p99.9 and max of chunk latencies (microseconds), or None when empty.
+fn latency_summary(v: &[u32]) -> Option<serde_json::Value> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_unstable();
+    let q = |p: f64| s[((s.len() as f64 * p).ceil() as usize).clamp(1, s.len()) - 1];
+    Some(json!({
+        "count": s.len(), "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
+        "max": s[s.len() - 1],
+    }))
+}
+
+/// Follows a job to JobEnded (with the chunk latencies of a completed job); sends Done once it
+/// is delivered and fully read.
+fn watch(
+    user: &mut User,
+    job: JobId,
+    json_out: bool,
+) -> Result<(JobOutcome, Option<Vec<u32>>), UserError> {
     user.send(&Message::Watch { job })?;
     let mut done_sent = false;
     let mut last_state = None;
+    let mut latency = None;
     loop {
         match user.recv()? {
-            Message::JobEnded { job: j, outcome } if j == job => return Ok(outcome),
+            Message::JobEnded { job: j, outcome } if j == job => return Ok((outcome, latency)),
+            Message::JobStats {
+                job: j,
+                chunk_latency_us,
+            } if j == job => latency = Some(chunk_latency_us),
             Message::JobUpdate(s) if s.job == job => {
                 if last_state.as_ref() != Some(&s.state) && !json_out {
                     eprintln!("job {}: {}", job.0, state_name(&s.state));

@@ -61,7 +61,10 @@ fn reads_verified_stream_to_file_byte_exact() {
         ],
     );
     let out = std::env::temp_dir().join(format!("spate-read-{}.out", std::process::id()));
-    let o = read(&path, &["--verify", "7:2", "--out", out.to_str().unwrap()]);
+    let o = read(
+        &path,
+        &["--verify", "7:2", "--hash", "--out", out.to_str().unwrap()],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains(&format!("{BYTES} bytes")), "{text}");
@@ -70,6 +73,8 @@ fn reads_verified_stream_to_file_byte_exact() {
     let mut want = vec![0u8; BYTES as usize];
     spate_ring::pattern::fill(7, 2, 0, &mut want);
     assert!(got == want, "file differs from the pattern");
+    let digest = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&want));
+    assert!(text.contains(&format!("xxh3-128 {digest}")), "{text}");
     std::fs::remove_file(&out).unwrap();
     assert!(srv.wait().unwrap().success());
     assert!(!path.exists());
@@ -96,6 +101,13 @@ fn json_report_shape_with_constant_rate() {
     assert!(v["starvations"].is_u64());
     assert!(v["starvation_seconds"].is_f64());
     assert!(v["error"].is_null());
+    assert!(v["xxh3_128"].is_null(), "no --hash, no digest: {v}");
+    let first = v["first_data_seconds"].as_f64().unwrap();
+    assert!(
+        first >= 0.0 && first <= v["seconds"].as_f64().unwrap(),
+        "{v}"
+    );
+    assert!(v["active_gbit_per_s"].as_f64().unwrap() > 0.0, "{v}");
     // 2 MB at 50 MB/s is paced: at least ~40 ms (sleeping, not a busy loop).
     assert!(v["seconds"].as_f64().unwrap() >= 0.035, "{v}");
     assert!(srv.wait().unwrap().success());

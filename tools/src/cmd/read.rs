@@ -28,9 +28,12 @@ throughput.\n\n\
 With --rate it reads at a constant rate like a printer would: block by block, sleeping until \
 each block is due (no busy loop). Each time a block is not there when due is a starvation \
 event; their number and total duration are reported. After a starvation the schedule restarts \
-from the moment the data arrived (a printer cannot catch up).\n\n\
+from the moment the data arrived (a printer cannot catch up). The schedule starts when the \
+first block is there (waiting for the job to start is not starvation).\n\n\
 With --verify SEED:STREAM every byte is checked against spate's deterministic test pattern \
-(the `pattern` kernel's output for that seed and stream index).\n\n\
+(the `pattern` kernel's output for that seed and stream index). With --hash the XXH3-128 \
+digest of the whole stream is computed while reading (compare it with the digest of the \
+expected output, e.g. of a RIP run elsewhere).\n\n\
 With --preview PATH.png --width W the stream is also drawn, while it is read, as a small PNG: \
 the stream is taken as lines of W pixels of one ink channel (one byte, a drop level below \
 --levels, per pixel) and every --scale x --scale box becomes one preview pixel showing its ink \
@@ -40,7 +43,10 @@ a whole number of W-pixel lines gives no preview and an error.\n\n\
 The report goes to stdout (to stderr when the data goes to stdout). --json prints it as one \
 JSON object: {\"outcome\", \"bytes\", \"seconds\", \"gbit_per_s\", \"backing\", \"verified\", \
 \"rate_gbit_per_s\", \"starvations\", \"starvation_seconds\", \"error\", \"bad_offset\", \
-\"preview\"} (preview: the PNG written, else null).\n\n\
+\"preview\", \"first_data_seconds\", \"active_gbit_per_s\", \"xxh3_128\"} (preview: the PNG \
+written, else null; first_data_seconds: from attaching to the first byte; active_gbit_per_s: \
+bytes over the time from the first byte to the end; xxh3_128: 32 hex digits with --hash, else \
+null).\n\n\
 Exit status: 0 the stream was read to its end; 2 verification failed (the message names the \
 first bad offset); 3 the stream was aborted (with the reason); 4 the writer died before the \
 end; 1 any other error (cannot attach, bad arguments, output error).",
@@ -68,6 +74,9 @@ pub struct Args {
     /// Check every byte against the test pattern of seed SEED, stream index STREAM.
     #[arg(long, value_name = "SEED:STREAM", value_parser = parse_verify)]
     pub verify: Option<(u64, u64)>,
+    /// Compute the XXH3-128 digest of the stream (`xxh3_128` in the report).
+    #[arg(long)]
+    pub hash: bool,
     /// Read block size: the pacing granularity with --rate, the largest block otherwise.
     /// Units as for sizes: 4096, 64KiB, 1MiB, 2MB.
     #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size)]
@@ -242,6 +251,9 @@ struct Report {
     error: Option<String>,
     bad_offset: Option<u64>,
     preview: Option<String>,
+    first_data_seconds: Option<f64>,
+    active_gbit_per_s: Option<f64>,
+    xxh3_128: Option<String>,
 }
 
 enum Fail {
@@ -281,12 +293,18 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         _ => None,
     };
     let t0 = Instant::now();
+    let mut hasher = a.hash.then(xxhash_rust::xxh3::Xxh3Default::new);
+    let mut first_data = None;
     let mut res = read_loop(
         &mut reader,
         &a,
         block,
-        out.as_mut(),
-        preview.as_mut(),
+        Sinks {
+            out: out.as_mut(),
+            preview: preview.as_mut(),
+            hasher: hasher.as_mut(),
+            first_data: &mut first_data,
+        },
         &mut rep,
     );
     if res.is_ok()
@@ -314,10 +332,19 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     } else {
         0.0
     };
+    if let Some(f) = first_data {
+        let first = f.duration_since(t0).as_secs_f64();
+        rep.first_data_seconds = Some(first);
+        let active = secs - first;
+        if active > 0.0 {
+            rep.active_gbit_per_s = Some(rep.bytes as f64 * 8.0 / active / 1e9);
+        }
+    }
     let code = match res {
         Ok(()) => {
             rep.outcome = "end";
             rep.verified = a.verify.is_some();
+            rep.xxh3_128 = hasher.map(|h| format!("{:032x}", h.digest128()));
             0
         }
         Err(Fail::Verify(off)) => {
@@ -363,6 +390,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         if rep.verified {
             s.push_str(", pattern verified");
         }
+        if let Some(h) = &rep.xxh3_128 {
+            s.push_str(&format!(", xxh3-128 {h}"));
+        }
         if let Some(p) = &rep.preview {
             s.push_str(&format!(", preview written to {p}"));
         }
@@ -385,15 +415,34 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     Ok(code)
 }
 
+/// Where the bytes read go, besides verification.
+struct Sinks<'a> {
+    out: Option<&'a mut Box<dyn Write>>,
+    preview: Option<&'a mut Preview>,
+    hasher: Option<&'a mut xxhash_rust::xxh3::Xxh3Default>,
+    /// Set when the first byte is there.
+    first_data: &'a mut Option<Instant>,
+}
+
 fn read_loop(
     r: &mut Reader,
     a: &Args,
     block: usize,
-    mut out: Option<&mut Box<dyn Write>>,
-    mut preview: Option<&mut Preview>,
+    mut sinks: Sinks<'_>,
     rep: &mut Report,
 ) -> Result<(), Fail> {
     let idle = a.idle_timeout.map(Duration::from_secs_f64);
+    // The first data (or the end of an empty stream): the constant-rate schedule starts here.
+    match r.acquire(1, block, idle).map_err(Fail::Read)? {
+        Acquired::TimedOut => {
+            return Err(Fail::Other(anyhow::anyhow!(
+                "no data for {:?} at offset {}",
+                idle.unwrap_or_default(),
+                r.position()
+            )));
+        }
+        Acquired::Data(_) | Acquired::End => *sinks.first_data = Some(Instant::now()),
+    }
     // Constant-rate schedule: byte `b` (counted from `sched_pos`) is due at
     // `sched_t0 + (b - sched_pos) / rate`.
     let mut sched_t0 = Instant::now();
@@ -440,10 +489,13 @@ fn read_loop(
                 {
                     return Err(Fail::Verify(bad));
                 }
-                if let Some(p) = preview.as_mut() {
+                if let Some(p) = sinks.preview.as_mut() {
                     p.feed(b.data);
                 }
-                if let Some(o) = out.as_mut() {
+                if let Some(h) = sinks.hasher.as_mut() {
+                    h.update(b.data);
+                }
+                if let Some(o) = sinks.out.as_mut() {
                     o.write_all(b.data)
                         .map_err(|e| Fail::Other(anyhow::Error::new(e).context("write output")))?;
                 }

@@ -16,13 +16,28 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// sides of a two-process benchmark run on different cores (thread-per-core, as the daemons
 /// do). On a single-core machine, or when pinning fails, it says so and runs unpinned.
 pub fn pin_one_side(last: bool) {
-    let cores = spate_runtime::thread::available_cores();
+    let cores = all_cores();
     let core = if last { cores.last() } else { cores.first() };
     if cores.len() >= 2
         && let Some(&c) = core
         && let Err(e) = spate_runtime::thread::pin_current(c)
     {
         eprintln!("spate bench: not pinned: {e}");
+    }
+}
+
+/// The cores this process may use, as it started (before any thread pinned itself).
+pub fn all_cores() -> Vec<usize> {
+    static ALL: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+    ALL.get_or_init(spate_runtime::thread::available_cores)
+        .clone()
+}
+
+/// Undo [`pin_one_side`]: the calling thread may run on every core again, as the threads of a
+/// plain program do.
+pub fn unpin() {
+    if let Err(e) = spate_runtime::thread::allow_cores(&all_cores()) {
+        eprintln!("spate bench: cannot unpin: {e}");
     }
 }
 

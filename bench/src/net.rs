@@ -1,7 +1,10 @@
 //! `spate bench net`: raw connections through io_uring (WriteFixed → ReadFixed into
-//! registered hugepage destination buffers, with the offer/grant/ack flow control) against
-//! plain blocking std sockets (1 MiB writes of the same chunks), in the same run, between two
-//! processes. The receiver is this same binary re-executed with the hidden `--role receiver`.
+//! registered hugepage destination buffers, with the offer/grant/ack flow control, threads
+//! pinned one per core) against plain blocking std sockets (1 MiB writes of the same chunks),
+//! in the same run, between two processes. The baseline runs twice: as a plain program does
+//! (unpinned threads: `baseline_gbit_per_s`, `ratio`) and pinned to the same cores as the
+//! io_uring path (`pinned_baseline_gbit_per_s`, `pinned_ratio`), which isolates what io_uring
+//! itself gains. The receiver is this same binary re-executed with the hidden `--role receiver`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
@@ -128,9 +131,9 @@ fn receiver(a: &Args) -> anyhow::Result<i32> {
         }
     }
 
-    // Baseline: blocking reads of the same bytes into the same (hugepage) buffers, in turn, as
+    // Baselines: blocking reads of the same bytes into the same (hugepage) buffers, in turn, as
     // the io_uring path uses them (one hot buffer would flatter the baseline with cache hits).
-    let mut s = std_l.accept()?;
+    // First as a plain program runs (threads unpinned), then pinned like the io_uring path.
     let mut dsts = Vec::new();
     while let Some(b) = sink.arena.alloc() {
         dsts.push(b);
@@ -138,19 +141,27 @@ fn receiver(a: &Args) -> anyhow::Result<i32> {
     if dsts.is_empty() {
         bail!("receiver: no destination buffer for the baseline");
     }
-    let mut left = a.bytes;
-    let mut i = 0;
-    while left > 0 {
-        let n = left.min(a.chunk) as usize;
-        let k = i % dsts.len();
-        let buf = &mut dsts[k].as_mut_slice()[..n];
-        for piece in buf.chunks_mut(BASELINE_WRITE) {
-            s.read_exact(piece)?;
+    for pinned in [false, true] {
+        if pinned {
+            crate::pin_one_side(true);
+        } else {
+            crate::unpin();
         }
-        left -= n as u64;
-        i += 1;
+        let mut s = std_l.accept()?;
+        let mut left = a.bytes;
+        let mut i = 0;
+        while left > 0 {
+            let n = left.min(a.chunk) as usize;
+            let k = i % dsts.len();
+            let buf = &mut dsts[k].as_mut_slice()[..n];
+            for piece in buf.chunks_mut(BASELINE_WRITE) {
+                s.read_exact(piece)?;
+            }
+            left -= n as u64;
+            i += 1;
+        }
+        s.write_all(b"k")?;
     }
-    s.write_all(b"k")?;
     Ok(0)
 }
 
@@ -163,6 +174,8 @@ struct Report {
     gbit_per_s: f64,
     baseline_gbit_per_s: f64,
     ratio: f64,
+    pinned_baseline_gbit_per_s: f64,
+    pinned_ratio: f64,
     latency_us: Latency,
     src_backing: String,
     dst_backing: String,
@@ -216,7 +229,7 @@ fn sender(a: &Args) -> anyhow::Result<i32> {
 
     let r = measure(a, &raw_ep, &std_ep);
     let status = child.wait()?;
-    let (uring, base, hist, src_backing, mode) = r?;
+    let (uring, base, pinned, hist, src_backing, mode) = r?;
     if !status.success() {
         bail!("receiver failed: {status}");
     }
@@ -228,6 +241,8 @@ fn sender(a: &Args) -> anyhow::Result<i32> {
         gbit_per_s: gbit(a.bytes, uring),
         baseline_gbit_per_s: gbit(a.bytes, base),
         ratio: base.as_secs_f64() / uring.as_secs_f64(),
+        pinned_baseline_gbit_per_s: gbit(a.bytes, pinned),
+        pinned_ratio: pinned.as_secs_f64() / uring.as_secs_f64(),
         latency_us: Latency {
             p50: hist.value_at_quantile(0.5),
             p99: hist.value_at_quantile(0.99),
@@ -253,10 +268,13 @@ fn sender(a: &Args) -> anyhow::Result<i32> {
             rep.gbit_per_s
         );
         println!(
-            "  blocking std sockets (1 MiB writes):               {:7.2} Gbit/s",
-            rep.baseline_gbit_per_s
+            "  plain blocking std sockets (1 MiB writes):         {:7.2} Gbit/s  ratio {:.2}x",
+            rep.baseline_gbit_per_s, rep.ratio
         );
-        println!("  ratio: {:.2}x", rep.ratio);
+        println!(
+            "  the same, pinned to the same cores as io_uring:    {:7.2} Gbit/s  ratio {:.2}x",
+            rep.pinned_baseline_gbit_per_s, rep.pinned_ratio
+        );
         println!(
             "  chunk latency offer→ack (us): p50 {}  p99 {}  p99.9 {}  max {}",
             rep.latency_us.p50, rep.latency_us.p99, rep.latency_us.p999, rep.latency_us.max
@@ -269,7 +287,9 @@ fn sender(a: &Args) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-type Measured = (Duration, Duration, Histogram<u64>, String, String);
+/// io_uring time, plain baseline time, pinned baseline time, chunk latencies, source
+/// backing, ring mode.
+type Measured = (Duration, Duration, Duration, Histogram<u64>, String, String);
 
 fn measure(a: &Args, raw_ep: &Endpoint, std_ep: &Endpoint) -> anyhow::Result<Measured> {
     let mut client = RawClient::new(RawConfig::default())?;
@@ -335,25 +355,41 @@ fn measure(a: &Args, raw_ep: &Endpoint, std_ep: &Endpoint) -> anyhow::Result<Mea
         client.turn(Some(Duration::from_millis(50)), &mut events)?;
     }
 
-    // Baseline: plain blocking std socket (default options), 1 MiB writes of the same chunks
-    // from the same source buffers in turn.
-    let mut s = std_ep.connect(&Via::any(), Some(Duration::from_secs(5)))?;
+    // Baselines: plain blocking std sockets (default options), 1 MiB writes of the same chunks
+    // from the same source buffers in turn; first unpinned (as a plain program runs), then
+    // pinned to the same cores as the io_uring path.
     if bufs.is_empty() {
         bail!("no source buffer left for the baseline");
     }
-    let t1 = Instant::now();
-    let mut left = a.bytes;
-    let mut i = 0;
-    while left > 0 {
-        let n = left.min(a.chunk) as usize;
-        for piece in bufs[i % bufs.len()].as_slice()[..n].chunks(BASELINE_WRITE) {
-            s.write_all(piece)?;
+    let mut times = [Duration::ZERO; 2];
+    for (t, pinned) in times.iter_mut().zip([false, true]) {
+        if pinned {
+            crate::pin_one_side(false);
+        } else {
+            crate::unpin();
         }
-        left -= n as u64;
-        i += 1;
+        let mut s = std_ep.connect(&Via::any(), Some(Duration::from_secs(5)))?;
+        let t1 = Instant::now();
+        let mut left = a.bytes;
+        let mut i = 0;
+        while left > 0 {
+            let n = left.min(a.chunk) as usize;
+            for piece in bufs[i % bufs.len()].as_slice()[..n].chunks(BASELINE_WRITE) {
+                s.write_all(piece)?;
+            }
+            left -= n as u64;
+            i += 1;
+        }
+        let mut ack = [0u8; 1];
+        s.read_exact(&mut ack)?;
+        *t = t1.elapsed();
     }
-    let mut ack = [0u8; 1];
-    s.read_exact(&mut ack)?;
-    let base = t1.elapsed();
-    Ok((uring, base, hist, arena.backing().to_string(), mode))
+    Ok((
+        uring,
+        times[0],
+        times[1],
+        hist,
+        arena.backing().to_string(),
+        mode,
+    ))
 }

@@ -84,6 +84,24 @@ pub fn pin_current(core: usize) -> Result<()> {
     Ok(())
 }
 
+/// Let the calling thread run on any of `cores` (undoing [`pin_current`]), as an unpinned
+/// thread of a plain program would; checks the affinity took.
+pub fn allow_cores(cores: &[usize]) -> Result<()> {
+    let fail = |reason: &str| RuntimeError::Pin {
+        core: cores.first().copied().unwrap_or(0),
+        reason: reason.to_string(),
+        available: cores.to_vec(),
+    };
+    let mut set = nix::sched::CpuSet::new();
+    for &c in cores {
+        set.set(c)
+            .map_err(|e| fail(&format!("core {c} beyond the CPU set size: {e}")))?;
+    }
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .map_err(|e| fail(&format!("sched_setaffinity: {e}")))?;
+    Ok(())
+}
+
 /// A thread pinned to one core.
 #[derive(Debug)]
 pub struct PinnedThread<T> {

@@ -660,6 +660,8 @@ impl Job {
 struct Node {
     info: NodeInfo,
     tasks: BTreeSet<TaskId>,
+    /// Tasks handed to it so far (the policy spreads a producer's tasks over routes by it).
+    assigned: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -979,6 +981,7 @@ impl Scheduler {
             Node {
                 info,
                 tasks: BTreeSet::new(),
+                assigned: 0,
             },
         );
         if !producer {
@@ -1632,8 +1635,11 @@ impl Scheduler {
                 node: p,
             },
         );
+        let mut seq = 0;
         if let Some(n) = self.nodes.get_mut(&p) {
             n.tasks.insert(task);
+            seq = n.assigned;
+            n.assigned += 1;
         }
         let (Some(j), Some(pv)) = (self.jobs.get(&job), self.view(p)) else {
             return;
@@ -1645,7 +1651,7 @@ impl Scheduler {
                 let node = j.streams[piece.stream as usize].node;
                 let route = self
                     .view(node)
-                    .map_or(Route::Remote(None), |cv| self.policy.route(&pv, &cv, index));
+                    .map_or(Route::Remote(None), |cv| self.policy.route(&pv, &cv, seq));
                 Target {
                     piece: *piece,
                     node,

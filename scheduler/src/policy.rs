@@ -86,9 +86,10 @@ pub trait Policy {
     /// Preference of a free producer for a job: lower is served first (ties: lower job id).
     fn job_rank(&self, producer: &NodeView<'_>, job: &JobView<'_>) -> u64;
 
-    /// The interface a producer uses to reach a consumer for the pieces of chunk `chunk` (a
-    /// policy may spread a job's chunks over the consumer's interfaces).
-    fn route(&self, producer: &NodeView<'_>, consumer: &NodeView<'_>, chunk: u64) -> Route;
+    /// The interface a producer uses to reach a consumer for the pieces of its `seq`-th task
+    /// (counted from 0 for each producer; a policy may spread a producer's tasks over the
+    /// consumer's interfaces).
+    fn route(&self, producer: &NodeView<'_>, consumer: &NodeView<'_>, seq: u64) -> Route;
 
     /// How long consumers may take to allocate a job's streams, in milliseconds.
     fn alloc_timeout_ms(&self) -> u64;
@@ -266,7 +267,7 @@ impl Policy for LoadBalance {
         (u64::from(!local) << 40) | job.tasks_in_flight as u64
     }
 
-    fn route(&self, producer: &NodeView<'_>, consumer: &NodeView<'_>, chunk: u64) -> Route {
+    fn route(&self, producer: &NodeView<'_>, consumer: &NodeView<'_>, seq: u64) -> Route {
         if producer.info.host == consumer.info.host {
             return Route::Local;
         }
@@ -274,10 +275,11 @@ impl Policy for LoadBalance {
         if ifs.is_empty() {
             return Route::Remote(None);
         }
-        // Spread chunks over the consumer's interfaces, deterministically: consecutive chunks
-        // of one producer take turns, so even a one-to-one job uses every link (a node's two
-        // NICs), and producers start at different interfaces.
-        let i = (producer.id.0.wrapping_add(chunk) % ifs.len() as u64) as usize;
+        // Spread tasks over the consumer's interfaces, deterministically: a producer's
+        // consecutive tasks take turns (so a one-to-one job uses every link, a node's two
+        // NICs, and each producer loads every link of a consumer evenly), and producers start
+        // at different interfaces.
+        let i = (producer.id.0.wrapping_add(seq) % ifs.len() as u64) as usize;
         Route::Remote(Some(ifs[i].clone()))
     }
 

@@ -141,7 +141,7 @@ fn routes_spread_over_interfaces() {
     assert_eq!(r[0], Route::Remote(Some(c.interfaces[1].clone())));
     assert_eq!(r[1], Route::Remote(Some(c.interfaces[0].clone())));
     assert_eq!(r[2], r[0]);
-    // ...and one producer's consecutive chunks take turns, so a one-to-one job uses both.
+    // ...and one producer's consecutive tasks take turns, so a one-to-one job uses both.
     let one: Vec<Route> = (0..4)
         .map(|k| pol.route(&view(NodeId(1), &p), &view(NodeId(9), &c), k))
         .collect();

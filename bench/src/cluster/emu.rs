@@ -445,76 +445,69 @@ impl Cluster {
         })
     }
 
-    /// Raw TCP capacity of every link, all at once: on each net k, node i sends to node
-    /// (i+1) % H (so each interface's egress and ingress is measured once) with plain blocking
-    /// std sockets (default options, 1 MiB writes) for `duration`; the first 20% is warm-up
-    /// and not counted. Empty with one node.
-    ///
-    /// Payload is at most ~0.955 of a tbf rate (1448 payload bytes per 1514-byte frame); here
-    /// 2 to 8 nodes at 1 Gbit/s gave 0.953-0.955, 100 Mbit/s 0.92-0.96 (ACKs share the
-    /// reverse links), unshaped ~8-10 Gbit/s per link (CPU-bound, 2 cores). On a loaded machine
-    /// a stalled receive softirq can push a link slightly above its rate for one measurement;
-    /// a longer `duration` (seconds) averages it out.
+    /// Raw TCP capacity of every link, one link at a time (the link's own capacity, with the
+    /// machine's cores free for it): on each net k, node i sends to node (i+1) % H (so each
+    /// interface's egress and ingress is measured once) with blocking std sockets (spate's
+    /// raw-connection options: congestion control and buffers; 1 MiB writes) for `duration`;
+    /// the first 20% is warm-up and not counted. Empty with one node.
     pub fn measure_links(&self, duration: Duration) -> Result<Vec<LinkRate>> {
         let h = self.nodes.len();
         if h < 2 {
             return Ok(Vec::new());
         }
-        let io_timeout = duration + Duration::from_secs(10);
         let mut links = Vec::with_capacity(2 * h);
         for net in 0..2 {
             for from in 0..h {
                 let to = (from + 1) % h;
-                let what = format!("link {from}->{to} on net {net}");
-                let at = SocketAddr::from((self.nodes[to].addrs[net], 0));
-                let l = self
-                    .in_node(to, || TcpListener::bind(at))?
-                    .with_context(|| format!("{what}: binding {at}"))?;
-                let dest = l.local_addr()?;
-                let tx = self
-                    .in_node(from, || {
-                        TcpStream::connect_timeout(&dest, Duration::from_secs(5))
-                    })?
-                    .with_context(|| format!("{what}: connecting to {dest}"))?;
-                let (rx, _) = l.accept().with_context(|| format!("{what}: accepting"))?;
-                for s in [&tx, &rx] {
-                    s.set_write_timeout(Some(io_timeout))?;
-                    s.set_read_timeout(Some(io_timeout))?;
-                }
-                links.push((from, to, net, tx, rx, what));
+                let gbit_per_s = self.measure_link(from, to, net, duration)?;
+                links.push(LinkRate {
+                    from,
+                    to,
+                    net,
+                    gbit_per_s,
+                });
             }
+        }
+        Ok(links)
+    }
+
+    fn measure_link(&self, from: usize, to: usize, net: usize, duration: Duration) -> Result<f64> {
+        let what = format!("link {from}->{to} on net {net}");
+        let io_timeout = duration + Duration::from_secs(10);
+        let at = SocketAddr::from((self.nodes[to].addrs[net], 0));
+        let l = self
+            .in_node(to, || TcpListener::bind(at))?
+            .with_context(|| format!("{what}: binding {at}"))?;
+        let dest = l.local_addr()?;
+        let tx = self
+            .in_node(from, || {
+                TcpStream::connect_timeout(&dest, Duration::from_secs(5))
+            })?
+            .with_context(|| format!("{what}: connecting to {dest}"))?;
+        let (rx, _) = l.accept().with_context(|| format!("{what}: accepting"))?;
+        // The same transport settings as spate's raw connections (congestion control, socket
+        // buffers), so the limit is what that transport can carry.
+        let tuning = spate_netlib::sockopt::Tuning::default();
+        for s in [&tx, &rx] {
+            spate_netlib::sockopt::tune_raw(s, &tuning)
+                .with_context(|| format!("{what}: socket options"))?;
+            s.set_write_timeout(Some(io_timeout))?;
+            s.set_read_timeout(Some(io_timeout))?;
         }
         let start = Instant::now();
         let warm = start + duration.mul_f64(0.2);
         let end = start + duration;
         std::thread::scope(|s| {
-            let handles: Vec<_> = links
-                .into_iter()
-                .map(|(from, to, net, tx, rx, what)| {
-                    let sender = s.spawn(move || send_until(tx, end));
-                    let receiver = s.spawn(move || receive_window(rx, warm, end));
-                    (from, to, net, what, sender, receiver)
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|(from, to, net, what, sender, receiver)| {
-                    let sent = sender
-                        .join()
-                        .map_err(|_| anyhow!("{what}: sender panicked"));
-                    let got = receiver
-                        .join()
-                        .map_err(|_| anyhow!("{what}: receiver panicked"));
-                    sent?.with_context(|| format!("{what}: sending"))?;
-                    let gbit_per_s = got?.with_context(|| format!("{what}: receiving"))?;
-                    Ok(LinkRate {
-                        from,
-                        to,
-                        net,
-                        gbit_per_s,
-                    })
-                })
-                .collect()
+            let sender = s.spawn(move || send_until(tx, end));
+            let receiver = s.spawn(move || receive_window(rx, warm, end));
+            let sent = sender
+                .join()
+                .map_err(|_| anyhow!("{what}: sender panicked"));
+            let got = receiver
+                .join()
+                .map_err(|_| anyhow!("{what}: receiver panicked"));
+            sent?.with_context(|| format!("{what}: sending"))?;
+            got?.with_context(|| format!("{what}: receiving"))
         })
     }
 
@@ -597,14 +590,14 @@ fn gbit(bytes: u64, secs: f64) -> f64 {
 const AREA: usize = 256 << 20;
 
 /// Raw local transfer limit, Gbit/s: `bytes` through a std `UnixStream::pair()` with blocking
-/// `write_all`/`read_exact` of `chunk`-sized pieces, from and to areas of up to 256 MiB used in
-/// turn (so neither side sits in cache), the two threads pinned to the first and last core.
+/// `write_all`/`read_exact` of `chunk`-sized pieces, from and to four `chunk`-sized buffers
+/// used in turn (as `spate bench net`'s baseline and spate's own chunk buffers), the two
+/// threads pinned to the first and last core: the best a plain socket transfer does here.
 pub fn measure_raw_unix(bytes: u64, chunk: usize) -> Result<f64> {
     if bytes == 0 || chunk == 0 {
         bail!("measure_raw_unix: bytes ({bytes}) and chunk ({chunk}) must be more than zero");
     }
-    let whole = (AREA.min(usize::try_from(bytes).unwrap_or(AREA)) / chunk).max(1);
-    let area = whole * chunk;
+    let area = 4 * chunk;
     let (mut a, mut b) = UnixStream::pair().context("socketpair")?;
     let go = Barrier::new(2);
     std::thread::scope(|s| {

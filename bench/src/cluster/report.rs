@@ -317,7 +317,8 @@ pub fn print_table(r: &Report, out: &mut dyn Write) -> io::Result<()> {
         .to_vec(),
     ];
     let mut errors = Vec::new();
-    for run in &r.runs {
+    // Constant-speed runs have their own table below.
+    for run in r.runs.iter().filter(|run| run.constant_speed.is_none()) {
         let mut row = vec![
             run.topology.to_string(),
             run.job.clone(),
@@ -659,7 +660,7 @@ pub fn write_plots(r: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         let mut runs: Vec<&Run> = ok
             .iter()
             .copied()
-            .filter(|run| run.kernel == kernel)
+            .filter(|run| run.kernel == kernel && run.constant_speed.is_none())
             .collect();
         runs.sort_by_key(|run| run.topology);
         let groups: Vec<BarGroup> = runs

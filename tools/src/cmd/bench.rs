@@ -10,6 +10,9 @@ pub enum BenchCmd {
     Net(spate_bench::net::Args),
     /// RIP kernel: output MB/s per core and for all cores.
     Rip(spate_bench::rip::Args),
+    /// The reference experiments on an emulated cluster: throughput vs limits, constant
+    /// speed, latency histograms, plots (root for the network namespaces).
+    Cluster(spate_bench::cluster::Args),
 }
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<i32> {
@@ -17,5 +20,6 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<i32> {
         BenchCmd::Ring(a) => spate_bench::ring::run(a),
         BenchCmd::Net(a) => spate_bench::net::run(a),
         BenchCmd::Rip(a) => spate_bench::rip::run(a),
+        BenchCmd::Cluster(a) => spate_bench::cluster::run(a),
     }
 }

@@ -46,8 +46,8 @@ pub struct Args {
     /// The default keeps the network, not this machine's cores, the limit.
     #[arg(long, default_value = "500Mbit")]
     pub link_rate: String,
-    /// Fraction of the reference jobs' size to run (lines of each sheet; widths stay) [default:
-    /// 0.05; --quick: 0.04].
+    /// Fraction of the reference jobs' size to run (lines of each sheet; widths stay; never
+    /// below 64 MiB or the whole job) [default: 0.05; --quick: 0.04].
     #[arg(long)]
     pub scale: Option<f64>,
     /// Local one-to-one runs move at least this much (more lines of the same job, at most its
@@ -96,7 +96,10 @@ impl JobShape {
             "C" => 120_000,
             other => bail!("unknown job {other:?}: the reference jobs are A, B and C"),
         };
-        let height = ((side as f64 * scale).round() as u64).max(1);
+        // Scaled, but never below 64 MiB (or the whole job when it is smaller: A is 36 MB),
+        // so that even the smallest run is more than its start-up.
+        let floor = (MIN_JOB_BYTES.div_ceil(side * CHANNELS as u64)).min(side);
+        let height = ((side as f64 * scale).round() as u64).max(floor).max(1);
         Ok(JobShape {
             name: name.to_string(),
             width: side,
@@ -110,6 +113,8 @@ impl JobShape {
 }
 
 const CHANNELS: usize = 4;
+/// The smallest job a run moves (unless the whole reference job is smaller).
+const MIN_JOB_BYTES: u64 = 64 << 20;
 const PATTERN_SEED: u64 = 42;
 const INPUT: &str = "sheet.png";
 
@@ -785,9 +790,15 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     // Limits measured in this run.
     bench
         .progress
-        .println("measuring memcpy and the raw UNIX transfer");
-    let memcpy = emu::measure_memcpy(if a.quick { 2 << 30 } else { 8 << 30 });
-    let raw_unix = emu::measure_raw_unix(if a.quick { 2 << 30 } else { 8 << 30 }, 4 << 20)?;
+        .println("measuring memcpy and the raw UNIX transfer (best of three)");
+    // The best of three: a limit is what the machine can do, and this machine is noisy.
+    let local_bytes_each: u64 = if a.quick { 1 << 30 } else { 4 << 30 };
+    let mut memcpy: f64 = 0.0;
+    let mut raw_unix: f64 = 0.0;
+    for _ in 0..3 {
+        memcpy = memcpy.max(emu::measure_memcpy(local_bytes_each));
+        raw_unix = raw_unix.max(emu::measure_raw_unix(local_bytes_each, 4 << 20)?);
+    }
     let mut links = Vec::new();
     let mut caps = Vec::new();
     if topologies.iter().any(|t| *t != Topology::Local1x1) {
@@ -796,24 +807,37 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             a.nodes,
             rate_mbit.map_or("unshaped".to_string(), |r| format!("{r} Mbit/s"))
         ));
-        let cl = emu::Cluster::create(&emu::EmuConfig {
+        let secs = a.link_seconds.unwrap_or(if a.quick { 1.5 } else { 3.0 });
+        let built = emu::Cluster::create(&emu::EmuConfig {
             nodes: a.nodes,
             rate_mbit,
-        })?;
-        let secs = a.link_seconds.unwrap_or(if a.quick { 1.5 } else { 3.0 });
-        bench
-            .progress
-            .println("measuring every link (raw TCP, one link at a time)");
-        links = cl.measure_links(Duration::from_secs_f64(secs))?;
-        caps = cl
-            .node_caps(&links)
-            .into_iter()
-            .map(|(e, i)| NodeCaps {
-                egress_gbit: e,
-                ingress_gbit: i,
-            })
-            .collect();
-        bench.cluster = Some(cl);
+        })
+        .and_then(|cl| {
+            bench
+                .progress
+                .println("measuring every link (raw TCP, one link at a time)");
+            let links = cl.measure_links(Duration::from_secs_f64(secs))?;
+            Ok((cl, links))
+        });
+        match built {
+            Ok((cl, l)) => {
+                caps = cl
+                    .node_caps(&l)
+                    .into_iter()
+                    .map(|(e, i)| NodeCaps {
+                        egress_gbit: e,
+                        ingress_gbit: i,
+                    })
+                    .collect();
+                links = l;
+                bench.cluster = Some(cl);
+            }
+            Err(e) => {
+                // The local runs need no namespaces: run them, and say why the others did not.
+                skipped.push(format!("network topologies: {e:#}"));
+                topologies.retain(|t| *t == Topology::Local1x1);
+            }
+        }
     }
     let local_limit = limits::limit_local(raw_unix, memcpy);
 
@@ -1052,9 +1076,12 @@ mod tests {
 
     #[test]
     fn jobs_scale_by_lines_and_link_rates_parse() {
-        let b = JobShape::reference("B", 0.01).unwrap();
-        assert_eq!((b.width, b.height), (36000, 360));
-        assert_eq!(b.bytes(), 36000 * 360 * 4);
+        let b = JobShape::reference("B", 0.02).unwrap();
+        assert_eq!((b.width, b.height), (36000, 720));
+        assert_eq!(b.bytes(), 36000 * 720 * 4);
+        // Never below 64 MiB: B at 0.001 keeps 467 lines; A (36 MB in all) stays whole.
+        assert_eq!(JobShape::reference("B", 0.001).unwrap().height, 467);
+        assert_eq!(JobShape::reference("A", 0.05).unwrap().height, 3000);
         assert!(JobShape::reference("D", 0.1).is_err());
         assert_eq!(parse_link_rate("500Mbit").unwrap(), Some(500));
         assert_eq!(parse_link_rate("1Gbit").unwrap(), Some(1000));

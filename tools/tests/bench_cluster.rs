@@ -130,10 +130,7 @@ fn quick_suite_runs_every_topology_verified() {
     );
     for f in hgrm {
         let t = std::fs::read_to_string(f).unwrap();
-        assert!(
-            t.contains("Percentile") && t.contains("#[Max "),
-            "{f}: {t}"
-        );
+        assert!(t.contains("Percentile") && t.contains("#[Max "), "{f}: {t}");
     }
     let svgs: Vec<&&str> = files.iter().filter(|f| f.ends_with(".svg")).collect();
     assert!(svgs.len() >= 2, "a plot per kernel: {files:?}");

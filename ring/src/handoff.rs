@@ -312,9 +312,15 @@ fn respond(sock: &UnixStream, status: u8, msg: &str, fds: &[RawFd]) -> io::Resul
     let iov = [IoSlice::new(&buf)];
     let cmsg = [ControlMessage::ScmRights(fds)];
     let cm: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsg };
-    sendmsg::<()>(sock.as_raw_fd(), &iov, cm, MsgFlags::MSG_NOSIGNAL, None)
-        .map_err(io::Error::from)?;
-    Ok(())
+    loop {
+        match sendmsg::<()>(sock.as_raw_fd(), &iov, cm, MsgFlags::MSG_NOSIGNAL, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => {
+                r.map_err(io::Error::from)?;
+                return Ok(());
+            }
+        }
+    }
 }
 
 fn handle(sock: UnixStream, sh: &Shared) -> Option<Conn> {
@@ -422,12 +428,18 @@ pub fn connect(path: &Path, key: &str) -> Result<Reader, HandoffError> {
     let mut cspace = nix::cmsg_space!([RawFd; 2]);
     let (n, fds) = {
         let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cspace),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
+        // A signal to this thread interrupts the wait (EINTR): wait again.
+        let msg = loop {
+            match recvmsg::<()>(
+                sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut cspace),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                r => break r,
+            }
+        }
         .map_err(|e| HandoffError::Io {
             op: "receive response from",
             path: path.display().to_string(),

@@ -287,6 +287,12 @@ fn message() -> impl Strategy<Value = Message> {
         job().prop_map(|job| Message::Watch { job }),
         job_status().prop_map(Message::JobUpdate),
         (job(), outcome()).prop_map(|(job, outcome)| Message::JobEnded { job, outcome }),
+        (job(), prop::collection::vec(any::<u32>(), 0..40)).prop_map(|(job, chunk_latency_us)| {
+            Message::JobStats {
+                job,
+                chunk_latency_us,
+            }
+        }),
         (job(), stream(), any::<u64>(), any::<u64>()).prop_map(
             |(job, stream, capacity, total_len)| Message::AllocStream {
                 job,
@@ -454,6 +460,7 @@ fn variant_name(m: &Message) -> &'static str {
         | Message::Watch { .. }
         | Message::JobUpdate(_)
         | Message::JobEnded { .. }
+        | Message::JobStats { .. }
         | Message::AllocStream { .. }
         | Message::Allocated { .. }
         | Message::AllocFailed { .. }
@@ -475,7 +482,7 @@ fn variant_name(m: &Message) -> &'static str {
         | Message::Error { .. } => m.name(),
     }
 }
-const VARIANTS: usize = 36;
+const VARIANTS: usize = 37;
 
 /// Decode everything in `stream`, fed in pieces cut at `cuts` (sorted, deduplicated positions).
 fn decode_split(stream: &[u8], cuts: &[usize]) -> Vec<Message> {
@@ -554,18 +561,19 @@ fn one_byte_at_a_time() {
 
 #[test]
 fn exact_bytes_of_a_heartbeat_and_a_ready() {
-    // Heartbeat is variant 3 of Message; Ready is variant 8 with JobId(300) as varint ac 02.
+    // Version 2 (JobStats was inserted after JobEnded). Heartbeat is variant 3 of Message;
+    // Ready is variant 8 with JobId(300) as varint ac 02.
     assert_eq!(
         encode_message(&Message::Heartbeat).unwrap(),
-        [b'S', b'P', b'A', b'T', 0, 1, 2, 0, 0, 0, 0, 1, 3]
+        [b'S', b'P', b'A', b'T', 0, 2, 2, 0, 0, 0, 0, 1, 3]
     );
     assert_eq!(
         encode_message(&Message::Ready { job: JobId(300) }).unwrap(),
         [
-            b'S', b'P', b'A', b'T', 0, 1, 2, 0, 0, 0, 0, 3, 8, 0xac, 0x02
+            b'S', b'P', b'A', b'T', 0, 2, 2, 0, 0, 0, 0, 3, 8, 0xac, 0x02
         ]
     );
-    assert_eq!(PROTOCOL_VERSION, 1);
+    assert_eq!(PROTOCOL_VERSION, 2);
 }
 
 #[test]

@@ -32,9 +32,9 @@ use report::{ConstantSpeed, Limits, LinkFigure, Report, Run};
 
 /// Arguments of `spate bench cluster`.
 #[derive(clap::Args, Debug, Clone)]
-#[command(after_help = "Examples:\n  sudo spate bench cluster --quick\n  \
-sudo spate bench cluster --json --out results/\n  \
-sudo spate bench cluster --topologies distant-1x1,NxN --jobs C --kernels rip --scale 0.1")]
+#[command(after_help = "Examples (as root):\n  spate bench cluster --quick\n  \
+spate bench cluster --json --out results/\n  \
+spate bench cluster --topologies distant-1x1,NxN --jobs C --kernels rip --scale 0.1")]
 pub struct Args {
     /// The reduced suite (job B, every topology, one constant-speed run): under 3 minutes.
     #[arg(long)]
@@ -836,6 +836,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 // The local runs need no namespaces: run them, and say why the others did not.
                 skipped.push(format!("network topologies: {e:#}"));
                 topologies.retain(|t| *t == Topology::Local1x1);
+                bench
+                    .progress
+                    .set_total((topologies.len() * jobs.len() * kernels.len()) as u64);
             }
         }
     }

@@ -750,6 +750,11 @@ impl Progress {
         Progress { bar }
     }
 
+    /// The suite changed (e.g. the network runs were skipped): `total_runs` in all.
+    pub fn set_total(&self, total_runs: u64) {
+        self.bar.set_length(total_runs);
+    }
+
     /// A run starts: show its label (e.g. "distant-1x1 B rip").
     pub fn start(&self, label: &str) {
         self.bar.set_message(label.to_owned());

@@ -507,7 +507,10 @@ impl Bench {
         // The job ends: Done once delivered; the scheduler sends its chunk latencies.
         let failed = reports.iter().find(|r| r.outcome != "end");
         let mut latencies = Vec::new();
-        if failed.is_none() {
+        if failed.is_some() {
+            // Free the job's rings and producers for the runs that follow.
+            let _ = user.send(&Message::Cancel { job: id });
+        } else {
             user.send(&Message::Watch { job: id })?;
             let deadline = Instant::now() + Duration::from_secs(60);
             let mut done_sent = false;

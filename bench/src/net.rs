@@ -1,7 +1,10 @@
 //! `spate bench net`: raw connections through io_uring (WriteFixed → ReadFixed into
 //! registered hugepage destination buffers, with the offer/grant/ack flow control, threads
 //! pinned one per core) against plain blocking std sockets (1 MiB writes of the same chunks),
-//! in the same run, between two processes. The baseline runs twice: as a plain program does
+//! in the same run, between two processes. Over UNIX sockets the raw connection does what
+//! spate's local producers do: the receiver pulls each chunk with one io_uring copy from the
+//! sender's shared buffer memory (`Share`/`Pull`); the same transfer with the payload through
+//! the socket is measured too (`socket_gbit_per_s`). The baseline runs twice: as a plain program does
 //! (unpinned threads: `baseline_gbit_per_s`, `ratio`) and pinned to the same cores as the
 //! io_uring path (`pinned_baseline_gbit_per_s`, `pinned_ratio`), which isolates what io_uring
 //! itself gains. The receiver is this same binary re-executed with the hidden `--role receiver`.
@@ -64,7 +67,7 @@ struct Sink {
     arena: Arena,
     landed: u64,
     bytes: u64,
-    closed: bool,
+    closed: usize,
     error: Option<String>,
 }
 
@@ -81,7 +84,7 @@ impl Landing for Sink {
         self.bytes += k.len;
     }
     fn closed(&mut self, _c: ConnId, error: Option<&spate_netlib::raw::RawError>) {
-        self.closed = true;
+        self.closed += 1;
         self.error = error.map(|e| e.to_string());
     }
 }
@@ -110,11 +113,14 @@ fn receiver(a: &Args) -> anyhow::Result<i32> {
         arena,
         landed: 0,
         bytes: 0,
-        closed: false,
+        closed: 0,
         error: None,
     };
+    // One raw transfer per connection, one after the other: over UNIX pulled, then through
+    // the socket; over TCP through the socket.
+    let transfers = raw_transfers(a);
     let deadline = Instant::now() + Duration::from_secs(600);
-    while !(sink.bytes >= a.bytes && sink.closed) {
+    while sink.closed < transfers {
         if Instant::now() > deadline {
             bail!("receiver: timed out after {} bytes", sink.bytes);
         }
@@ -122,11 +128,11 @@ fn receiver(a: &Args) -> anyhow::Result<i32> {
         if let Some(e) = &sink.error {
             bail!("receiver: raw connection failed: {e}");
         }
-        if sink.closed && sink.bytes < a.bytes {
+        if sink.bytes < sink.closed as u64 * a.bytes {
             bail!(
                 "receiver: sender closed after {} of {} bytes",
                 sink.bytes,
-                a.bytes
+                sink.closed as u64 * a.bytes
             );
         }
     }
@@ -165,13 +171,24 @@ fn receiver(a: &Args) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+fn raw_transfers(a: &Args) -> usize {
+    if a.transport == "unix" { 2 } else { 1 }
+}
+
 #[derive(serde::Serialize)]
 struct Report {
     transport: String,
     bytes: u64,
     chunk: u64,
     depth: usize,
+    /// How the raw connection moved the payload: "pull" (UNIX: one copy from the sender's
+    /// shared memory) or "socket".
+    payload: String,
     gbit_per_s: f64,
+    /// The io_uring raw path with the payload through the socket (equals `gbit_per_s` on TCP).
+    socket_gbit_per_s: f64,
+    /// Plain blocking time / io_uring socket-payload time.
+    socket_ratio: f64,
     baseline_gbit_per_s: f64,
     ratio: f64,
     pinned_baseline_gbit_per_s: f64,
@@ -229,16 +246,21 @@ fn sender(a: &Args) -> anyhow::Result<i32> {
 
     let r = measure(a, &raw_ep, &std_ep);
     let status = child.wait()?;
-    let (uring, base, pinned, hist, src_backing, mode) = r?;
+    let m = r?;
     if !status.success() {
         bail!("receiver failed: {status}");
     }
+    let (uring, socket, base, pinned) = (m.uring, m.socket, m.base, m.pinned);
+    let hist = m.hist;
     let rep = Report {
         transport: a.transport.clone(),
         bytes: a.bytes,
         chunk: a.chunk,
         depth: a.depth,
+        payload: m.payload.into(),
         gbit_per_s: gbit(a.bytes, uring),
+        socket_gbit_per_s: gbit(a.bytes, socket),
+        socket_ratio: base.as_secs_f64() / socket.as_secs_f64(),
         baseline_gbit_per_s: gbit(a.bytes, base),
         ratio: base.as_secs_f64() / uring.as_secs_f64(),
         pinned_baseline_gbit_per_s: gbit(a.bytes, pinned),
@@ -249,9 +271,9 @@ fn sender(a: &Args) -> anyhow::Result<i32> {
             p999: hist.value_at_quantile(0.999),
             max: hist.max(),
         },
-        src_backing,
+        src_backing: m.src_backing,
         dst_backing,
-        ring_mode: mode,
+        ring_mode: m.mode,
     };
     if a.json {
         println!("{}", serde_json::to_string(&rep)?);
@@ -263,10 +285,21 @@ fn sender(a: &Args) -> anyhow::Result<i32> {
             a.transport,
             a.depth
         );
-        println!(
-            "  io_uring raw (WriteFixed→ReadFixed, flow control): {:7.2} Gbit/s",
-            rep.gbit_per_s
-        );
+        if m.payload == "pull" {
+            println!(
+                "  io_uring raw, receiver pulls (ReadFixed from the sender's memfd): {:7.2} Gbit/s",
+                rep.gbit_per_s
+            );
+            println!(
+                "  io_uring raw, payload through the socket (WriteFixed→ReadFixed):  {:7.2} Gbit/s  ({:.2}x the plain baseline)",
+                rep.socket_gbit_per_s, rep.socket_ratio
+            );
+        } else {
+            println!(
+                "  io_uring raw (WriteFixed→ReadFixed, flow control): {:7.2} Gbit/s",
+                rep.gbit_per_s
+            );
+        }
         println!(
             "  plain blocking std sockets (1 MiB writes):         {:7.2} Gbit/s  ratio {:.2}x",
             rep.baseline_gbit_per_s, rep.ratio
@@ -287,15 +320,22 @@ fn sender(a: &Args) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// io_uring time, plain baseline time, pinned baseline time, chunk latencies, source
-/// backing, ring mode.
-type Measured = (Duration, Duration, Duration, Histogram<u64>, String, String);
+struct Measured {
+    /// The raw path spate uses on this transport.
+    uring: Duration,
+    /// The raw path with the payload through the socket.
+    socket: Duration,
+    base: Duration,
+    pinned: Duration,
+    /// Chunk latencies of `uring`.
+    hist: Histogram<u64>,
+    payload: &'static str,
+    src_backing: String,
+    mode: String,
+}
 
 fn measure(a: &Args, raw_ep: &Endpoint, std_ep: &Endpoint) -> anyhow::Result<Measured> {
-    let mut client = RawClient::new(RawConfig::default())?;
     let arena = Arena::new("spate-bench-net-src", a.chunk as usize, a.depth)?;
-    client.driver().register(arena.region())?;
-    let mode = format!("{:?}", client.driver().mode());
     // Fill every source buffer once (content is not what is measured).
     let mut bufs = Vec::new();
     while let Some(mut b) = arena.alloc() {
@@ -304,6 +344,77 @@ fn measure(a: &Args, raw_ep: &Endpoint, std_ep: &Endpoint) -> anyhow::Result<Mea
         }
         bufs.push(b);
     }
+    let unix = a.transport == "unix";
+    let (uring, hist, mode, bufs) = raw_transfer(a, raw_ep, bufs, &arena, unix)?;
+    let (socket, bufs) = if unix {
+        let (t, _, _, bufs) = raw_transfer(a, raw_ep, bufs, &arena, false)?;
+        (t, bufs)
+    } else {
+        (uring, bufs)
+    };
+
+    // Baselines: plain blocking std sockets (default options), 1 MiB writes of the same chunks
+    // from the same source buffers in turn; first unpinned (as a plain program runs), then
+    // pinned to the same cores as the io_uring path.
+    if bufs.is_empty() {
+        bail!("no source buffer left for the baseline");
+    }
+    let mut times = [Duration::ZERO; 2];
+    for (t, pinned) in times.iter_mut().zip([false, true]) {
+        if pinned {
+            crate::pin_one_side(false);
+        } else {
+            crate::unpin();
+        }
+        let mut s = std_ep.connect(&Via::any(), Some(Duration::from_secs(5)))?;
+        let t1 = Instant::now();
+        let mut left = a.bytes;
+        let mut i = 0;
+        while left > 0 {
+            let n = left.min(a.chunk) as usize;
+            for piece in bufs[i % bufs.len()].as_slice()[..n].chunks(BASELINE_WRITE) {
+                s.write_all(piece)?;
+            }
+            left -= n as u64;
+            i += 1;
+        }
+        let mut ack = [0u8; 1];
+        s.read_exact(&mut ack)?;
+        *t = t1.elapsed();
+    }
+    Ok(Measured {
+        uring,
+        socket,
+        base: times[0],
+        pinned: times[1],
+        hist,
+        payload: if unix { "pull" } else { "socket" },
+        src_backing: arena.backing().to_string(),
+        mode,
+    })
+}
+
+/// One raw transfer of `a.bytes` on a fresh connection, `pull` (share the source memory with
+/// the local receiver) or through the socket; the source buffers come back.
+fn raw_transfer(
+    a: &Args,
+    raw_ep: &Endpoint,
+    mut bufs: Vec<spate_runtime::ArenaBuf>,
+    arena: &Arena,
+    pull: bool,
+) -> anyhow::Result<(
+    Duration,
+    Histogram<u64>,
+    String,
+    Vec<spate_runtime::ArenaBuf>,
+)> {
+    crate::pin_one_side(false);
+    let mut client = RawClient::new(RawConfig {
+        share_local: pull,
+        ..RawConfig::default()
+    })?;
+    client.driver().register(arena.region())?;
+    let mode = format!("{:?}", client.driver().mode());
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let conn = client.connection(raw_ep, &Via::any())?;
     let chunks = a.bytes.div_ceil(a.chunk);
@@ -354,42 +465,14 @@ fn measure(a: &Args, raw_ep: &Endpoint, std_ep: &Endpoint) -> anyhow::Result<Mea
     while client.connections() > 0 {
         client.turn(Some(Duration::from_millis(50)), &mut events)?;
     }
-
-    // Baselines: plain blocking std sockets (default options), 1 MiB writes of the same chunks
-    // from the same source buffers in turn; first unpinned (as a plain program runs), then
-    // pinned to the same cores as the io_uring path.
-    if bufs.is_empty() {
-        bail!("no source buffer left for the baseline");
+    let st = client.stats();
+    let (want_pulled, want_sent) = if pull { (chunks, 0) } else { (0, chunks) };
+    if (st.pulled, st.sent) != (want_pulled, want_sent) {
+        bail!(
+            "raw transfer took the wrong path: {} chunks pulled, {} sent through the socket",
+            st.pulled,
+            st.sent
+        );
     }
-    let mut times = [Duration::ZERO; 2];
-    for (t, pinned) in times.iter_mut().zip([false, true]) {
-        if pinned {
-            crate::pin_one_side(false);
-        } else {
-            crate::unpin();
-        }
-        let mut s = std_ep.connect(&Via::any(), Some(Duration::from_secs(5)))?;
-        let t1 = Instant::now();
-        let mut left = a.bytes;
-        let mut i = 0;
-        while left > 0 {
-            let n = left.min(a.chunk) as usize;
-            for piece in bufs[i % bufs.len()].as_slice()[..n].chunks(BASELINE_WRITE) {
-                s.write_all(piece)?;
-            }
-            left -= n as u64;
-            i += 1;
-        }
-        let mut ack = [0u8; 1];
-        s.read_exact(&mut ack)?;
-        *t = t1.elapsed();
-    }
-    Ok((
-        uring,
-        times[0],
-        times[1],
-        hist,
-        arena.backing().to_string(),
-        mode,
-    ))
+    Ok((uring, hist, mode, bufs))
 }

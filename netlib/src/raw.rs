@@ -7,15 +7,25 @@
 //! producer sends a `Data(key)` header and `key.len` payload bytes → consumer lands them and
 //! sends `Ack(key)`. Several offers may be outstanding on one connection.
 //!
+//! On a local (UNIX) connection the producer can instead let the consumer copy the chunk itself,
+//! once, from the producer's registered memory: `Share(segment)` passes a read-only descriptor
+//! of a buffer arena's memfd (`SCM_RIGHTS`, with the frame), then `Pull(key, segment, at)`
+//! says where the chunk lies in it; the consumer answers with `Refuse` or, once it has room,
+//! reads the bytes through io_uring (`ReadFixed` at a file offset) straight into the
+//! destination it chose and sends `Ack`. That is one memory copy instead of two (into and out
+//! of the socket), and no grant round trip. `Unshare(segment)` retires a segment whose memory
+//! the producer freed.
+//!
 //! Every frame is one 40-byte header:
 //! `magic "SPRW" | kind u8 | reason u8 | 0u16 | job u64 | stream u32 | 0u32 | offset u64 | len u64`
-//! (little endian). [`RecvMachine`] and [`SendMachine`] are the sans-IO protocol state; the
+//! (little endian). `Share`/`Unshare` carry the segment id in `stream` and its length in `len`
+//! (job and offset 0); `Pull` is followed by a 16-byte tail `segment u32 | 0u32 | at u64`. [`RecvMachine`] and [`SendMachine`] are the sans-IO protocol state; the
 //! io_uring shells [`RawServer`] (one thread serving many connections) and [`RawClient`]
 //! (one thread sending to many consumers) stay thin.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use spate_runtime::{Driver, DriverConfig, FixedBuf, Notifier, Op, Output, RuntimeError};
@@ -26,6 +36,12 @@ use crate::sockopt::{self, SockoptError, Tuning};
 
 /// Frame header size.
 pub const HEADER_LEN: usize = 40;
+/// Size of the tail that follows a `Pull` header.
+pub const PULL_TAIL_LEN: usize = 16;
+/// Most segments one connection may share at a time.
+pub const MAX_SEGMENTS: usize = 64;
+/// Largest single pull copy (a registered-buffer I/O must fit one registration window).
+const PULL_MAX_IO: usize = 256 << 20;
 const MAGIC: [u8; 4] = *b"SPRW";
 /// Default largest chunk accepted (1 GiB).
 pub const DEFAULT_MAX_CHUNK: u64 = 1 << 30;
@@ -58,6 +74,12 @@ pub enum Kind {
     Refuse = 4,
     /// Consumer → producer: landed.
     Ack = 5,
+    /// Producer → consumer (local): a read-only descriptor of my memory comes with this frame.
+    Share = 6,
+    /// Producer → consumer (local): that segment is gone.
+    Unshare = 7,
+    /// Producer → consumer (local): copy this chunk yourself from a shared segment.
+    Pull = 8,
 }
 
 /// Why a consumer refuses a chunk.
@@ -215,6 +237,9 @@ pub fn decode(h: &[u8; HEADER_LEN], max_len: u64) -> Result<Frame, Malformed> {
         3 => Kind::Grant,
         4 => Kind::Refuse,
         5 => Kind::Ack,
+        6 => Kind::Share,
+        7 => Kind::Unshare,
+        8 => Kind::Pull,
         k => return Err(Malformed::UnknownKind(k)),
     };
     if h[6] != 0 || h[7] != 0 || h[20..24] != [0; 4] || (kind != Kind::Refuse && h[5] != 0) {
@@ -229,7 +254,12 @@ pub fn decode(h: &[u8; HEADER_LEN], max_len: u64) -> Result<Frame, Malformed> {
     if key.len == 0 {
         return Err(Malformed::ZeroLength);
     }
-    if key.len > max_len {
+    let segment = matches!(kind, Kind::Share | Kind::Unshare);
+    if segment && (key.job != 0 || key.offset != 0) {
+        return Err(Malformed::Reserved);
+    }
+    // A segment may be larger than any chunk.
+    if !segment && key.len > max_len {
         return Err(Malformed::TooLong {
             len: key.len,
             max: max_len,
@@ -242,13 +272,44 @@ pub fn decode(h: &[u8; HEADER_LEN], max_len: u64) -> Result<Frame, Malformed> {
     Ok(Frame { kind, key, reason })
 }
 
+/// Encode a `Pull` tail: the chunk lies at `at` of segment `seg`.
+pub fn encode_pull_tail(seg: u32, at: u64) -> [u8; PULL_TAIL_LEN] {
+    let mut t = [0u8; PULL_TAIL_LEN];
+    t[0..4].copy_from_slice(&seg.to_le_bytes());
+    t[8..16].copy_from_slice(&at.to_le_bytes());
+    t
+}
+
+/// Decode a `Pull` tail into (segment, offset in it).
+pub fn decode_pull_tail(t: &[u8; PULL_TAIL_LEN]) -> Result<(u32, u64), Malformed> {
+    if t[4..8] != [0; 4] {
+        return Err(Malformed::Reserved);
+    }
+    Ok((
+        u32::from_le_bytes([t[0], t[1], t[2], t[3]]),
+        le64(&t[8..16]),
+    ))
+}
+
+/// A granted pull: copy `key.len` bytes from offset `at` of the peer's shared segment `seg`
+/// into the destination, then report [`RecvMachine::on_pulled`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pull {
+    /// The chunk.
+    pub key: ChunkKey,
+    /// Segment id (as declared by the peer's `Share`).
+    pub seg: u32,
+    /// Offset of the chunk in the segment.
+    pub at: u64,
+}
+
 // ---------------------------------------------------------------------------------------------
 // Receiver (consumer side), sans-IO.
 
 /// What the receiver wants read next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadNeed {
-    /// Header bytes: `want` more (the header buffer already has `HEADER_LEN - want`).
+    /// Header bytes (or a `Pull` tail): `want` more.
     Header {
         /// Bytes still missing.
         want: usize,
@@ -272,16 +333,36 @@ pub enum RecvEvent<D> {
     Offer(ChunkKey),
     /// A chunk has landed completely in its destination (an Ack is queued).
     Landed(ChunkKey, D),
+    /// The peer shares segment `seg` of `len` bytes: its descriptor came with the frame.
+    Share {
+        /// Segment id.
+        seg: u32,
+        /// Length in bytes.
+        len: u64,
+    },
+    /// The peer retired segment `seg` (close its descriptor).
+    Unshare {
+        /// Segment id.
+        seg: u32,
+    },
 }
 
 /// Receiver-side protocol state of one raw connection. `D` is the destination handle.
 #[derive(Debug)]
 pub struct RecvMachine<D> {
     max_len: u64,
-    hdr: [u8; HEADER_LEN],
+    hdr: [u8; HEADER_LEN + PULL_TAIL_LEN],
     have: usize,
-    /// Offers not yet answered.
+    /// Bytes of the frame being read (HEADER_LEN, or more for a Pull).
+    frame_len: usize,
+    /// Offers (and pulls) not yet answered.
     offered: Vec<ChunkKey>,
+    /// Shared segments: id → length.
+    segments: HashMap<u32, u64>,
+    /// Pulls not yet answered: where they lie.
+    pulls: HashMap<ChunkKey, (u32, u64)>,
+    /// Pulls granted and being copied: their segment.
+    pulling: HashMap<ChunkKey, u32>,
     /// Granted, waiting for Data.
     granted: HashMap<ChunkKey, D>,
     /// Payload being received: key, destination (None while lent to an I/O), bytes done.
@@ -294,9 +375,13 @@ impl<D> RecvMachine<D> {
     pub fn new(max_len: u64) -> Self {
         RecvMachine {
             max_len,
-            hdr: [0; HEADER_LEN],
+            hdr: [0; HEADER_LEN + PULL_TAIL_LEN],
             have: 0,
+            frame_len: HEADER_LEN,
             offered: Vec::new(),
+            segments: HashMap::new(),
+            pulls: HashMap::new(),
+            pulling: HashMap::new(),
             granted: HashMap::new(),
             payload: None,
             out: Vec::new(),
@@ -312,14 +397,33 @@ impl<D> RecvMachine<D> {
                 len: (key.len - done) as usize,
             },
             None => ReadNeed::Header {
-                want: HEADER_LEN - self.have,
+                want: self.frame_len - self.have,
             },
         }
     }
 
+    fn outstanding(&self, key: &ChunkKey) -> Result<(), RawError> {
+        if self.offered.contains(key)
+            || self.granted.contains_key(key)
+            || self.pulling.contains_key(key)
+        {
+            return Err(RawError::Protocol {
+                what: "offer repeated while outstanding",
+                key: *key,
+            });
+        }
+        if self.offered.len() + self.granted.len() + self.pulling.len() >= MAX_OFFERS {
+            return Err(RawError::Protocol {
+                what: "too many outstanding offers",
+                key: *key,
+            });
+        }
+        Ok(())
+    }
+
     /// Feed header bytes (at most what [`ReadNeed::Header`] asked for).
     pub fn on_header_bytes(&mut self, bytes: &[u8]) -> Result<Option<RecvEvent<D>>, RawError> {
-        if self.payload.is_some() || bytes.len() > HEADER_LEN - self.have {
+        if self.payload.is_some() || bytes.len() > self.frame_len - self.have {
             return Err(RawError::Io(io::Error::other(
                 "header bytes fed out of turn",
             )));
@@ -329,24 +433,79 @@ impl<D> RecvMachine<D> {
         if self.have < HEADER_LEN {
             return Ok(None);
         }
+        let mut h = [0u8; HEADER_LEN];
+        h.copy_from_slice(&self.hdr[..HEADER_LEN]);
+        let f = decode(&h, self.max_len)?;
+        if f.kind == Kind::Pull && self.have < HEADER_LEN + PULL_TAIL_LEN {
+            self.frame_len = HEADER_LEN + PULL_TAIL_LEN;
+            return Ok(None);
+        }
         self.have = 0;
-        let f = decode(&self.hdr, self.max_len)?;
+        self.frame_len = HEADER_LEN;
+        let seg = f.key.stream;
         match f.kind {
             Kind::Offer => {
-                if self.offered.contains(&f.key) || self.granted.contains_key(&f.key) {
-                    return Err(RawError::Protocol {
-                        what: "offer repeated while outstanding",
-                        key: f.key,
-                    });
-                }
-                if self.offered.len() + self.granted.len() >= MAX_OFFERS {
-                    return Err(RawError::Protocol {
-                        what: "too many outstanding offers",
-                        key: f.key,
-                    });
-                }
+                self.outstanding(&f.key)?;
                 self.offered.push(f.key);
                 Ok(Some(RecvEvent::Offer(f.key)))
+            }
+            Kind::Pull => {
+                let mut t = [0u8; PULL_TAIL_LEN];
+                t.copy_from_slice(&self.hdr[HEADER_LEN..]);
+                let (seg, at) = decode_pull_tail(&t)?;
+                let Some(&seg_len) = self.segments.get(&seg) else {
+                    return Err(RawError::Protocol {
+                        what: "pull from a segment that was not shared",
+                        key: f.key,
+                    });
+                };
+                if at.checked_add(f.key.len).is_none_or(|end| end > seg_len) {
+                    return Err(RawError::Protocol {
+                        what: "pull beyond the end of its shared segment",
+                        key: f.key,
+                    });
+                }
+                self.outstanding(&f.key)?;
+                self.offered.push(f.key);
+                self.pulls.insert(f.key, (seg, at));
+                Ok(Some(RecvEvent::Offer(f.key)))
+            }
+            Kind::Share => {
+                if self.segments.contains_key(&seg) {
+                    return Err(RawError::Protocol {
+                        what: "segment shared twice",
+                        key: f.key,
+                    });
+                }
+                if self.segments.len() >= MAX_SEGMENTS {
+                    return Err(RawError::Protocol {
+                        what: "too many shared segments",
+                        key: f.key,
+                    });
+                }
+                self.segments.insert(seg, f.key.len);
+                Ok(Some(RecvEvent::Share {
+                    seg,
+                    len: f.key.len,
+                }))
+            }
+            Kind::Unshare => {
+                if !self.segments.contains_key(&seg) {
+                    return Err(RawError::Protocol {
+                        what: "unshare of a segment that was not shared",
+                        key: f.key,
+                    });
+                }
+                if self.pulls.values().any(|p| p.0 == seg)
+                    || self.pulling.values().any(|s| *s == seg)
+                {
+                    return Err(RawError::Protocol {
+                        what: "unshare of a segment with chunks in flight",
+                        key: f.key,
+                    });
+                }
+                self.segments.remove(&seg);
+                Ok(Some(RecvEvent::Unshare { seg }))
             }
             Kind::Data => {
                 let Some(d) = self.granted.remove(&f.key) else {
@@ -375,17 +534,36 @@ impl<D> RecvMachine<D> {
         Ok(())
     }
 
-    /// Grant an offered chunk into `dest` (which must hold `key.len` bytes).
-    pub fn grant(&mut self, key: &ChunkKey, dest: D) -> Result<(), RawError> {
+    /// Grant an offered chunk into `dest` (which must hold `key.len` bytes). For a pulled
+    /// chunk nothing is sent: the [`Pull`] and `dest` come back, the caller copies the bytes and
+    /// reports [`RecvMachine::on_pulled`].
+    pub fn grant(&mut self, key: &ChunkKey, dest: D) -> Result<Option<(Pull, D)>, RawError> {
         self.answer(key)?;
+        if let Some((seg, at)) = self.pulls.remove(key) {
+            self.pulling.insert(*key, seg);
+            return Ok(Some((Pull { key: *key, seg, at }, dest)));
+        }
         self.granted.insert(*key, dest);
         self.out.extend_from_slice(&encode(Kind::Grant, key, None));
+        Ok(None)
+    }
+
+    /// A granted pull has been copied completely (an Ack is queued).
+    pub fn on_pulled(&mut self, key: &ChunkKey) -> Result<(), RawError> {
+        if self.pulling.remove(key).is_none() {
+            return Err(RawError::Protocol {
+                what: "pull completion for a chunk that is not being pulled",
+                key: *key,
+            });
+        }
+        self.out.extend_from_slice(&encode(Kind::Ack, key, None));
         Ok(())
     }
 
     /// Refuse an offered chunk.
     pub fn refuse(&mut self, key: &ChunkKey, reason: RefuseReason) -> Result<(), RawError> {
         self.answer(key)?;
+        self.pulls.remove(key);
         self.out
             .extend_from_slice(&encode(Kind::Refuse, key, Some(reason)));
         Ok(())
@@ -436,6 +614,11 @@ impl<D> RecvMachine<D> {
         self.have > 0 || self.payload.is_some()
     }
 
+    /// Whether segment `seg` is shared (declared and not retired).
+    pub fn has_segment(&self, seg: u32) -> bool {
+        self.segments.contains_key(&seg)
+    }
+
     /// On close: every destination that was granted but not filled (the caller frees them).
     pub fn abandon(&mut self) -> Vec<(ChunkKey, D)> {
         let mut v: Vec<(ChunkKey, D)> = self.granted.drain().collect();
@@ -456,6 +639,13 @@ pub enum WriteNeed<'a> {
     Nothing,
     /// Control bytes (offers and data headers).
     Control(&'a [u8]),
+    /// A `Share` frame: write it with the descriptor of segment `seg` attached.
+    Share {
+        /// Segment id.
+        seg: u32,
+        /// The frame.
+        frame: &'a [u8],
+    },
     /// Payload bytes of `key`: `len` bytes from offset `at` of its source (resume after a
     /// short write).
     Payload {
@@ -485,7 +675,13 @@ pub struct SendMachine<S> {
     ready: VecDeque<(ChunkKey, S)>,
     ctl: Vec<u8>,
     ctl_pos: usize,
+    /// `ctl` holds a Share frame of this segment (its descriptor goes with the first write).
+    ctl_share: Option<u32>,
     ctl_next: Vec<u8>,
+    /// Share frames to send before the next control block.
+    shares: VecDeque<(u32, [u8; HEADER_LEN])>,
+    /// Pulled chunks not yet acked or refused.
+    pulled: HashMap<ChunkKey, S>,
     /// Payload to send once `ctl` is written.
     after_ctl: Option<(ChunkKey, S)>,
     /// Payload being sent: key, source (None while lent), bytes done.
@@ -504,7 +700,10 @@ impl<S> SendMachine<S> {
             ready: VecDeque::new(),
             ctl: Vec::new(),
             ctl_pos: 0,
+            ctl_share: None,
             ctl_next: Vec::new(),
+            shares: VecDeque::new(),
+            pulled: HashMap::new(),
             after_ctl: None,
             payload: None,
             unacked: HashMap::new(),
@@ -515,6 +714,50 @@ impl<S> SendMachine<S> {
 
     /// Queue an offer of `key` whose payload is `src`.
     pub fn offer(&mut self, key: ChunkKey, src: S) -> Result<(), (RawError, S)> {
+        let src = self.check_new(key, src)?;
+        self.ctl_next
+            .extend_from_slice(&encode(Kind::Offer, &key, None));
+        self.offered.insert(key, src);
+        Ok(())
+    }
+
+    /// Share segment `seg` of `len` bytes (local connections): the frame goes out with its
+    /// descriptor before any control bytes queued later.
+    pub fn share(&mut self, seg: u32, len: u64) {
+        let key = ChunkKey {
+            job: 0,
+            stream: seg,
+            offset: 0,
+            len,
+        };
+        self.shares
+            .push_back((seg, encode(Kind::Share, &key, None)));
+    }
+
+    /// Retire segment `seg` (no chunk of it may be in flight).
+    pub fn unshare(&mut self, seg: u32, len: u64) {
+        let key = ChunkKey {
+            job: 0,
+            stream: seg,
+            offset: 0,
+            len,
+        };
+        self.ctl_next
+            .extend_from_slice(&encode(Kind::Unshare, &key, None));
+    }
+
+    /// Queue a pull of `key`: its bytes lie at `at` of shared segment `seg` (share it first),
+    /// and `src` (the buffer holding them) comes back with the ack or refusal.
+    pub fn pull(&mut self, key: ChunkKey, src: S, seg: u32, at: u64) -> Result<(), (RawError, S)> {
+        let src = self.check_new(key, src)?;
+        self.ctl_next
+            .extend_from_slice(&encode(Kind::Pull, &key, None));
+        self.ctl_next.extend_from_slice(&encode_pull_tail(seg, at));
+        self.pulled.insert(key, src);
+        Ok(())
+    }
+
+    fn check_new(&self, key: ChunkKey, src: S) -> Result<S, (RawError, S)> {
         if key.len == 0 || key.len > self.max_len {
             let m = if key.len == 0 {
                 Malformed::ZeroLength
@@ -527,6 +770,7 @@ impl<S> SendMachine<S> {
             return Err((m.into(), src));
         }
         if self.offered.contains_key(&key)
+            || self.pulled.contains_key(&key)
             || self.unacked.contains_key(&key)
             || self.ready.iter().any(|(k, _)| *k == key)
             || self.payload.as_ref().is_some_and(|p| p.0 == key)
@@ -540,15 +784,13 @@ impl<S> SendMachine<S> {
                 src,
             ));
         }
-        self.ctl_next
-            .extend_from_slice(&encode(Kind::Offer, &key, None));
-        self.offered.insert(key, src);
-        Ok(())
+        Ok(src)
     }
 
     /// Chunks not yet acked or refused.
     pub fn in_flight(&self) -> usize {
         self.offered.len()
+            + self.pulled.len()
             + self.ready.len()
             + self.unacked.len()
             + usize::from(self.payload.is_some())
@@ -567,13 +809,26 @@ impl<S> SendMachine<S> {
         if self.ctl_pos == self.ctl.len() {
             self.ctl.clear();
             self.ctl_pos = 0;
-            std::mem::swap(&mut self.ctl, &mut self.ctl_next);
-            if let Some((key, src)) = self.ready.pop_front() {
-                self.ctl.extend_from_slice(&encode(Kind::Data, &key, None));
-                self.after_ctl = Some((key, src));
+            self.ctl_share = None;
+            if let Some((seg, frame)) = self.shares.pop_front() {
+                self.ctl.extend_from_slice(&frame);
+                self.ctl_share = Some(seg);
+            } else {
+                std::mem::swap(&mut self.ctl, &mut self.ctl_next);
+                if let Some((key, src)) = self.ready.pop_front() {
+                    self.ctl.extend_from_slice(&encode(Kind::Data, &key, None));
+                    self.after_ctl = Some((key, src));
+                }
             }
         }
-        if self.ctl_pos < self.ctl.len() {
+        if self.ctl_pos == 0
+            && let Some(seg) = self.ctl_share
+        {
+            WriteNeed::Share {
+                seg,
+                frame: &self.ctl,
+            }
+        } else if self.ctl_pos < self.ctl.len() {
             WriteNeed::Control(&self.ctl[self.ctl_pos..])
         } else {
             WriteNeed::Nothing
@@ -639,18 +894,26 @@ impl<S> SendMachine<S> {
                     self.ready.push_back((f.key, s));
                 }
                 Kind::Refuse => {
-                    let s = self.offered.remove(&f.key).ok_or(RawError::Protocol {
-                        what: "refusal of a chunk that was not offered",
-                        key: f.key,
-                    })?;
+                    let s = self
+                        .offered
+                        .remove(&f.key)
+                        .or_else(|| self.pulled.remove(&f.key))
+                        .ok_or(RawError::Protocol {
+                            what: "refusal of a chunk that was not offered",
+                            key: f.key,
+                        })?;
                     let reason = f.reason.unwrap_or(RefuseReason::Other(0));
                     ev.push(SendEvent::Refused(f.key, reason, s));
                 }
                 Kind::Ack => {
-                    let s = self.unacked.remove(&f.key).ok_or(RawError::Protocol {
-                        what: "ack for a chunk that was not sent",
-                        key: f.key,
-                    })?;
+                    let s = self
+                        .unacked
+                        .remove(&f.key)
+                        .or_else(|| self.pulled.remove(&f.key))
+                        .ok_or(RawError::Protocol {
+                            what: "ack for a chunk that was not sent",
+                            key: f.key,
+                        })?;
                     ev.push(SendEvent::Acked(f.key, s));
                 }
                 k => return Err(Malformed::WrongDirection(k).into()),
@@ -662,6 +925,7 @@ impl<S> SendMachine<S> {
     /// On close: every chunk not acked or refused, with its source (None while lent to I/O).
     pub fn abandon(&mut self) -> Vec<(ChunkKey, S)> {
         let mut v: Vec<(ChunkKey, S)> = self.offered.drain().collect();
+        v.extend(self.pulled.drain());
         v.extend(self.ready.drain(..));
         v.extend(self.unacked.drain());
         v.extend(self.after_ctl.take());
@@ -695,6 +959,9 @@ pub struct RawConfig {
     pub connect_timeout: Duration,
     /// Close pooled client connections idle this long.
     pub idle_close: Duration,
+    /// Clients: on local (UNIX) connections, let the consumer copy chunks straight from our
+    /// buffer memory (`Share`/`Pull`) instead of sending them through the socket.
+    pub share_local: bool,
 }
 
 impl Default for RawConfig {
@@ -706,6 +973,7 @@ impl Default for RawConfig {
             retry: Duration::from_millis(2),
             connect_timeout: Duration::from_secs(5),
             idle_close: Duration::from_secs(60),
+            share_local: true,
         }
     }
 }
@@ -740,9 +1008,18 @@ const T_READ: u64 = 2;
 const T_WRITE: u64 = 3;
 const T_WAKE: u64 = 4;
 const T_TIMER: u64 = 5;
+const T_PULL: u64 = 6;
 
 fn tag(conn: u32, kind: u64) -> u64 {
     ((conn as u64) << 8) | kind
+}
+
+/// A pull copy in flight (its destination is lent to the kernel).
+struct PullIo {
+    key: ChunkKey,
+    file: std::sync::Arc<OwnedFd>,
+    off: u64,
+    done: usize,
 }
 
 struct SConn {
@@ -751,6 +1028,28 @@ struct SConn {
     reading: bool,
     writing: bool,
     dead: Option<Option<RawError>>,
+    /// Descriptors received and not yet claimed by a Share frame.
+    fds: VecDeque<OwnedFd>,
+    /// Shared segments of the peer.
+    segs: HashMap<u32, std::sync::Arc<OwnedFd>>,
+    /// Pull copies in flight, by slot (the upper bits of their tag).
+    pulls: HashMap<u64, PullIo>,
+    next_pull: u64,
+}
+
+/// Check a descriptor a peer shared: a regular (memory) file at least `len` bytes long.
+fn check_shared(fd: &OwnedFd, len: u64) -> Result<(), String> {
+    let st = nix::sys::stat::fstat(fd).map_err(|e| format!("fstat: {e}"))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err("it is not a memory file".into());
+    }
+    if (st.st_size as u64) < len {
+        return Err(format!(
+            "it holds {} bytes, the frame declares {len}",
+            st.st_size
+        ));
+    }
+    Ok(())
 }
 
 /// Receives chunks from many producers on one thread: accepts connections, answers offers
@@ -809,6 +1108,10 @@ impl RawServer {
                 reading: false,
                 writing: false,
                 dead: None,
+                fds: VecDeque::new(),
+                segs: HashMap::new(),
+                pulls: HashMap::new(),
+                next_pull: 0,
             },
         );
         Ok(ConnId(id))
@@ -828,6 +1131,12 @@ impl RawServer {
     /// Open connections.
     pub fn connections(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Segments local peers share with this server right now (each holds a descriptor of
+    /// their memory).
+    pub fn shared_segments(&self) -> usize {
+        self.conns.values().map(|c| c.segs.len()).sum()
     }
 
     /// One turn of the event loop: start I/O, wait (up to `timeout`; None = until something
@@ -888,14 +1197,20 @@ impl RawServer {
         if !c.reading {
             match c.m.need() {
                 ReadNeed::Header { want } => {
-                    self.driver.push(
-                        tag(id, T_READ),
-                        Op::Recv {
+                    let buf = Vec::with_capacity(want);
+                    let flags = libc::MSG_WAITALL;
+                    // Local peers may pass segment descriptors with their frames.
+                    let op = if !c.stream.is_tcp() {
+                        Op::RecvFds {
                             fd,
-                            buf: Vec::with_capacity(want),
-                            flags: libc::MSG_WAITALL,
-                        },
-                    )?;
+                            buf,
+                            flags,
+                            max_fds: 2,
+                        }
+                    } else {
+                        Op::Recv { fd, buf, flags }
+                    };
+                    self.driver.push(tag(id, T_READ), op)?;
                     c.reading = true;
                 }
                 ReadNeed::Payload { at, len, .. } => {
@@ -937,7 +1252,7 @@ impl RawServer {
         let done = self
             .conns
             .get(&id)
-            .is_some_and(|c| c.dead.is_some() && !c.reading && !c.writing);
+            .is_some_and(|c| c.dead.is_some() && !c.reading && !c.writing && c.pulls.is_empty());
         if !done {
             return;
         }
@@ -956,7 +1271,11 @@ impl RawServer {
             return;
         };
         let r = match landing.offer(ConnId(id), &key) {
-            Offered::Grant(d) if d.len() as u64 >= key.len => c.m.grant(&key, d),
+            Offered::Grant(d) if d.len() as u64 >= key.len => match c.m.grant(&key, d) {
+                Ok(Some((pull, dest))) => self.start_pull(id, pull, dest, landing),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            },
             Offered::Grant(d) => {
                 tracing::error!(
                     ?key,
@@ -975,6 +1294,116 @@ impl RawServer {
         if let Err(e) = r {
             self.kill(id, Some(e));
         }
+    }
+
+    /// Copy a granted pull from the peer's segment into `dest` (resumed after short reads).
+    fn start_pull(
+        &mut self,
+        id: u32,
+        pull: Pull,
+        dest: FixedBuf,
+        landing: &mut dyn Landing,
+    ) -> Result<(), RawError> {
+        let Some(c) = self.conns.get_mut(&id) else {
+            landing.abandoned(ConnId(id), &pull.key, dest);
+            return Ok(());
+        };
+        let Some(file) = c.segs.get(&pull.seg).cloned() else {
+            landing.abandoned(ConnId(id), &pull.key, dest);
+            return Err(RawError::Protocol {
+                what: "pull from a segment whose descriptor is missing",
+                key: pull.key,
+            });
+        };
+        let slot = c.next_pull & 0xff_ffff;
+        c.next_pull += 1;
+        let io = PullIo {
+            key: pull.key,
+            file,
+            off: pull.at,
+            done: 0,
+        };
+        self.submit_pull(id, slot, io, dest, landing)
+    }
+
+    fn submit_pull(
+        &mut self,
+        id: u32,
+        slot: u64,
+        io: PullIo,
+        dest: FixedBuf,
+        landing: &mut dyn Landing,
+    ) -> Result<(), RawError> {
+        let len = (io.key.len as usize - io.done).min(PULL_MAX_IO);
+        let op = Op::ReadFixedAt {
+            fd: io.file.as_raw_fd(),
+            buf: dest,
+            at: io.done,
+            len,
+            off: io.off + io.done as u64,
+        };
+        let key = io.key;
+        match self.driver.push(tag(id, T_PULL) | (slot << 40), op) {
+            Ok(_) => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.pulls.insert(slot, io);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // The destination went with the refused op: the connection fails (as a failed
+                // payload read does) and the chunk is sent again elsewhere.
+                tracing::warn!(?key, error = %e, "queueing a pull copy failed");
+                let _ = landing;
+                Err(e.into())
+            }
+        }
+    }
+
+    fn on_pull_done(
+        &mut self,
+        id: u32,
+        slot: u64,
+        result: io::Result<u32>,
+        dest: FixedBuf,
+        landing: &mut dyn Landing,
+    ) -> Result<(), RawError> {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return Ok(());
+        };
+        let Some(mut io) = c.pulls.remove(&slot) else {
+            return Ok(());
+        };
+        let key = io.key;
+        let err = match result {
+            Ok(0) => Some(RawError::Protocol {
+                what: "the shared segment ended before the chunk",
+                key,
+            }),
+            Ok(n) => {
+                io.done += n as usize;
+                if io.done < key.len as usize && c.dead.is_none() {
+                    return self.submit_pull(id, slot, io, dest, landing);
+                }
+                None
+            }
+            Err(e) => Some(RawError::Io(e)),
+        };
+        if let Some(e) = err {
+            landing.abandoned(ConnId(id), &key, dest);
+            self.kill(id, Some(e));
+        } else if c.dead.is_some() || io.done < key.len as usize {
+            landing.abandoned(ConnId(id), &key, dest);
+        } else {
+            match c.m.on_pulled(&key) {
+                Ok(()) => landing.landed(ConnId(id), &key, dest),
+                Err(e) => {
+                    landing.abandoned(ConnId(id), &key, dest);
+                    self.kill(id, Some(e));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn retry_waiting(&mut self, landing: &mut dyn Landing) {
@@ -1028,7 +1457,20 @@ impl RawServer {
                     return Ok(());
                 };
                 conn.reading = false;
-                let res = match (c.result, c.output) {
+                let mut output = c.output;
+                if let Output::VecFds(v, fds, truncated) = output {
+                    conn.fds.extend(fds);
+                    if truncated || conn.fds.len() > MAX_SEGMENTS {
+                        let e = io::Error::other(
+                            "the peer passed more descriptors than its frames declare",
+                        );
+                        self.kill(id, Some(e.into()));
+                        self.finish_if_dead(id, landing);
+                        return Ok(());
+                    }
+                    output = Output::Vec(v);
+                }
+                let res = match (c.result, output) {
                     (Ok(n), Output::Vec(v)) => {
                         if n == 0 {
                             let mid = conn.m.mid_frame();
@@ -1056,8 +1498,45 @@ impl RawServer {
                         }
                     }
                     Ok(Some(RecvEvent::Landed(k, d))) => landing.landed(ConnId(id), &k, d),
+                    Ok(Some(RecvEvent::Share { seg, len })) => {
+                        let key = ChunkKey {
+                            job: 0,
+                            stream: seg,
+                            offset: 0,
+                            len,
+                        };
+                        let checked = match conn.fds.pop_front() {
+                            None => Err("share frame without a descriptor".to_string()),
+                            Some(fd) => check_shared(&fd, len).map(|()| fd),
+                        };
+                        match checked {
+                            Ok(fd) => {
+                                conn.segs.insert(seg, std::sync::Arc::new(fd));
+                            }
+                            Err(why) => {
+                                tracing::warn!(seg, %why, "refusing a shared segment");
+                                self.kill(
+                                    id,
+                                    Some(RawError::Protocol {
+                                        what: "shared descriptor missing or not a memory file of the declared size",
+                                        key,
+                                    }),
+                                );
+                            }
+                        }
+                    }
+                    Ok(Some(RecvEvent::Unshare { seg })) => {
+                        conn.segs.remove(&seg);
+                    }
                     Ok(None) => {}
                     Err(e) => self.kill(id, e),
+                }
+                self.kick(id)?;
+                self.finish_if_dead(id, landing);
+            }
+            T_PULL => {
+                if let Output::Fixed(dest) = c.output {
+                    self.on_pull_done(id, c.tag >> 40, c.result, dest, landing)?;
                 }
                 self.kick(id)?;
                 self.finish_if_dead(id, landing);
@@ -1150,10 +1629,33 @@ struct CConn {
     lent_at: usize,
     dead: Option<Option<RawError>>,
     last_used: Instant,
+    /// A local (UNIX) connection: chunks in shareable memory go as pulls.
+    local: bool,
+    /// Segments shared on this connection: region id → segment id.
+    segs: HashMap<u64, u32>,
+}
+
+/// A region whose memory local consumers may read: its read-only descriptor.
+struct Export {
+    seg: u32,
+    len: u64,
+    fd: OwnedFd,
+    region: std::sync::Weak<spate_runtime::Region>,
+}
+
+/// What a [`RawClient`] has sent, by path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RawStats {
+    /// Chunks written through the socket (offer, grant, data).
+    pub sent: u64,
+    /// Chunks the consumer copied from our shared memory (pull).
+    pub pulled: u64,
 }
 
 /// Sends chunks to many consumers from one thread: offers, waits for grants, writes payloads
 /// with WriteFixed from registered buffers, reports acks. Connections are pooled by endpoint.
+/// On local connections, chunks in buffer arenas are pulled by the consumer instead (see the
+/// module docs).
 pub struct RawClient {
     cfg: RawConfig,
     driver: Driver,
@@ -1162,6 +1664,11 @@ pub struct RawClient {
     pool: Pool<u32>,
     events: Vec<ClientEvent>,
     comps: Vec<spate_runtime::Completion>,
+    exports: HashMap<u64, Export>,
+    /// Regions that cannot be shared (no file behind them, or reopening failed).
+    unshareable: std::collections::HashSet<u64>,
+    next_seg: u32,
+    stats: RawStats,
 }
 
 /// A chunk [`RawClient::send`] could not take, with its buffer.
@@ -1188,6 +1695,10 @@ impl RawClient {
             next: 1,
             events: Vec::new(),
             comps: Vec::new(),
+            exports: HashMap::new(),
+            unshareable: std::collections::HashSet::new(),
+            next_seg: 1,
+            stats: RawStats::default(),
         })
     }
 
@@ -1212,6 +1723,8 @@ impl RawClient {
         self.conns.insert(
             id,
             CConn {
+                local: !stream.is_tcp() && self.cfg.share_local,
+                segs: HashMap::new(),
                 stream,
                 endpoint,
                 m: SendMachine::new(self.cfg.max_chunk),
@@ -1275,8 +1788,93 @@ impl RawClient {
             });
         }
         c.last_used = Instant::now();
-        c.m.offer(key, Src { buf, at })
-            .map_err(|(error, s)| Rejected { error, buf: s.buf })
+        let rid = buf.region().id();
+        if c.local && !self.unshareable.contains(&rid) {
+            if !self.exports.contains_key(&rid) {
+                match buf.region().share_fd() {
+                    Ok(Some(fd)) => {
+                        let seg = self.next_seg;
+                        self.next_seg = self.next_seg.wrapping_add(1).max(1);
+                        let export = Export {
+                            seg,
+                            len: buf.region().len() as u64,
+                            fd,
+                            region: std::sync::Arc::downgrade(buf.region()),
+                        };
+                        self.exports.insert(rid, export);
+                    }
+                    Ok(None) => {
+                        self.unshareable.insert(rid);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot share buffer memory with local consumers; sending through the socket");
+                        self.unshareable.insert(rid);
+                    }
+                }
+            }
+            if let Some(x) = self.exports.get(&rid) {
+                if !c.segs.contains_key(&rid) {
+                    if c.segs.len() >= MAX_SEGMENTS {
+                        return self.offer(conn, key, buf, at);
+                    }
+                    c.m.share(x.seg, x.len);
+                    c.segs.insert(rid, x.seg);
+                }
+                let where_ = (buf.offset() + at) as u64;
+                let seg = x.seg;
+                let r = c.m.pull(key, Src { buf, at }, seg, where_);
+                if r.is_ok() {
+                    self.stats.pulled += 1;
+                }
+                return r.map_err(|(error, s)| Rejected { error, buf: s.buf });
+            }
+        }
+        self.offer(conn, key, buf, at)
+    }
+
+    fn offer(
+        &mut self,
+        conn: ConnId,
+        key: ChunkKey,
+        buf: FixedBuf,
+        at: usize,
+    ) -> Result<(), Rejected> {
+        let Some(c) = self.conns.get_mut(&conn.0) else {
+            return Err(Rejected {
+                error: RawError::NoConnection(conn),
+                buf,
+            });
+        };
+        let r = c.m.offer(key, Src { buf, at });
+        if r.is_ok() {
+            self.stats.sent += 1;
+        }
+        r.map_err(|(error, s)| Rejected { error, buf: s.buf })
+    }
+
+    /// Chunks sent so far, by path.
+    pub fn stats(&self) -> RawStats {
+        self.stats
+    }
+
+    /// Retire shared segments whose memory is gone (no chunk of them can be in flight: each
+    /// holds its region alive).
+    fn sweep_exports(&mut self) {
+        let dead: Vec<u64> = self
+            .exports
+            .iter()
+            .filter(|(_, x)| x.region.strong_count() == 0)
+            .map(|(rid, _)| *rid)
+            .collect();
+        for rid in dead {
+            if let Some(x) = self.exports.remove(&rid) {
+                for c in self.conns.values_mut() {
+                    if c.segs.remove(&rid).is_some() && c.dead.is_none() {
+                        c.m.unshare(x.seg, x.len);
+                    }
+                }
+            }
+        }
     }
 
     /// Offer a chunk to the pooled connection for `ep`.
@@ -1316,6 +1914,9 @@ impl RawClient {
         timeout: Option<Duration>,
         out: &mut Vec<ClientEvent>,
     ) -> Result<(), RawError> {
+        if !self.exports.is_empty() {
+            self.sweep_exports();
+        }
         let ids: Vec<u32> = self.conns.keys().copied().collect();
         for id in &ids {
             self.kick(*id)?;
@@ -1371,6 +1972,34 @@ impl RawClient {
         if !c.writing {
             match c.m.need() {
                 WriteNeed::Nothing => {}
+                WriteNeed::Share { seg, frame } => {
+                    let buf = frame.to_vec();
+                    let file = self
+                        .exports
+                        .values()
+                        .find(|x| x.seg == seg)
+                        .map(|x| x.fd.try_clone());
+                    match file {
+                        Some(Ok(f)) => {
+                            self.driver.push(
+                                tag(id, T_WRITE),
+                                Op::SendFds {
+                                    fd,
+                                    buf,
+                                    fds: vec![f],
+                                },
+                            )?;
+                            c.writing = true;
+                        }
+                        Some(Err(e)) => self.kill(id, Some(e.into())),
+                        None => self.kill(
+                            id,
+                            Some(RawError::Io(io::Error::other(
+                                "a shared segment vanished before its share frame went out",
+                            ))),
+                        ),
+                    }
+                }
                 WriteNeed::Control(b) => {
                     let buf = b.to_vec();
                     self.driver
@@ -1520,7 +2149,7 @@ mod tests {
         r: &mut RecvMachine<Vec<u8>>,
     ) -> Vec<RecvEvent<Vec<u8>>> {
         let mut ev = Vec::new();
-        while let WriteNeed::Control(b) = s.need() {
+        while let WriteNeed::Control(b) | WriteNeed::Share { frame: b, .. } = s.need() {
             let b = b.to_vec();
             s.on_control_written(b.len());
             // Feed in uneven pieces: header reads may be short too.
@@ -1809,5 +2438,205 @@ mod tests {
         };
         let f = decode(b.try_into().unwrap(), 100).unwrap();
         assert_eq!((f.kind, f.key), (Kind::Offer, k2));
+    }
+
+    fn pull_key(off: u64, len: u64) -> ChunkKey {
+        ChunkKey {
+            job: 9,
+            stream: 1,
+            offset: off,
+            len,
+        }
+    }
+
+    #[test]
+    fn share_pull_ack_and_unshare_flow() {
+        let mut s: SendMachine<&'static str> = SendMachine::new(1 << 20);
+        let mut r: RecvMachine<Vec<u8>> = RecvMachine::new(1 << 20);
+        // An offer queued before the share still goes out; the share's frame is written first,
+        // alone, so its descriptor travels with exactly that frame.
+        s.offer(pull_key(0, 10), "offered").unwrap();
+        s.share(3, 8 << 20);
+        s.pull(pull_key(10, 100), "pulled", 3, 4096).unwrap();
+        match s.need() {
+            WriteNeed::Share { seg: 3, frame } => {
+                let f = decode(frame.try_into().unwrap(), 1 << 20).unwrap();
+                assert_eq!((f.kind, f.key.stream, f.key.len), (Kind::Share, 3, 8 << 20));
+            }
+            other => panic!("{other:?}"),
+        }
+        let ev = pump_ctl(&mut s, &mut r);
+        assert_eq!(
+            ev,
+            vec![
+                RecvEvent::Share {
+                    seg: 3,
+                    len: 8 << 20
+                },
+                RecvEvent::Offer(pull_key(0, 10)),
+                RecvEvent::Offer(pull_key(10, 100)),
+            ]
+        );
+        assert!(r.has_segment(3));
+        assert_eq!(s.in_flight(), 2);
+        // Granting a pull sends nothing and hands back where to copy from.
+        let g = r.grant(&pull_key(10, 100), vec![0u8; 100]).unwrap();
+        let (p, dest) = g.expect("a pull");
+        assert_eq!(
+            (p, dest.len()),
+            (
+                Pull {
+                    key: pull_key(10, 100),
+                    seg: 3,
+                    at: 4096
+                },
+                100
+            )
+        );
+        assert!(!r.has_output());
+        // Unsharing while the chunk is being copied breaks the protocol.
+        let mut r2: RecvMachine<Vec<u8>> = RecvMachine::new(1 << 20);
+        let seg3 = ChunkKey {
+            job: 0,
+            stream: 3,
+            offset: 0,
+            len: 8 << 20,
+        };
+        r2.on_header_bytes(&encode(Kind::Share, &seg3, None))
+            .unwrap();
+        r2.on_header_bytes(&encode(Kind::Pull, &pull_key(0, 5), None))
+            .unwrap();
+        r2.on_header_bytes(&encode_pull_tail(3, 0)).unwrap();
+        assert!(matches!(
+            r2.on_header_bytes(&encode(Kind::Unshare, &seg3, None)),
+            Err(RawError::Protocol {
+                what: "unshare of a segment with chunks in flight",
+                ..
+            })
+        ));
+        // The copy lands: ack to the sender, which gets its buffer back.
+        r.on_pulled(&pull_key(10, 100)).unwrap();
+        assert!(matches!(
+            r.on_pulled(&pull_key(10, 100)),
+            Err(RawError::Protocol { .. })
+        ));
+        let out = r.take_output();
+        assert_eq!(
+            s.on_read(&out).unwrap(),
+            vec![SendEvent::Acked(pull_key(10, 100), "pulled")]
+        );
+        // A pulled chunk can be refused too.
+        s.pull(pull_key(110, 100), "again", 3, 0).unwrap();
+        pump_ctl(&mut s, &mut r);
+        r.refuse(&pull_key(110, 100), RefuseReason::Aborted)
+            .unwrap();
+        assert_eq!(
+            s.on_read(&r.take_output()).unwrap(),
+            vec![SendEvent::Refused(
+                pull_key(110, 100),
+                RefuseReason::Aborted,
+                "again"
+            )]
+        );
+        // Retire the segment: later pulls from it are violations.
+        s.unshare(3, 8 << 20);
+        assert_eq!(
+            pump_ctl(&mut s, &mut r),
+            vec![RecvEvent::Unshare { seg: 3 }]
+        );
+        assert!(!r.has_segment(3));
+        s.pull(pull_key(300, 1), "late", 3, 0).unwrap();
+        let WriteNeed::Control(b) = s.need() else {
+            panic!()
+        };
+        let b = b.to_vec();
+        r.on_header_bytes(&b[..HEADER_LEN]).unwrap();
+        assert!(matches!(
+            r.on_header_bytes(&b[HEADER_LEN..]),
+            Err(RawError::Protocol {
+                what: "pull from a segment that was not shared",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn malformed_share_and_pull_frames_are_refused_with_their_own_kind() {
+        let seg = |id: u32, len: u64| ChunkKey {
+            job: 0,
+            stream: id,
+            offset: 0,
+            len,
+        };
+        // Share: job/offset must be zero; the length may exceed the chunk limit.
+        let mut h = encode(Kind::Share, &seg(1, 1 << 40), None);
+        assert_eq!(decode(&h, 1 << 20).unwrap().key.len, 1 << 40);
+        h[8] = 1;
+        assert_eq!(decode(&h, 1 << 20), Err(Malformed::Reserved));
+        assert_eq!(
+            decode(&encode(Kind::Share, &seg(1, 0), None), 1 << 20),
+            Err(Malformed::ZeroLength)
+        );
+        // Pull tails: reserved bytes must be zero.
+        let mut t = encode_pull_tail(7, 99);
+        assert_eq!(decode_pull_tail(&t), Ok((7, 99)));
+        t[5] = 1;
+        assert_eq!(decode_pull_tail(&t), Err(Malformed::Reserved));
+        // A pull beyond its segment, a segment shared twice, too many segments, an unknown
+        // unshare: each a protocol violation of its own.
+        let mut r: RecvMachine<Vec<u8>> = RecvMachine::new(1 << 20);
+        r.on_header_bytes(&encode(Kind::Share, &seg(1, 4096), None))
+            .unwrap();
+        r.on_header_bytes(&encode(Kind::Pull, &pull_key(0, 100), None))
+            .unwrap();
+        assert_eq!(
+            r.need(),
+            ReadNeed::Header {
+                want: PULL_TAIL_LEN
+            }
+        );
+        let what = |r: Result<Option<RecvEvent<Vec<u8>>>, RawError>| match r {
+            Err(RawError::Protocol { what, .. }) => what,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            what(r.on_header_bytes(&encode_pull_tail(1, 4000))),
+            "pull beyond the end of its shared segment"
+        );
+        let mut r: RecvMachine<Vec<u8>> = RecvMachine::new(1 << 20);
+        r.on_header_bytes(&encode(Kind::Share, &seg(1, 4096), None))
+            .unwrap();
+        assert_eq!(
+            what(r.on_header_bytes(&encode(Kind::Share, &seg(1, 4096), None))),
+            "segment shared twice"
+        );
+        let mut r: RecvMachine<Vec<u8>> = RecvMachine::new(1 << 20);
+        for i in 0..MAX_SEGMENTS as u32 {
+            r.on_header_bytes(&encode(Kind::Share, &seg(i, 4096), None))
+                .unwrap();
+        }
+        assert_eq!(
+            what(r.on_header_bytes(&encode(Kind::Share, &seg(999, 4096), None))),
+            "too many shared segments"
+        );
+        assert_eq!(
+            what(r.on_header_bytes(&encode(Kind::Unshare, &seg(999, 4096), None))),
+            "unshare of a segment that was not shared"
+        );
+        // Producers never receive segment frames; a grant for a pulled chunk is a violation.
+        let mut s: SendMachine<&'static str> = SendMachine::new(1 << 20);
+        assert!(matches!(
+            s.on_read(&encode(Kind::Share, &seg(1, 4096), None)),
+            Err(RawError::Malformed(Malformed::WrongDirection(Kind::Share)))
+        ));
+        let mut s: SendMachine<&'static str> = SendMachine::new(1 << 20);
+        s.pull(pull_key(0, 10), "p", 1, 0).unwrap();
+        assert!(matches!(
+            s.on_read(&encode(Kind::Grant, &pull_key(0, 10), None)),
+            Err(RawError::Protocol {
+                what: "grant for a chunk that was not offered",
+                ..
+            })
+        ));
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -105,6 +105,44 @@ pub enum Op {
         /// Bytes wanted.
         len: usize,
     },
+    /// Read up to `len` bytes at file offset `off` of a file (e.g. a peer's shared-memory
+    /// segment) into `buf[at..at+len]` (a registered buffer).
+    ReadFixedAt {
+        /// File.
+        fd: RawFd,
+        /// Destination.
+        buf: FixedBuf,
+        /// Offset in `buf`.
+        at: usize,
+        /// Bytes wanted.
+        len: usize,
+        /// Offset in the file.
+        off: u64,
+    },
+    /// Receive into the spare capacity of `buf` like [`Op::Recv`], also taking up to `max_fds`
+    /// descriptors passed with `SCM_RIGHTS` (UNIX sockets). Completes with [`Output::VecFds`].
+    RecvFds {
+        /// Socket.
+        fd: RawFd,
+        /// Buffer; must have spare capacity.
+        buf: Vec<u8>,
+        /// recvmsg(2) flags (e.g. `libc::MSG_WAITALL`).
+        flags: i32,
+        /// Most descriptors taken (1..=16); more are closed by the kernel and reported as
+        /// truncated.
+        max_fds: usize,
+    },
+    /// Send `buf` with descriptors attached (`SCM_RIGHTS`, UNIX sockets). The descriptors are
+    /// closed here once the kernel has taken its own references; the completion gives `buf`
+    /// back as [`Output::Vec`].
+    SendFds {
+        /// Socket.
+        fd: RawFd,
+        /// Bytes (at least one).
+        buf: Vec<u8>,
+        /// Descriptors to pass (1..=16).
+        fds: Vec<OwnedFd>,
+    },
     /// Write up to `len` bytes from `buf[at..at+len]` (a registered buffer).
     WriteFixed {
         /// File or socket.
@@ -157,6 +195,9 @@ pub enum Output {
     Fixed(FixedBuf),
     /// The accepted socket.
     Fd(OwnedFd),
+    /// The buffer of a [`Op::RecvFds`], the descriptors that came with it, and whether some
+    /// were cut off (`MSG_CTRUNC`: the sender passed more than `max_fds`).
+    VecFds(Vec<u8>, Vec<OwnedFd>, bool),
 }
 
 /// A finished operation.
@@ -181,6 +222,84 @@ enum Held {
     Fixed(FixedBuf),
     Addr(#[allow(dead_code)] Box<socket2::SockAddr>),
     Time(#[allow(dead_code)] Box<Timespec>),
+    Msg(Box<MsgState>),
+    MsgOut(Box<MsgState>, #[allow(dead_code)] Vec<OwnedFd>),
+}
+
+/// The msghdr of a [`Op::RecvFds`] with everything it points to, boxed so that the addresses
+/// the kernel holds stay put until the completion.
+struct MsgState {
+    hdr: libc::msghdr,
+    iov: libc::iovec,
+    /// Control buffer, u64 words so it is aligned for `cmsghdr`.
+    ctrl: Vec<u64>,
+    buf: Vec<u8>,
+}
+
+// SAFETY: the raw pointers in `hdr`/`iov` point only into this value's own heap buffers
+// (`ctrl`, `buf`, and the boxed `iov` itself), which move with it; nothing else aliases them.
+unsafe impl Send for MsgState {}
+
+impl std::fmt::Debug for MsgState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MsgState")
+            .field("buf", &self.buf.len())
+            .finish()
+    }
+}
+
+impl MsgState {
+    /// A msghdr over `buf[len..len+iov_len]` (set by the caller) with room for `nfds`
+    /// descriptors of control data.
+    fn boxed(buf: Vec<u8>, nfds: usize) -> Box<MsgState> {
+        // SAFETY: CMSG_SPACE only computes a size.
+        let space = unsafe { libc::CMSG_SPACE((nfds * size_of::<RawFd>()) as u32) } as usize;
+        let mut m = Box::new(MsgState {
+            // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
+            hdr: unsafe { std::mem::zeroed() },
+            iov: libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            },
+            ctrl: vec![0u64; space.div_ceil(8)],
+            buf,
+        });
+        m.hdr.msg_iov = &mut m.iov;
+        m.hdr.msg_iovlen = 1;
+        m.hdr.msg_control = m.ctrl.as_mut_ptr().cast();
+        m.hdr.msg_controllen = space;
+        m
+    }
+
+    /// The bytes received and the descriptors taken, after a completion with `res` bytes.
+    fn finish(&mut self, res: i32) -> Output {
+        let mut fds = Vec::new();
+        if res >= 0 {
+            // SAFETY: the kernel initialised `res` bytes of the spare capacity (res <= the
+            // length we passed in the iovec).
+            unsafe { self.buf.set_len(self.buf.len() + res as usize) };
+            // SAFETY: `hdr` was filled in by the kernel: `msg_control`/`msg_controllen` describe
+            // our `ctrl` buffer, and the CMSG_* macros walk only inside it.
+            unsafe {
+                let mut c = libc::CMSG_FIRSTHDR(&self.hdr);
+                while !c.is_null() {
+                    if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                        let data = libc::CMSG_DATA(c).cast::<RawFd>();
+                        let head = libc::CMSG_LEN(0) as usize;
+                        let n = ((*c).cmsg_len as usize).saturating_sub(head)
+                            / std::mem::size_of::<RawFd>();
+                        for i in 0..n {
+                            // SAFETY: SCM_RIGHTS hands us new descriptors that we now own.
+                            fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                        }
+                    }
+                    c = libc::CMSG_NXTHDR(&self.hdr, c);
+                }
+            }
+        }
+        let truncated = self.hdr.msg_flags & libc::MSG_CTRUNC != 0;
+        Output::VecFds(std::mem::take(&mut self.buf), fds, truncated)
+    }
 }
 
 #[derive(Debug)]
@@ -573,6 +692,75 @@ impl Driver {
                     .user_data(ud);
                 (e, Held::Fixed(buf), Kind::Other)
             }
+            Op::ReadFixedAt {
+                fd,
+                buf,
+                at,
+                len,
+                off,
+            } => {
+                let (p, slot) = self.fixed_addr(&buf, at, len, true)?;
+                let e = opcode::ReadFixed::new(Fd(fd), p, len as u32, slot)
+                    .offset(off)
+                    .build()
+                    .user_data(ud);
+                (e, Held::Fixed(buf), Kind::Other)
+            }
+            Op::RecvFds {
+                fd,
+                buf,
+                flags,
+                max_fds,
+            } => {
+                let spare = buf.capacity() - buf.len();
+                if spare == 0 {
+                    return Err(RuntimeError::InvalidBuffer(
+                        "RecvFds buffer has no spare capacity",
+                    ));
+                }
+                if max_fds == 0 || max_fds > 16 {
+                    return Err(RuntimeError::InvalidBuffer(
+                        "RecvFds takes 1..=16 descriptors",
+                    ));
+                }
+                let mut m = MsgState::boxed(buf, max_fds);
+                let len = m.buf.len();
+                // SAFETY: len <= capacity, so this points into (or one past) the allocation.
+                m.iov.iov_base = unsafe { m.buf.as_mut_ptr().add(len) }.cast();
+                m.iov.iov_len = spare.min(u32::MAX as usize);
+                let e = opcode::RecvMsg::new(Fd(fd), &mut m.hdr)
+                    .flags(flags as u32)
+                    .build()
+                    .user_data(ud);
+                (e, Held::Msg(m), Kind::Recv)
+            }
+            Op::SendFds { fd, buf, fds } => {
+                if buf.is_empty() || fds.is_empty() || fds.len() > 16 {
+                    return Err(RuntimeError::InvalidBuffer(
+                        "SendFds takes at least one byte and 1..=16 descriptors",
+                    ));
+                }
+                let mut m = MsgState::boxed(buf, fds.len());
+                m.iov.iov_base = m.buf.as_mut_ptr().cast();
+                m.iov.iov_len = m.buf.len().min(u32::MAX as usize);
+                // SAFETY: `boxed` sized the control buffer for exactly `fds.len()` descriptors,
+                // so the first header and its data lie inside it.
+                unsafe {
+                    let c = libc::CMSG_FIRSTHDR(&m.hdr);
+                    (*c).cmsg_level = libc::SOL_SOCKET;
+                    (*c).cmsg_type = libc::SCM_RIGHTS;
+                    (*c).cmsg_len = libc::CMSG_LEN((fds.len() * size_of::<RawFd>()) as u32) as _;
+                    let data = libc::CMSG_DATA(c).cast::<RawFd>();
+                    for (i, f) in fds.iter().enumerate() {
+                        data.add(i).write_unaligned(f.as_raw_fd());
+                    }
+                }
+                let e = opcode::SendMsg::new(Fd(fd), &m.hdr)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .build()
+                    .user_data(ud);
+                (e, Held::MsgOut(m, fds), Kind::Other)
+            }
             Op::WriteFixed { fd, buf, at, len } => {
                 let (p, slot) = self.fixed_addr(&buf, at, len, false)?;
                 let e = opcode::WriteFixed::new(Fd(fd), p, len as u32, slot)
@@ -725,6 +913,8 @@ impl Driver {
                     Output::Vec(v)
                 }
                 Held::Fixed(b) => Output::Fixed(b),
+                Held::Msg(mut m) => m.finish(res),
+                Held::MsgOut(mut m, _fds) => Output::Vec(std::mem::take(&mut m.buf)),
                 Held::None if op.kind == Kind::Accept && res >= 0 => {
                     // SAFETY: a successful accept returns a new descriptor that we now own.
                     Output::Fd(unsafe { OwnedFd::from_raw_fd(res) })

@@ -10,6 +10,8 @@ pub const REQUIRED: &[(&str, u8)] = &[
     ("ACCEPT", opcode::Accept::CODE),
     ("CONNECT", opcode::Connect::CODE),
     ("RECV", opcode::Recv::CODE),
+    ("RECVMSG", opcode::RecvMsg::CODE),
+    ("SENDMSG", opcode::SendMsg::CODE),
     ("SEND", opcode::Send::CODE),
     ("READ_FIXED", opcode::ReadFixed::CODE),
     ("WRITE_FIXED", opcode::WriteFixed::CODE),

@@ -29,6 +29,11 @@ pub unsafe trait StableMemory: Send + Sync + 'static {
     }
     /// How the memory is backed (hugetlb, THP, 4 KiB pages...), for reports.
     fn describe(&self) -> String;
+    /// The shared-memory file whose bytes `0..len()` are exactly this memory, if there is one
+    /// (a memfd mapped once from offset 0): a local peer can then read them itself.
+    fn file(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
 }
 
 static NEXT_REGION_ID: AtomicU64 = AtomicU64::new(1);
@@ -101,6 +106,24 @@ impl Region {
     /// The backing, as reported by the memory.
     pub fn describe(&self) -> String {
         self.mem.describe()
+    }
+    /// A new read-only descriptor of the file behind this region (byte `i` of the file is byte
+    /// `i` of the region), to hand to a local peer that copies from it; `None` when the memory
+    /// is not a whole file (e.g. a double-mapped ring). Read-only: the peer cannot write it or
+    /// map it writable.
+    pub fn share_fd(&self) -> Result<Option<std::os::fd::OwnedFd>> {
+        use std::os::fd::AsRawFd;
+        let Some(fd) = self.mem.file() else {
+            return Ok(None);
+        };
+        // Reopening the memfd through /proc gives a descriptor with its own (read-only) mode;
+        // dup would share the read-write one.
+        let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .open(&path)
+            .map_err(|e| RuntimeError::Shm(format!("reopening {path} read-only: {e}")))?;
+        Ok(Some(f.into()))
     }
 }
 
@@ -353,6 +376,10 @@ impl FixedBuf {
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.parts().2
+    }
+    /// Where it starts in its region.
+    pub fn offset(&self) -> usize {
+        self.parts().1
     }
     /// Always false.
     pub fn is_empty(&self) -> bool {

@@ -29,6 +29,10 @@ unsafe impl StableMemory for ShmMem {
             None => self.seg.backing().to_string(),
         }
     }
+    fn file(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        // Mapped once, from offset 0, over the whole segment (`alloc`).
+        Some(self.seg.fd())
+    }
 }
 
 /// A writable mapping shared with its owner (e.g. a stream ring's data mapping).

@@ -241,3 +241,140 @@ fn dropping_a_driver_with_pending_reads_is_safe() {
     // Cancelled and completed during drop: the buffer is back and nothing is registered.
     assert_eq!(arena.free_count(), 1);
 }
+
+#[test]
+fn descriptors_pass_with_sendmsg_and_recvmsg_and_shared_regions_read_at_offsets() {
+    use std::os::fd::OwnedFd;
+    let mut d = Driver::new(&DriverConfig::default()).unwrap();
+    // A region whose file a peer may read: fill it, pass its read-only descriptor over a UNIX
+    // socket, take it on the other side, and read a range of it at a file offset.
+    let src = Arena::new("t-drv-share", 2 << 20, 1).unwrap();
+    let mut s = src.alloc().unwrap();
+    for (i, x) in s.as_mut_slice().iter_mut().enumerate() {
+        *x = (i * 13 % 253) as u8;
+    }
+    let expect = s.as_slice()[12345..12345 + 70000].to_vec();
+    let ro: OwnedFd = src
+        .region()
+        .share_fd()
+        .unwrap()
+        .expect("an arena is a whole memfd");
+    let (a, b) = UnixStream::pair().unwrap();
+    d.push(
+        1,
+        Op::SendFds {
+            fd: a.as_raw_fd(),
+            buf: b"share".to_vec(),
+            fds: vec![ro],
+        },
+    )
+    .unwrap();
+    let c = wait_one(&mut d);
+    assert_eq!(c.result.unwrap(), 5);
+    assert!(matches!(c.output, Output::Vec(ref v) if v == b"share"));
+    d.push(
+        2,
+        Op::RecvFds {
+            fd: b.as_raw_fd(),
+            buf: Vec::with_capacity(16),
+            flags: 0,
+            max_fds: 4,
+        },
+    )
+    .unwrap();
+    let c = wait_one(&mut d);
+    let Output::VecFds(bytes, mut fds, truncated) = c.output else {
+        panic!("{:?}", c.output)
+    };
+    assert_eq!(
+        (bytes.as_slice(), fds.len(), truncated),
+        (&b"share"[..], 1, false)
+    );
+    let got_fd = fds.pop().unwrap();
+    // The passed descriptor is read-only: writing through it fails.
+    let mut f = std::fs::File::from(got_fd.try_clone().unwrap());
+    assert!(f.write_all(b"x").is_err());
+
+    let dst_arena = Arena::new("t-drv-share-dst", 128 * 1024, 1).unwrap();
+    d.register(dst_arena.region()).unwrap();
+    let dst = dst_arena.alloc().unwrap();
+    d.push(
+        3,
+        Op::ReadFixedAt {
+            fd: got_fd.as_raw_fd(),
+            buf: dst.into(),
+            at: 100,
+            len: 70000,
+            off: 12345,
+        },
+    )
+    .unwrap();
+    let c = wait_one(&mut d);
+    assert_eq!(c.result.unwrap(), 70000);
+    let Output::Fixed(FixedBuf::Arena(dst)) = c.output else {
+        panic!()
+    };
+    assert_eq!(&dst.as_slice()[100..70100], &expect[..]);
+    // A read past the end of the file returns 0 bytes, not garbage.
+    d.push(
+        4,
+        Op::ReadFixedAt {
+            fd: got_fd.as_raw_fd(),
+            buf: dst.into(),
+            at: 0,
+            len: 4096,
+            off: src.region().len() as u64,
+        },
+    )
+    .unwrap();
+    assert_eq!(wait_one(&mut d).result.unwrap(), 0);
+
+    // Bytes without descriptors come back with none; more descriptors than asked for are
+    // reported as truncated (the kernel closes the extra ones).
+    (&a).write_all(b"plain").unwrap();
+    d.push(
+        5,
+        Op::RecvFds {
+            fd: b.as_raw_fd(),
+            buf: Vec::with_capacity(16),
+            flags: 0,
+            max_fds: 1,
+        },
+    )
+    .unwrap();
+    let c = wait_one(&mut d);
+    assert!(
+        matches!(c.output, Output::VecFds(ref v, ref f, false) if v == b"plain" && f.is_empty())
+    );
+    // Room for one descriptor rounds up to 8 bytes of control data, which holds two: send
+    // three.
+    let three: Vec<OwnedFd> = (0..3)
+        .map(|_| src.region().share_fd().unwrap().unwrap())
+        .collect();
+    d.push(
+        6,
+        Op::SendFds {
+            fd: a.as_raw_fd(),
+            buf: b"three".to_vec(),
+            fds: three,
+        },
+    )
+    .unwrap();
+    wait_one(&mut d).result.unwrap();
+    d.push(
+        7,
+        Op::RecvFds {
+            fd: b.as_raw_fd(),
+            buf: Vec::with_capacity(16),
+            flags: 0,
+            max_fds: 1,
+        },
+    )
+    .unwrap();
+    let c = wait_one(&mut d);
+    assert!(
+        matches!(c.output, Output::VecFds(ref v, ref f, true) if v == b"three" && f.len() == 2),
+        "{:?}",
+        c.output
+    );
+}

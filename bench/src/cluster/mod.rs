@@ -845,7 +845,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             }
         }
     }
-    let local_limit = limits::limit_local(raw_unix, memcpy);
+    let local_limit = limits::limit_local(memcpy);
 
     let mut runs: Vec<Run> = Vec::new();
     for &topo in &topologies {

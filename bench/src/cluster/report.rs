@@ -42,9 +42,10 @@ pub struct Report {
 pub struct Limits {
     /// Measured payload rate of each link.
     pub links: Vec<LinkFigure>,
-    /// Raw transfer over a UNIX socket on one node.
+    /// Raw transfer over a UNIX socket on one node (for reference: spate's local path does
+    /// not go through the socket).
     pub raw_unix_gbit_per_s: f64,
-    /// Memory copy rate.
+    /// Memory copy rate (the local limit).
     pub memcpy_gbit_per_s: f64,
 }
 
@@ -423,9 +424,9 @@ pub fn print_table(r: &Report, out: &mut dyn Write) -> io::Result<()> {
     print_rows(out, &rows, &[false, true, true, true, true])?;
     writeln!(
         out,
-        "raw UNIX socket {}, memcpy {}",
-        gbit(r.limits.raw_unix_gbit_per_s),
-        gbit(r.limits.memcpy_gbit_per_s)
+        "memcpy {} (the local limit), raw UNIX socket {}",
+        gbit(r.limits.memcpy_gbit_per_s),
+        gbit(r.limits.raw_unix_gbit_per_s)
     )?;
 
     if !r.skipped.is_empty() {
@@ -1053,7 +1054,7 @@ mod tests {
             net0.split_whitespace().collect::<Vec<_>>(),
             ["net", "0", "2", "0.94", "0.95", "0.96"]
         );
-        assert!(text.contains("raw UNIX socket 40.00, memcpy 80.00"));
+        assert!(text.contains("memcpy 80.00 (the local limit), raw UNIX socket 40.00"));
         assert!(text.contains("  NxN C: needs 4 nodes"));
         assert!(text.contains("files written in /tmp/spate-cluster\n  report.json\n"));
     }

@@ -63,6 +63,11 @@ pub struct Args {
     /// scheduler socket).
     #[arg(long)]
     secret_file: Option<PathBuf>,
+    /// Producers: send chunks to consumers on this host through the UNIX socket instead of
+    /// letting them copy the chunks straight from the producer's buffers (`local_pull = false`
+    /// in --config). The pull path is one memory copy instead of two.
+    #[arg(long)]
+    no_local_pull: bool,
 }
 
 /// The settings file.
@@ -80,6 +85,7 @@ struct FileConfig {
     ring_budget: Option<String>,
     data_port: Option<u16>,
     secret_file: Option<PathBuf>,
+    local_pull: Option<bool>,
 }
 
 /// Resolved settings.
@@ -95,6 +101,7 @@ struct Settings {
     ring_budget: u64,
     data_port: u16,
     secret_file: Option<PathBuf>,
+    local_pull: bool,
 }
 
 fn parse_interface(s: &str) -> anyhow::Result<Interface> {
@@ -183,6 +190,7 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
         ring_budget,
         data_port: a.data_port.or(file.data_port).unwrap_or(0),
         secret_file: a.secret_file.or(file.secret_file),
+        local_pull: !a.no_local_pull && file.local_pull.unwrap_or(true),
     })
 }
 
@@ -343,19 +351,25 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         None
     };
     let producer = if s.producer {
-        let cfg = ProducerConfig {
+        let mut cfg = ProducerConfig {
             compute_core,
             expel_core,
             ..ProducerConfig::default()
         };
+        cfg.raw.share_local = s.local_pull;
         let buffers = cfg.buffers;
         let eng =
             ProducerEngine::start(cfg, out_tx.clone()).context("starting the producer engines")?;
         let at = |c: Option<usize>| c.map_or("any core".to_string(), |c| format!("core {c}"));
         lines.push(format!(
-            "producer: compute on {}, expel on {}, {buffers} chunk buffers",
+            "producer: compute on {}, expel on {}, {buffers} chunk buffers; local consumers {}",
             at(compute_core),
-            at(expel_core)
+            at(expel_core),
+            if s.local_pull {
+                "pull chunks from them (one copy)"
+            } else {
+                "get chunks through the socket (--no-local-pull)"
+            }
         ));
         Some(ProducerNode::new(eng))
     } else {
@@ -571,7 +585,8 @@ mod tests {
             &p,
             "name = \"n1\"\nscheduler = \"tcp:10.0.0.1:7070\"\nproducer = true\n\
              consumer = true\ncores = \"0-1\"\ninterfaces = [\"eth1=10.0.0.2\"]\n\
-             data_dir = \"/run/spate/n1\"\nring_budget = \"2GiB\"\ndata_port = 7071\n",
+             data_dir = \"/run/spate/n1\"\nring_budget = \"2GiB\"\ndata_port = 7071\n\
+             local_pull = false\n",
         )
         .unwrap();
         let s = settings(Args {
@@ -581,6 +596,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s.name, "n2");
+        assert!(!s.local_pull);
         assert_eq!(s.scheduler.to_string(), "tcp:10.0.0.1:7070");
         assert!(s.producer && s.consumer);
         assert_eq!(s.cores, Some(vec![0, 1]));

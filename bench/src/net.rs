@@ -189,6 +189,12 @@ struct Report {
     socket_gbit_per_s: f64,
     /// Plain blocking time / io_uring socket-payload time.
     socket_ratio: f64,
+    /// One thread copying the same bytes with memcpy between buffers of the same geometry
+    /// (`depth` source and `depth` destination chunks, hugepages): the limit of the pull path,
+    /// which is one copy.
+    memcpy_gbit_per_s: f64,
+    /// `gbit_per_s / memcpy_gbit_per_s`.
+    of_memcpy: f64,
     baseline_gbit_per_s: f64,
     ratio: f64,
     pinned_baseline_gbit_per_s: f64,
@@ -261,6 +267,8 @@ fn sender(a: &Args) -> anyhow::Result<i32> {
         gbit_per_s: gbit(a.bytes, uring),
         socket_gbit_per_s: gbit(a.bytes, socket),
         socket_ratio: base.as_secs_f64() / socket.as_secs_f64(),
+        memcpy_gbit_per_s: gbit(a.bytes, m.memcpy),
+        of_memcpy: m.memcpy.as_secs_f64() / uring.as_secs_f64(),
         baseline_gbit_per_s: gbit(a.bytes, base),
         ratio: base.as_secs_f64() / uring.as_secs_f64(),
         pinned_baseline_gbit_per_s: gbit(a.bytes, pinned),
@@ -285,28 +293,44 @@ fn sender(a: &Args) -> anyhow::Result<i32> {
             a.transport,
             a.depth
         );
+        let row = |what: &str, g: f64, note: String| {
+            println!(
+                "{}",
+                format!("  {what:<58} {g:7.2} Gbit/s  {note}").trim_end()
+            )
+        };
         if m.payload == "pull" {
-            println!(
-                "  io_uring raw, receiver pulls (ReadFixed from the sender's memfd): {:7.2} Gbit/s",
-                rep.gbit_per_s
+            row(
+                "io_uring raw, receiver pulls from the sender's memfd",
+                rep.gbit_per_s,
+                format!("{:.2}x plain, {:.2} of memcpy", rep.ratio, rep.of_memcpy),
             );
-            println!(
-                "  io_uring raw, payload through the socket (WriteFixed→ReadFixed):  {:7.2} Gbit/s  ({:.2}x the plain baseline)",
-                rep.socket_gbit_per_s, rep.socket_ratio
+            row(
+                "io_uring raw, payload through the socket",
+                rep.socket_gbit_per_s,
+                format!("{:.2}x plain", rep.socket_ratio),
             );
         } else {
-            println!(
-                "  io_uring raw (WriteFixed→ReadFixed, flow control): {:7.2} Gbit/s",
-                rep.gbit_per_s
+            row(
+                "io_uring raw (WriteFixed -> ReadFixed, flow control)",
+                rep.gbit_per_s,
+                format!("{:.2}x plain", rep.ratio),
             );
         }
-        println!(
-            "  plain blocking std sockets (1 MiB writes):         {:7.2} Gbit/s  ratio {:.2}x",
-            rep.baseline_gbit_per_s, rep.ratio
+        row(
+            "plain blocking std sockets (1 MiB writes)",
+            rep.baseline_gbit_per_s,
+            String::new(),
         );
-        println!(
-            "  the same, pinned to the same cores as io_uring:    {:7.2} Gbit/s  ratio {:.2}x",
-            rep.pinned_baseline_gbit_per_s, rep.pinned_ratio
+        row(
+            "the same, pinned to the same cores as io_uring",
+            rep.pinned_baseline_gbit_per_s,
+            format!("io_uring {:.2}x it", rep.pinned_ratio),
+        );
+        row(
+            "memcpy, one thread, same buffer geometry",
+            rep.memcpy_gbit_per_s,
+            String::new(),
         );
         println!(
             "  chunk latency offer→ack (us): p50 {}  p99 {}  p99.9 {}  max {}",
@@ -329,6 +353,7 @@ struct Measured {
     pinned: Duration,
     /// Chunk latencies of `uring`.
     hist: Histogram<u64>,
+    memcpy: Duration,
     payload: &'static str,
     src_backing: String,
     mode: String,
@@ -382,9 +407,28 @@ fn measure(a: &Args, raw_ep: &Endpoint, std_ep: &Endpoint) -> anyhow::Result<Mea
         s.read_exact(&mut ack)?;
         *t = t1.elapsed();
     }
+    // The memory limit: one copy of the same bytes between buffers of the same geometry.
+    let dst = Arena::new("spate-bench-net-memcpy", a.chunk as usize, a.depth)?;
+    let mut dsts = Vec::new();
+    while let Some(mut b) = dst.alloc() {
+        b.as_mut_slice().fill(0);
+        dsts.push(b);
+    }
+    let t2 = Instant::now();
+    let (mut left, mut i) = (a.bytes, 0usize);
+    while left > 0 {
+        let n = left.min(a.chunk) as usize;
+        let k = i % dsts.len().min(bufs.len());
+        dsts[k].as_mut_slice()[..n].copy_from_slice(&bufs[k].as_slice()[..n]);
+        left -= n as u64;
+        i += 1;
+    }
+    let memcpy = t2.elapsed();
+    std::hint::black_box(&dsts);
     Ok(Measured {
         uring,
         socket,
+        memcpy,
         base: times[0],
         pinned: times[1],
         hist,

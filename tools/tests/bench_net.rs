@@ -58,6 +58,7 @@ fn unix_pulls_and_tcp_sends_and_every_figure_is_reported() {
             "socket_gbit_per_s",
             "baseline_gbit_per_s",
             "pinned_baseline_gbit_per_s",
+            "memcpy_gbit_per_s",
         ] {
             assert!(f(&v, k) > 0.0, "{k} in {v}");
         }
@@ -73,6 +74,10 @@ fn unix_pulls_and_tcp_sends_and_every_figure_is_reported() {
         assert!(close(
             f(&v, "pinned_ratio"),
             f(&v, "gbit_per_s") / f(&v, "pinned_baseline_gbit_per_s")
+        ));
+        assert!(close(
+            f(&v, "of_memcpy"),
+            f(&v, "gbit_per_s") / f(&v, "memcpy_gbit_per_s")
         ));
         if transport == "tcp" {
             assert_eq!(v["gbit_per_s"], v["socket_gbit_per_s"]);

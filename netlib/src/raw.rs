@@ -1323,7 +1323,7 @@ impl RawServer {
             off: pull.at,
             done: 0,
         };
-        self.submit_pull(id, slot, io, dest, landing)
+        self.submit_pull(id, slot, io, dest)
     }
 
     fn submit_pull(
@@ -1332,7 +1332,6 @@ impl RawServer {
         slot: u64,
         io: PullIo,
         dest: FixedBuf,
-        landing: &mut dyn Landing,
     ) -> Result<(), RawError> {
         let len = (io.key.len as usize - io.done).min(PULL_MAX_IO);
         let op = Op::ReadFixedAt {
@@ -1354,7 +1353,6 @@ impl RawServer {
                 // The destination went with the refused op: the connection fails (as a failed
                 // payload read does) and the chunk is sent again elsewhere.
                 tracing::warn!(?key, error = %e, "queueing a pull copy failed");
-                let _ = landing;
                 Err(e.into())
             }
         }
@@ -1383,7 +1381,7 @@ impl RawServer {
             Ok(n) => {
                 io.done += n as usize;
                 if io.done < key.len as usize && c.dead.is_none() {
-                    return self.submit_pull(id, slot, io, dest, landing);
+                    return self.submit_pull(id, slot, io, dest);
                 }
                 None
             }

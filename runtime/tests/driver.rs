@@ -242,6 +242,21 @@ fn dropping_a_driver_with_pending_reads_is_safe() {
     assert_eq!(arena.free_count(), 1);
 }
 
+/// Receive up to 16 bytes and `max_fds` descriptors from `s`.
+fn recv_fds(d: &mut Driver, s: &UnixStream, max_fds: usize) -> Completion {
+    d.push(
+        0,
+        Op::RecvFds {
+            fd: s.as_raw_fd(),
+            buf: Vec::with_capacity(16),
+            flags: 0,
+            max_fds,
+        },
+    )
+    .unwrap();
+    wait_one(d)
+}
+
 #[test]
 fn descriptors_pass_with_sendmsg_and_recvmsg_and_shared_regions_read_at_offsets() {
     use std::os::fd::OwnedFd;
@@ -272,17 +287,7 @@ fn descriptors_pass_with_sendmsg_and_recvmsg_and_shared_regions_read_at_offsets(
     let c = wait_one(&mut d);
     assert_eq!(c.result.unwrap(), 5);
     assert!(matches!(c.output, Output::Vec(ref v) if v == b"share"));
-    d.push(
-        2,
-        Op::RecvFds {
-            fd: b.as_raw_fd(),
-            buf: Vec::with_capacity(16),
-            flags: 0,
-            max_fds: 4,
-        },
-    )
-    .unwrap();
-    let c = wait_one(&mut d);
+    let c = recv_fds(&mut d, &b, 4);
     let Output::VecFds(bytes, mut fds, truncated) = c.output else {
         panic!("{:?}", c.output)
     };
@@ -332,17 +337,7 @@ fn descriptors_pass_with_sendmsg_and_recvmsg_and_shared_regions_read_at_offsets(
     // Bytes without descriptors come back with none; more descriptors than asked for are
     // reported as truncated (the kernel closes the extra ones).
     (&a).write_all(b"plain").unwrap();
-    d.push(
-        5,
-        Op::RecvFds {
-            fd: b.as_raw_fd(),
-            buf: Vec::with_capacity(16),
-            flags: 0,
-            max_fds: 1,
-        },
-    )
-    .unwrap();
-    let c = wait_one(&mut d);
+    let c = recv_fds(&mut d, &b, 1);
     assert!(
         matches!(c.output, Output::VecFds(ref v, ref f, false) if v == b"plain" && f.is_empty())
     );
@@ -361,17 +356,7 @@ fn descriptors_pass_with_sendmsg_and_recvmsg_and_shared_regions_read_at_offsets(
     )
     .unwrap();
     wait_one(&mut d).result.unwrap();
-    d.push(
-        7,
-        Op::RecvFds {
-            fd: b.as_raw_fd(),
-            buf: Vec::with_capacity(16),
-            flags: 0,
-            max_fds: 1,
-        },
-    )
-    .unwrap();
-    let c = wait_one(&mut d);
+    let c = recv_fds(&mut d, &b, 1);
     assert!(
         matches!(c.output, Output::VecFds(ref v, ref f, true) if v == b"three" && f.len() == 2),
         "{:?}",

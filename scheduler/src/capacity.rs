@@ -123,8 +123,8 @@ impl Default for CapacityConfig {
             nic_default: 10e9 / 8.0,
             local_rate: 5e9,
             local_overhead: 50e-6,
-            remote_overhead: 0.3e-3,
-            remote_delay: 0.1e-3,
+            remote_overhead: 50e-6,
+            remote_delay: 0.5e-3,
         }
     }
 }

@@ -35,8 +35,11 @@
 //!
 //! chunk = "200Mbit"                # optional: bytes of ONE channel per task, rounded down to
 //!                                  # whole lines; or { lines = 100 }; else the policy picks
-//! rate = "2.5Gbit"                 # optional constant read rate per stream (per second)
-//! latency = "2s"                   # optional latency bound
+//! rate = "2.5Gbit"                 # optional: every stream is read at this rate (per second);
+//!                                  # the scheduler admits the job only if it can feed it
+//! latency = "2s"                   # optional chunk latency bound (task created -> released
+//!                                  # in order); with a rate both must hold, else refused
+//! policy = "tclo"                  # optional: "tclo" (default) | "load-balance"
 //! on_reader_death = "abort"        # "abort" (default) | "keep"
 //!
 //! [[stream]]                       # optional, in stream order: overrides for stream 0, 1, ...
@@ -272,6 +275,8 @@ pub struct JobPlan {
     pub rate_bps: Option<u64>,
     /// Latency bound.
     pub latency: Option<Duration>,
+    /// The scheduling policy asked for (None: the scheduler's default).
+    pub policy: Option<String>,
     /// What to do when a reader dies.
     pub on_reader_death: ReaderDeath,
 }
@@ -474,6 +479,7 @@ struct RawSpec {
     chunk: Option<toml::Value>,
     rate: Option<toml::Value>,
     latency: Option<toml::Value>,
+    policy: Option<String>,
     on_reader_death: Option<String>,
 }
 
@@ -938,6 +944,15 @@ fn validate(raw: RawSpec) -> Result<JobPlan, SpecError> {
             ));
         }
     };
+    if let Some(p) = &raw.policy
+        && (p.is_empty() || p.len() > 32 || !p.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
+    {
+        return Err(SpecError::invalid(
+            "policy",
+            p,
+            "write a policy name, e.g. \"tclo\" or \"load-balance\"",
+        ));
+    }
     let on_reader_death = match raw.on_reader_death.as_deref() {
         None | Some("abort") => ReaderDeath::Abort,
         Some("keep") => ReaderDeath::Keep,
@@ -961,6 +976,7 @@ fn validate(raw: RawSpec) -> Result<JobPlan, SpecError> {
         chunk_lines,
         rate_bps,
         latency,
+        policy: raw.policy,
         on_reader_death,
     })
 }

@@ -589,7 +589,7 @@ fn run_in(a: &Args, dir: &Path) -> anyhow::Result<Report> {
     })?;
     let (id, streams): (JobId, Vec<StreamPlacement>) =
         expect(&mut conn, deadline, &mut daemons, |m| match m {
-            Message::Accepted { job, streams } => Some(Ok((job, streams))),
+            Message::Accepted { job, streams, .. } => Some(Ok((job, streams))),
             Message::Refused { reason, message } => {
                 Some(Err(anyhow!("job refused: {message} ({reason:?})")))
             }

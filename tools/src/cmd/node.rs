@@ -68,6 +68,14 @@ pub struct Args {
     /// in --config). The pull path is one memory copy instead of two.
     #[arg(long)]
     no_local_pull: bool,
+    /// Rate of each data interface, per direction (e.g. `10Gbit`); seeds the scheduler's link
+    /// estimates until it has measured them [default: the interface's speed in sysfs].
+    #[arg(long, value_name = "RATE")]
+    link_rate: Option<String>,
+    /// Compute rate this producer announces (output per second, e.g. `8Gbit`); seeds the
+    /// scheduler's compute estimate until it has measured one.
+    #[arg(long, value_name = "RATE")]
+    compute_rate: Option<String>,
 }
 
 /// The settings file.
@@ -86,6 +94,8 @@ struct FileConfig {
     data_port: Option<u16>,
     secret_file: Option<PathBuf>,
     local_pull: Option<bool>,
+    link_rate: Option<String>,
+    compute_rate: Option<String>,
 }
 
 /// Resolved settings.
@@ -102,6 +112,24 @@ struct Settings {
     data_port: u16,
     secret_file: Option<PathBuf>,
     local_pull: bool,
+    /// NIC bytes/s per direction, all data interfaces (0: unknown).
+    nic_bytes_per_sec: u64,
+    /// Announced compute bytes/s (0: none).
+    compute_bytes_per_sec: u64,
+}
+
+/// A rate flag as bytes per second.
+fn rate_flag(flag: &str, s: &str) -> anyhow::Result<u64> {
+    let bits =
+        spate_scheduler::spec::parse_rate(s).map_err(|e| anyhow::anyhow!("--{flag} {s:?}: {e}"))?;
+    Ok(bits / 8)
+}
+
+/// An interface's speed from sysfs (`/sys/class/net/NAME/speed`, Mbit/s), in bytes/s.
+fn sysfs_speed(name: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/sys/class/net/{name}/speed")).ok()?;
+    let mbit: i64 = s.trim().parse().ok()?;
+    (mbit > 0).then(|| mbit as u64 * 1_000_000 / 8)
 }
 
 fn parse_interface(s: &str) -> anyhow::Result<Interface> {
@@ -179,6 +207,18 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
             .map_err(|e| anyhow::anyhow!("--ring-budget {s:?}: {e}"))?,
         None => 1 << 30,
     };
+    let nic_bytes_per_sec = match a.link_rate.or(file.link_rate) {
+        Some(r) => rate_flag("link-rate", &r)? * interfaces.len().max(1) as u64,
+        None => interfaces
+            .iter()
+            .map(|i| sysfs_speed(&i.name))
+            .sum::<Option<u64>>()
+            .unwrap_or(0),
+    };
+    let compute_bytes_per_sec = match a.compute_rate.or(file.compute_rate) {
+        Some(r) => rate_flag("compute-rate", &r)?,
+        None => 0,
+    };
     Ok(Settings {
         name,
         scheduler,
@@ -191,6 +231,8 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
         data_port: a.data_port.or(file.data_port).unwrap_or(0),
         secret_file: a.secret_file.or(file.secret_file),
         local_pull: !a.no_local_pull && file.local_pull.unwrap_or(true),
+        nic_bytes_per_sec,
+        compute_bytes_per_sec,
     })
 }
 
@@ -390,11 +432,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         interfaces: s.interfaces.clone(),
         compute: ComputeCapacity {
             cores: u32::from(s.producer),
-            bytes_per_sec: 0,
+            bytes_per_sec: s.compute_bytes_per_sec,
         },
         ring_budget: if s.consumer { s.ring_budget } else { 0 },
         data_endpoints,
         handoff_socket: handoff,
+        nic_bytes_per_sec: s.nic_bytes_per_sec,
+        ports: 0,
     };
     let roles = Roles { consumer, producer };
     let stream = s

@@ -123,7 +123,15 @@ fn reader_timeout_end_and_abort_are_distinct() {
     assert!(matches!(r.acquire(1, 100, None).unwrap(), Acquired::Data(b) if b.data.len() == 10));
     r.release(10).unwrap();
     assert!(matches!(r.acquire(1, 100, None).unwrap(), Acquired::End));
-    assert!(matches!(w.land(0, 5), Err(WriteError::Closed("ended"))));
+    // After the end: what landed lands again idempotently, anything new is refused.
+    assert_eq!(w.land(0, 5).unwrap(), 10);
+    assert!(matches!(
+        w.land(5, 6),
+        Err(WriteError::BadRange {
+            why: "beyond the total stream length",
+            ..
+        })
+    ));
 
     let w = writer(CAP, None, BackingPref::NoHugeTlb);
     let mut r = attach(&w);
@@ -141,6 +149,64 @@ fn reader_timeout_end_and_abort_are_distinct() {
         r.acquire(1, 100, None).unwrap_err(),
         ReadError::Aborted(AbortReason::WriterGone)
     );
+}
+
+/// Issue 12, defect 2: a chunk re-sent after its producer died can arrive after the stream
+/// completed. Every byte of it has landed: it is a duplicate (acked, dropped), not a refusal.
+#[test]
+fn a_landed_range_offered_again_after_the_end_is_already_landed() {
+    let total = 300_000u64;
+    let w = writer(CAP, Some(total), BackingPref::NoHugeTlb);
+    let mut r = attach(&w);
+    land_pattern(&w, 100_000, 200_000);
+    land_pattern(&w, 0, 100_000);
+    w.finish().unwrap();
+    assert!(w.is_closed());
+    assert!(matches!(
+        w.try_reserve(100_000, 100_000).unwrap(),
+        Reserve::AlreadyLanded
+    ));
+    assert!(matches!(
+        w.reserve(0, total as usize, Some(Duration::ZERO)).unwrap(),
+        Reserve::AlreadyLanded
+    ));
+    assert_eq!(w.land(250_000, 50_000).unwrap(), total);
+    // Nothing changed for the reader: the stream reads exactly, then ends.
+    assert_eq!(read_all(&mut r, 1 << 20), Ok(total));
+
+    // With no total known, finishing makes the frontier the total: a range beyond it is
+    // refused as out of range.
+    let w = writer(CAP, None, BackingPref::NoHugeTlb);
+    land_pattern(&w, 0, 1000);
+    w.finish().unwrap();
+    assert!(matches!(
+        w.try_reserve(500, 500).unwrap(),
+        Reserve::AlreadyLanded
+    ));
+    assert!(matches!(
+        w.try_reserve(500, 501),
+        Err(WriteError::BadRange {
+            why: "beyond the total stream length",
+            ..
+        })
+    ));
+
+    // An aborted stream refuses everything, landed or not: its readers saw the abort.
+    let w = writer(CAP, Some(total), BackingPref::NoHugeTlb);
+    land_pattern(&w, 0, 1000);
+    w.abort(AbortReason::Cancelled);
+    assert!(matches!(
+        w.try_reserve(0, 1000),
+        Err(WriteError::Closed("aborted"))
+    ));
+    assert!(matches!(
+        w.try_reserve(1000, 1000),
+        Err(WriteError::Closed("aborted"))
+    ));
+    assert!(matches!(
+        w.land(0, 1000),
+        Err(WriteError::Closed("aborted"))
+    ));
 }
 
 #[test]

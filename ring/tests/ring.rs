@@ -3,6 +3,7 @@ mod common;
 use common::*;
 use proptest::prelude::*;
 use spate_ring::header::{self, HeaderError};
+use spate_ring::pattern;
 use spate_ring::shm::{self, Backing, BackingPref, Mapping, Segment};
 use spate_ring::{AbortReason, Acquired, AttachError, ReadError, Reader, Reserve, WriteError};
 use std::time::Duration;
@@ -246,6 +247,72 @@ fn second_reader_refused_then_allowed_after_detach() {
         Err(WriteError::ReaderGone(spate_ring::ReaderStatus::Detached))
     ));
     let _r = attach(&w);
+}
+
+/// Issue 12, defect 1: a reader counts the bytes it read itself. One joining after an earlier
+/// reader left starts where that one stopped; a stream read to its end cannot be read again
+/// (an error that says so), whatever became of the earlier reader.
+#[test]
+fn a_late_reader_starts_where_the_last_stopped_and_a_consumed_stream_is_refused() {
+    let total = 500_000u64;
+    let w = writer(CAP, Some(total), BackingPref::NoHugeTlb);
+    land_pattern(&w, 0, total as usize);
+    let mut r = attach(&w);
+    assert_eq!((r.start_offset(), r.bytes_read()), (0, 0));
+    let Acquired::Data(b) = r.acquire(1, 123_457, None).unwrap() else {
+        panic!("expected data")
+    };
+    assert_eq!((b.offset, b.data.len()), (0, 123_457));
+    r.release(123_457).unwrap();
+    assert_eq!(r.bytes_read(), 123_457);
+    drop(r);
+    let mut r = attach(&w);
+    assert_eq!(
+        (r.start_offset(), r.position(), r.bytes_read()),
+        (123_457, 123_457, 0)
+    );
+    w.finish().unwrap();
+    let Acquired::Data(b) = r.acquire(1, 1 << 20, None).unwrap() else {
+        panic!("expected data")
+    };
+    assert_eq!(b.offset, 123_457);
+    assert_eq!(pattern::check(SEED, STREAM, b.offset, b.data), None);
+    let n = b.data.len();
+    r.release(n).unwrap();
+    assert!(matches!(
+        r.acquire(1, 1 << 20, None).unwrap(),
+        Acquired::End
+    ));
+    assert_eq!(r.bytes_read(), total - 123_457);
+    let pid = std::process::id();
+    drop(r);
+    let (c, d) = w.dup_fds().unwrap();
+    let e = Reader::attach(c, d).unwrap_err();
+    assert!(
+        matches!(e, AttachError::Consumed { total: 500_000, pid: p, how: "detached" } if p == pid),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "the stream was already read to its end: an earlier reader (pid {pid}, detached) \
+             read and released all 500000 bytes; nothing is left to read"
+        )
+    );
+    // The refused attach took nothing: the writer still sees the earlier reader detached.
+    assert_eq!(w.reader_status(), spate_ring::ReaderStatus::Detached);
+
+    // An empty stream: its first reader reads nothing and ends; a second one is refused.
+    let w = writer(CAP, Some(0), BackingPref::NoHugeTlb);
+    w.finish().unwrap();
+    let mut r = attach(&w);
+    assert!(matches!(r.acquire(1, 10, None).unwrap(), Acquired::End));
+    drop(r);
+    let (c, d) = w.dup_fds().unwrap();
+    assert!(matches!(
+        Reader::attach(c, d),
+        Err(AttachError::Consumed { total: 0, .. })
+    ));
 }
 
 fn corrupt(field: usize, val: &[u8]) -> AttachError {

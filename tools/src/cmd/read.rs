@@ -40,13 +40,17 @@ the stream is taken as lines of W pixels of one ink channel (one byte, a drop le
 coverage on white paper (in the ink's colour with --ink). Only one band of --scale lines is \
 accumulated at a time, so memory stays small whatever the stream's size. A stream that is not \
 a whole number of W-pixel lines gives no preview and an error.\n\n\
+The report counts the bytes this reader read (and checked, with --verify or --hash). A reader \
+that joins a stream after an earlier reader left reads on from where that one stopped and reports \
+that offset; a stream that an earlier reader read to its end cannot be read again (an error, \
+exit status 1).\n\n\
 The report goes to stdout (to stderr when the data goes to stdout). --json prints it as one \
-JSON object: {\"outcome\", \"bytes\", \"seconds\", \"gbit_per_s\", \"backing\", \"verified\", \
+JSON object: {\"outcome\", \"bytes\", \"start_offset\", \"seconds\", \"gbit_per_s\", \"backing\", \"verified\", \
 \"rate_gbit_per_s\", \"starvations\", \"starvation_seconds\", \"error\", \"bad_offset\", \
 \"preview\", \"first_data_seconds\", \"active_gbit_per_s\", \"xxh3_128\"} (preview: the PNG \
 written, else null; first_data_seconds: from attaching to the first byte; active_gbit_per_s: \
 bytes over the time from the first byte to the end; xxh3_128: 32 hex digits with --hash, else \
-null).\n\n\
+null; bytes: read by this reader, from the stream offset start_offset).\n\n\
 Exit status: 0 the stream was read to its end; 2 verification failed (the message names the \
 first bad offset); 3 the stream was aborted (with the reason); 4 the writer died before the \
 end; 1 any other error (cannot attach, bad arguments, output error).",
@@ -241,6 +245,7 @@ fn parse_verify(s: &str) -> Result<(u64, u64), String> {
 struct Report {
     outcome: &'static str,
     bytes: u64,
+    start_offset: u64,
     seconds: f64,
     gbit_per_s: f64,
     backing: String,
@@ -325,7 +330,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         return Err(anyhow::Error::new(e).context("cannot flush output"));
     }
     let secs = t0.elapsed().as_secs_f64();
-    rep.bytes = reader.position();
+    // What this reader read, not where the stream stands: an earlier reader may have read the
+    // bytes before `start_offset`.
+    rep.bytes = reader.bytes_read();
+    rep.start_offset = reader.start_offset();
     rep.seconds = secs;
     rep.gbit_per_s = if secs > 0.0 {
         rep.bytes as f64 * 8.0 / secs / 1e9
@@ -379,8 +387,16 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let text = if a.json {
         serde_json::to_string(&rep)?
     } else {
+        let from = if rep.start_offset > 0 {
+            format!(
+                " (from stream offset {}, where an earlier reader stopped)",
+                rep.start_offset
+            )
+        } else {
+            String::new()
+        };
         let mut s = format!(
-            "{} bytes in {:.3} s: {:.2} Gbit/s ({:.1} MB/s), ring backing {}",
+            "{} bytes{from} in {:.3} s: {:.2} Gbit/s ({:.1} MB/s), ring backing {}",
             rep.bytes,
             rep.seconds,
             rep.gbit_per_s,

@@ -150,8 +150,20 @@ impl std::fmt::Debug for HandoffServer {
     }
 }
 
+/// A path as shown in errors: quoted with control characters escaped (std's `Debug`; this
+/// crate sits below `spate_netlib::text`), cut after 200 characters.
+fn shown(path: &Path) -> String {
+    const MAX: usize = 200;
+    let s = format!("{:?}", path.as_os_str());
+    if s.chars().count() <= MAX {
+        return s;
+    }
+    let cut: String = s.chars().take(MAX).collect();
+    format!("{cut}… (cut; {} bytes in all)", path.as_os_str().len())
+}
+
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> HandoffError {
-    let path = path.display().to_string();
+    let path = shown(path);
     move |err| HandoffError::Io { op, path, err }
 }
 
@@ -161,10 +173,10 @@ impl HandoffServer {
     pub fn bind(path: &Path, cfg: HandoffConfig) -> Result<HandoffServer, HandoffError> {
         if let Ok(md) = std::fs::symlink_metadata(path) {
             if !md.file_type().is_socket() {
-                return Err(HandoffError::NotASocket(path.display().to_string()));
+                return Err(HandoffError::NotASocket(shown(path)));
             }
             match UnixStream::connect(path) {
-                Ok(_) => return Err(HandoffError::InUse(path.display().to_string())),
+                Ok(_) => return Err(HandoffError::InUse(shown(path))),
                 Err(_) => {
                     std::fs::remove_file(path).map_err(io_err("remove stale socket", path))?
                 }
@@ -690,7 +702,7 @@ pub fn connect(path: &Path, key: &str) -> Result<Reader, HandoffError> {
             } else {
                 "receive response from"
             },
-            path: path.display().to_string(),
+            path: shown(path),
             err: e.into(),
         })?;
         let mut fds = Vec::new();
@@ -709,7 +721,7 @@ pub fn connect(path: &Path, key: &str) -> Result<Reader, HandoffError> {
     if n < 7 || &buf[..4] != MAGIC {
         return Err(HandoffError::Protocol(format!(
             "{}: not a spate hand-off server ({n} byte reply)",
-            path.display()
+            shown(path)
         )));
     }
     let mlen = u16::from_le_bytes([buf[5], buf[6]]) as usize;

@@ -192,11 +192,10 @@ fn a_late_reader_reports_its_own_bytes_and_a_consumed_stream_is_an_error() {
         assert_eq!(o.status.code(), Some(1), "{o:?}");
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(
-            err.contains(&format!(
-                "the stream was already read to its end: an earlier reader (pid "
-            )) && err.contains(&format!(
-                ", detached) read and released all {TOTAL} bytes; nothing is left to read"
-            )),
+            err.contains("the stream was already read to its end: an earlier reader (pid ")
+                && err.contains(&format!(
+                    ", detached) read and released all {TOTAL} bytes; nothing is left to read"
+                )),
             "{err}"
         );
         let out = String::from_utf8_lossy(&o.stdout);

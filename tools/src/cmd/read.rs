@@ -2,6 +2,7 @@
 
 use anyhow::Context as _;
 use clap::Args as ClapArgs;
+use spate_netlib::text::{Quoted, quote};
 use spate_producer::rip::{self, Ink};
 use spate_ring::handoff;
 use spate_ring::{Acquired, ReadError, Reader, pattern};
@@ -220,24 +221,24 @@ use spate_bench::parse_size;
 /// Parse a rate (the job spec's units, e.g. `2.5Gbit`, `300MB/s`) into bytes per second.
 pub fn parse_rate(s: &str) -> Result<f64, String> {
     match spate_scheduler::spec::parse_rate(s) {
-        Ok(0) => Err(format!("rate {s:?} must be more than zero")),
+        Ok(0) => Err(format!("rate {} must be more than zero", quote(s))),
         Ok(bits) => Ok(bits as f64 / 8.0),
-        Err(e) => Err(format!("rate {s:?}: {e}")),
+        Err(e) => Err(format!("rate {}: {e}", quote(s))),
     }
 }
 
 fn parse_verify(s: &str) -> Result<(u64, u64), String> {
     let (a, b) = s
         .split_once(':')
-        .ok_or_else(|| format!("bad --verify {s:?}: expected SEED:STREAM, e.g. 42:0"))?;
+        .ok_or_else(|| format!("bad --verify {}: expected SEED:STREAM, e.g. 42:0", quote(s)))?;
     let seed = a
         .trim()
         .parse()
-        .map_err(|_| format!("bad seed {a:?} in --verify"))?;
+        .map_err(|_| format!("bad seed {} in --verify", quote(a)))?;
     let stream = b
         .trim()
         .parse()
-        .map_err(|_| format!("bad stream index {b:?} in --verify"))?;
+        .map_err(|_| format!("bad stream index {} in --verify", quote(b)))?;
     Ok((seed, stream))
 }
 
@@ -270,17 +271,19 @@ enum Fail {
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let mut reader = handoff::connect(&a.socket, &a.key).with_context(|| {
         format!(
-            "cannot attach to stream {:?} at {}",
-            a.key,
-            a.socket.display()
+            "cannot attach to stream {} at {}",
+            quote(&a.key),
+            Quoted::path(&a.socket)
         )
     })?;
     let mut out: Option<Box<dyn Write>> = match a.out.as_deref() {
         None => None,
         Some("-") => Some(Box::new(std::io::stdout().lock())),
-        Some(p) => Some(Box::new(
-            std::fs::File::create(p).with_context(|| format!("cannot create output {p}"))?,
-        )),
+        Some(p) => {
+            Some(Box::new(std::fs::File::create(p).with_context(|| {
+                format!("cannot create output {}", quote(p))
+            })?))
+        }
     };
     let report_to_stderr = a.out.as_deref() == Some("-");
     let block = (a.block.min(reader.capacity())).max(1) as usize;
@@ -317,7 +320,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     {
         let written = p.finish(a.ink).and_then(|png| {
             std::fs::write(path, png)
-                .with_context(|| format!("cannot write the preview {}", path.display()))
+                .with_context(|| format!("cannot write the preview {}", Quoted::path(path)))
         });
         match written {
             Ok(()) => rep.preview = Some(path.display().to_string()),

@@ -52,7 +52,12 @@ fn idle_slow_and_vanished_clients_delay_no_reader() {
     let path = sock_path("idle");
     let w = writer(CAP, Some(1 << 20), BackingPref::NoHugeTlb);
     let w2 = writer(CAP, Some(1 << 20), BackingPref::NoHugeTlb);
-    let srv = HandoffServer::bind(&path, HandoffConfig::default()).unwrap();
+    // A request timeout far longer than the test: every idle client is still waiting at the end.
+    let cfg = HandoffConfig {
+        request_timeout: Duration::from_secs(600),
+        ..HandoffConfig::default()
+    };
+    let srv = HandoffServer::bind(&path, cfg).unwrap();
     srv.publish("s", &w).unwrap();
     srv.publish("t", &w2).unwrap();
     land_pattern(&w, 0, 1 << 20);
@@ -125,6 +130,7 @@ fn too_many_waiting_clients_push_out_the_one_waiting_longest() {
     let w = writer(CAP, None, BackingPref::NoHugeTlb);
     let cfg = HandoffConfig {
         max_pending: 4,
+        request_timeout: Duration::from_secs(600),
         ..HandoffConfig::default()
     };
     let srv = HandoffServer::bind(&path, cfg).unwrap();

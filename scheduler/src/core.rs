@@ -375,7 +375,8 @@ pub enum Refusal {
     InvalidSpec(#[from] SpecError),
     /// A stream's node is not connected.
     #[error(
-        "stream {stream}: output node \"{node}\" is not connected; start its consumer daemon or fix the spec"
+        "stream {stream}: output node {} is not connected; start its consumer daemon or fix the spec",
+        spate_netlib::text::quote(node)
     )]
     MissingOutputNode {
         /// The stream.
@@ -384,7 +385,10 @@ pub enum Refusal {
         node: String,
     },
     /// A stream's node is connected but is no consumer.
-    #[error("stream {stream}: node \"{node}\" is not a consumer")]
+    #[error(
+        "stream {stream}: node {} is not a consumer",
+        spate_netlib::text::quote(node)
+    )]
     NotAConsumer {
         /// The stream.
         stream: u32,
@@ -395,7 +399,10 @@ pub enum Refusal {
     #[error("no producer is connected; start a producer daemon")]
     NoProducers,
     /// A node lacks the buffer memory.
-    #[error("node \"{node}\" has {free} bytes of buffer capacity free, the job needs {need}")]
+    #[error(
+        "node {} has {free} bytes of buffer capacity free, the job needs {need}",
+        spate_netlib::text::quote(node)
+    )]
     Capacity {
         /// The node.
         node: String,
@@ -405,7 +412,7 @@ pub enum Refusal {
         free: u64,
     },
     /// A consumer could not allocate a stream.
-    #[error("stream {stream}: node \"{node}\" could not allocate its ring: {reason}")]
+    #[error("stream {stream}: node {} could not allocate its ring: {}", spate_netlib::text::quote(node), spate_netlib::text::Quoted::new(reason).bare().max(400))]
     AllocFailed {
         /// The stream.
         stream: u32,
@@ -415,19 +422,22 @@ pub enum Refusal {
         reason: String,
     },
     /// A consumer did not answer in time.
-    #[error("node \"{node}\" did not allocate its streams in time")]
+    #[error(
+        "node {} did not allocate its streams in time",
+        spate_netlib::text::quote(node)
+    )]
     AllocTimeout {
         /// The consumer.
         node: String,
     },
     /// A consumer left while allocating.
-    #[error("output node \"{node}\" left")]
+    #[error("output node {} left", spate_netlib::text::quote(node))]
     ConsumerLost {
         /// The consumer.
         node: String,
     },
     /// The policy refused, for its own reason.
-    #[error("refused by policy: {0}")]
+    #[error("refused by policy: {}", spate_netlib::text::Quoted::new(.0).bare().max(400))]
     Policy(String),
     /// The policy cannot feed what the job asks for.
     #[error("{}", infeasible_text(policy, *reason, *requested, *latency_bound, *headroom, *max_feasible, *streams))]
@@ -463,7 +473,7 @@ pub enum Refusal {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AbortReason {
     /// An output consumer left.
-    #[error("output node \"{node}\" {}", if *crashed { "crashed" } else { "quit" })]
+    #[error("output node {} {}", spate_netlib::text::quote(node), if *crashed { "crashed" } else { "quit" })]
     ConsumerLost {
         /// Its name.
         node: String,
@@ -471,13 +481,13 @@ pub enum AbortReason {
         crashed: bool,
     },
     /// No producer is left to compute the job.
-    #[error("no producer is left (last one: \"{last}\")")]
+    #[error("no producer is left (last one: {})", spate_netlib::text::quote(last))]
     NoProducers {
         /// The last producer that left.
         last: String,
     },
     /// Every producer failed to preload.
-    #[error("preload failed on every producer (last: \"{node}\": {reason})")]
+    #[error("preload failed on every producer (last: {}: {})", spate_netlib::text::quote(node), spate_netlib::text::Quoted::new(reason).bare().max(400))]
     PreloadFailed {
         /// The last producer that failed.
         node: String,
@@ -485,7 +495,7 @@ pub enum AbortReason {
         reason: String,
     },
     /// One chunk failed too often.
-    #[error("chunk {chunk} failed {attempts} times (last: {reason})")]
+    #[error("chunk {chunk} failed {attempts} times (last: {})", spate_netlib::text::Quoted::new(reason).bare().max(400))]
     ChunkFailed {
         /// The chunk.
         chunk: u64,
@@ -495,7 +505,10 @@ pub enum AbortReason {
         reason: String,
     },
     /// A stream's reader died and the spec says abort.
-    #[error("the reader of stream {stream} on \"{node}\" is gone")]
+    #[error(
+        "the reader of stream {stream} on {} is gone",
+        spate_netlib::text::quote(node)
+    )]
     ReaderGone {
         /// The stream.
         stream: u32,
@@ -1306,8 +1319,8 @@ impl Scheduler {
             out.push(Command::RefuseNode {
                 node,
                 reason: format!(
-                    "a node named \"{}\" is already connected: give each daemon a unique name",
-                    info.name
+                    "a node named {} is already connected: give each daemon a unique name",
+                    spate_netlib::text::quote(&info.name)
                 ),
             });
             return;

@@ -73,7 +73,7 @@ pub const DEFAULT_LINE_BYTES: u64 = 64 << 10;
 
 /// A refused spec: which field, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {kind}")]
+#[error("{}: {kind}", spate_netlib::text::Quoted::new(field).bare())]
 pub struct SpecError {
     /// Path of the offending field, e.g. `stream[2]`, `split.lines`, or `(spec)` for the whole.
     pub field: String,
@@ -85,10 +85,10 @@ pub struct SpecError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecErrorKind {
     /// Not valid TOML, or a value of the wrong type (the parser's message).
-    #[error("{0}")]
+    #[error("{}", spate_netlib::text::Quoted::new(.0).bare().max(400))]
     Syntax(String),
     /// A field the spec does not have (typo?); the error's `field` is its path.
-    #[error("no such field (known: {known})")]
+    #[error("no such field (known: {})", spate_netlib::text::Quoted::new(known).bare().max(400))]
     UnknownField {
         /// The field as written.
         name: String,
@@ -102,22 +102,25 @@ pub enum SpecErrorKind {
         hint: String,
     },
     /// The kernel is not one we have.
-    #[error("unknown kernel \"{name}\" (known: pattern, null, rip)")]
+    #[error(
+        "unknown kernel {} (known: pattern, null, rip)",
+        spate_netlib::text::quote(name)
+    )]
     UnknownKernel {
         /// The kernel as written.
         name: String,
     },
     /// A value that must be positive is zero.
-    #[error("\"{value}\" must be > 0")]
+    #[error("{} must be > 0", spate_netlib::text::quote(value))]
     NotPositive {
         /// The value as written.
         value: String,
     },
     /// A size, rate or duration that could not be read.
-    #[error("{0}")]
+    #[error("{}", spate_netlib::text::Quoted::new(&.0.to_string()).bare().max(400))]
     Unit(#[from] UnitError),
     /// Two fields that cannot be used together.
-    #[error("cannot be used together with `{other}`: {hint}")]
+    #[error("cannot be used together with `{}`: {hint}", spate_netlib::text::Quoted::new(other).bare())]
     Conflict {
         /// The other field.
         other: String,
@@ -125,7 +128,7 @@ pub enum SpecErrorKind {
         hint: String,
     },
     /// Any other invalid value.
-    #[error("\"{value}\" is invalid: {reason}")]
+    #[error("{} is invalid: {}", spate_netlib::text::quote(value), spate_netlib::text::Quoted::new(reason).bare().max(400))]
     Invalid {
         /// The value as written.
         value: String,

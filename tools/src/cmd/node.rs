@@ -21,6 +21,7 @@ use spate_netlib::msg::{MsgConfig, MsgConn, MsgError, SetReadTimeout, TryCloneSt
 use spate_netlib::proto::{
     ComputeCapacity, DataEndpoint, HostId, Interface, Message, NodeInfo, NodeRoles,
 };
+use spate_netlib::text::{Quoted, quote};
 use spate_producer::daemon::ProducerNode;
 use spate_producer::engine::{EngineConfig as ProducerConfig, ProducerEngine};
 
@@ -136,7 +137,11 @@ fn parse_interface(s: &str) -> anyhow::Result<Interface> {
     match s.split_once('=') {
         Some((name, addr)) if !name.trim().is_empty() => {
             let addr: IpAddr = addr.trim().parse().with_context(|| {
-                format!("interface {s:?}: {addr:?} is not an IP address (want NAME=ADDRESS)")
+                format!(
+                    "interface {}: {} is not an IP address (want NAME=ADDRESS)",
+                    quote(s),
+                    quote(addr)
+                )
             })?;
             Ok(Interface {
                 name: name.trim().to_string(),
@@ -148,9 +153,10 @@ fn parse_interface(s: &str) -> anyhow::Result<Interface> {
             addr: IpAddr::from([127, 0, 0, 1]),
         }),
         _ => bail!(
-            "interface {s:?}: give its address too, as --interface {}=ADDRESS (e.g. {}=10.0.0.1)",
-            s.trim(),
-            s.trim()
+            "interface {}: give its address too, as --interface {}=ADDRESS (e.g. {}=10.0.0.1)",
+            quote(s),
+            Quoted::new(s.trim()).bare(),
+            Quoted::new(s.trim()).bare()
         ),
     }
 }
@@ -159,8 +165,8 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
     let file: FileConfig = match &a.config {
         Some(p) => {
             let text = std::fs::read_to_string(p)
-                .with_context(|| format!("reading the node config {}", p.display()))?;
-            toml::from_str(&text).with_context(|| format!("node config {}", p.display()))?
+                .with_context(|| format!("reading the node config {}", Quoted::path(p)))?;
+            toml::from_str(&text).with_context(|| format!("node config {}", Quoted::path(p)))?
         }
         None => FileConfig::default(),
     };
@@ -177,7 +183,7 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
         .unwrap_or_else(|| spate_scheduler::server::user::DEFAULT_ENDPOINT.to_string());
     let scheduler: Endpoint = sched
         .parse()
-        .with_context(|| format!("--scheduler {sched:?}"))?;
+        .with_context(|| format!("--scheduler {}", quote(&sched)))?;
     let producer = a.producer || file.producer.unwrap_or(false);
     let consumer = a.consumer || file.consumer.unwrap_or(false);
     if !producer && !consumer {
@@ -204,7 +210,7 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
     });
     let ring_budget = match a.ring_budget.or(file.ring_budget) {
         Some(s) => spate_scheduler::spec::parse_size(&s)
-            .map_err(|e| anyhow::anyhow!("--ring-budget {s:?}: {e}"))?,
+            .map_err(|e| anyhow::anyhow!("--ring-budget {}: {e}", quote(&s)))?,
         None => 1 << 30,
     };
     let nic_bytes_per_sec = match a.link_rate.or(file.link_rate) {

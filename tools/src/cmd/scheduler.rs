@@ -66,8 +66,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             && !dir.as_os_str().is_empty()
             && !dir.exists()
         {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the socket directory {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!(
+                    "cannot create the socket directory {}",
+                    spate_netlib::text::Quoted::path(dir)
+                )
+            })?;
         }
     }
     let (secret, origin) = server_secret(a.secret_file.as_deref(), &a.listen)

@@ -127,8 +127,12 @@ pub fn state_name(s: &JobState) -> &'static str {
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
-    let text = std::fs::read_to_string(&a.spec)
-        .with_context(|| format!("cannot read the job spec {}", a.spec.display()))?;
+    let text = std::fs::read_to_string(&a.spec).with_context(|| {
+        format!(
+            "cannot read the job spec {}",
+            spate_netlib::text::Quoted::path(&a.spec)
+        )
+    })?;
     // Parsed here only for the reading hints; the scheduler validates (and names bad fields).
     let plan = JobPlan::parse(&text).ok();
     let seed = plan.as_ref().and_then(|p| {

@@ -392,7 +392,7 @@ pub struct JobStatus {
     /// Bytes delivered/read/total.
     pub progress: Progress,
     /// What its policy planned (None while not yet admitted).
-    pub plan: Option<PlanInfo>,
+    pub plan: Option<Box<PlanInfo>>,
     /// Its promise is at risk: what changed and what it now gets.
     pub warning: Option<String>,
     /// Straggling tasks redone on another producer so far.
@@ -575,7 +575,7 @@ pub enum Message {
         /// Where each stream lives.
         streams: Vec<StreamPlacement>,
         /// What the scheduler's policy planned and predicts.
-        plan: PlanInfo,
+        plan: Box<PlanInfo>,
     },
     /// S→U: The job is refused (not queued: resubmit later).
     Refused {
@@ -847,8 +847,8 @@ pub enum Message {
     PlanReply {
         /// Whether Submit would admit it now.
         admitted: bool,
-        /// The plan (also for a refused rate, when the policy found one short of it: None).
-        plan: Option<PlanInfo>,
+        /// The plan when admitted; for a refused rate, the rates asked and possible.
+        plan: Option<Box<PlanInfo>>,
         /// Why not, when refused.
         reason: Option<RefuseReason>,
         /// The refusal, in words (empty when admitted).

@@ -210,7 +210,7 @@ fn job_status() -> impl Strategy<Value = JobStatus> {
                     read,
                     total,
                 },
-                plan,
+                plan: plan.map(Box::new),
                 warning,
                 duplicated,
             },
@@ -369,7 +369,11 @@ fn message() -> impl Strategy<Value = Message> {
             ),
             plan_info()
         )
-            .prop_map(|(job, streams, plan)| Message::Accepted { job, streams, plan }),
+            .prop_map(|(job, streams, plan)| Message::Accepted {
+                job,
+                streams,
+                plan: Box::new(plan)
+            }),
         (refuse_reason(), text())
             .prop_map(|(reason, message)| Message::Refused { reason, message }),
         job().prop_map(|job| Message::Ready { job }),
@@ -569,7 +573,7 @@ fn message() -> impl Strategy<Value = Message> {
         )
             .prop_map(|(admitted, plan, reason, message)| Message::PlanReply {
                 admitted,
-                plan,
+                plan: plan.map(Box::new),
                 reason,
                 message
             }),

@@ -225,6 +225,11 @@ impl Reader {
         self.fixed.capacity
     }
 
+    /// How the job wants its stream read (its rate and prefill), when it has a rate.
+    pub fn pacing(&self) -> Option<crate::header::Pacing> {
+        self.fixed.pacing
+    }
+
     /// Backing of the data segment (as the writer found it).
     pub fn backing(&self) -> Backing {
         self.fixed.backing

@@ -25,6 +25,8 @@ pub struct RingConfig {
     pub backing: BackingPref,
     /// Total stream length when known up front.
     pub total_len: Option<u64>,
+    /// How the job wants the stream read (told to readers in the header).
+    pub pacing: Option<crate::header::Pacing>,
 }
 
 /// Errors of the writer.
@@ -166,7 +168,7 @@ impl Writer {
         let ctl_map = Mapping::map(&ctl_seg, true)?;
         let data_map = Arc::new(Mapping::map_double(&data_seg, true)?);
         let capacity = data_seg.len() as u64;
-        header::init(&ctl_map, capacity, data_seg.backing());
+        header::init(&ctl_map, capacity, data_seg.backing(), cfg.pacing);
         let inner = Inner {
             ctl_seg,
             data_seg,

@@ -460,7 +460,10 @@ pub enum Refusal {
         streams: u32,
     },
     /// The spec names a policy this scheduler does not have.
-    #[error("policy: unknown policy \"{name}\" (known: {known})")]
+    #[error(
+        "policy: unknown policy {} (known: {known})",
+        spate_netlib::text::quote(name)
+    )]
     UnknownPolicy {
         /// As written.
         name: String,
@@ -2627,8 +2630,9 @@ impl Scheduler {
                 .set_weights(w.shares.iter().map(|s| (s.node, s.weight)));
             d.plan = w;
         }
+        // The submitter hears when the promise becomes at risk; status shows the latest.
         match warning {
-            Some(msg) if j.warning.as_deref() != Some(msg.as_str()) => {
+            Some(msg) if j.warning.is_none() => {
                 j.warning = Some(msg.clone());
                 out.push(Command::JobWarning {
                     client: j.client,
@@ -2636,7 +2640,7 @@ impl Scheduler {
                     message: msg,
                 });
             }
-            Some(_) => {}
+            Some(msg) => j.warning = Some(msg),
             None => j.warning = None,
         }
     }

@@ -4,8 +4,9 @@
 //! and gives back the eligible weights' sum. Over any run of turns each producer gets its
 //! weight's share, evenly spread (nginx's "smooth" variant). Producers that are not eligible
 //! this turn (no credit left, suspended) sit it out and keep their counter. With
-//! `round_robin`, every weight counts as 1: plain turns, the baseline that lets the slowest
-//! producer set the pace.
+//! `round_robin`, plain strict turns: the producer whose turn it is gets the next chunk, and
+//! when it cannot take one nobody does (the baseline that lets the slowest producer set the
+//! pace).
 
 use std::collections::BTreeMap;
 
@@ -17,6 +18,8 @@ pub struct Swrr {
     weights: BTreeMap<NodeId, f64>,
     current: BTreeMap<NodeId, f64>,
     round_robin: bool,
+    /// Strict turns: whose turn it is, counted over `weights` in order.
+    turn: usize,
 }
 
 impl Swrr {
@@ -47,6 +50,15 @@ impl Swrr {
 
     /// The next producer among those `eligible` says yes to, or None.
     pub fn next(&mut self, eligible: impl Fn(NodeId) -> bool) -> Option<NodeId> {
+        if self.round_robin {
+            let n = self.weights.len();
+            let who = *self.weights.keys().nth(self.turn % n.max(1))?;
+            if !eligible(who) {
+                return None;
+            }
+            self.turn = (self.turn + 1) % n;
+            return Some(who);
+        }
         let live: Vec<(NodeId, f64)> = self
             .weights
             .iter()
@@ -100,10 +112,14 @@ mod tests {
     }
 
     #[test]
-    fn round_robin_ignores_weights() {
+    fn round_robin_ignores_weights_and_waits_for_whose_turn_it_is() {
         let mut s = Swrr::new([(NodeId(1), 5.0), (NodeId(2), 1.0)], true);
         let m = deal(&mut s, 10);
         assert_eq!((m[&NodeId(1)], m[&NodeId(2)]), (5, 5));
+        assert_eq!(s.next(|_| true), Some(NodeId(1)));
+        // Node 2's turn, and it cannot take one: nobody gets it.
+        assert_eq!(s.next(|n| n == NodeId(1)), None);
+        assert_eq!(s.next(|_| true), Some(NodeId(2)));
     }
 
     #[test]

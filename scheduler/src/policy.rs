@@ -478,6 +478,9 @@ pub struct TcloConfig {
     pub alloc_timeout_ms: u64,
     /// Attempts per chunk before the job is aborted.
     pub max_attempts: u32,
+    /// Deal in plain strict turns instead of by weight (the baseline that shows what the
+    /// weights are worth).
+    pub round_robin: bool,
 }
 
 impl Default for TcloConfig {
@@ -494,6 +497,7 @@ impl Default for TcloConfig {
             drift: 0.2,
             alloc_timeout_ms: 10_000,
             max_attempts: 3,
+            round_robin: false,
         }
     }
 }
@@ -618,7 +622,7 @@ impl Tclo {
                 shares,
                 window: pred.window,
                 pace: demand.rate.map(|r| r * (1.0 + demand.headroom)),
-                round_robin: false,
+                round_robin: self.config.round_robin,
                 straggler_slack: Some(self.config.straggler_slack),
                 reserve: constrained,
                 follow_reader: demand.rate.is_some(),

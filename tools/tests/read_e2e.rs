@@ -213,3 +213,59 @@ fn unknown_key_and_missing_socket_fail_clearly() {
     assert!(err.contains("cannot attach to stream \"s\""), "{err}");
     assert!(err.contains("connect to hand-off socket"), "{err}");
 }
+
+#[test]
+fn a_reader_of_a_job_with_a_rate_reads_at_it_after_the_prefill() {
+    // 4 MiB told to be read at 80 Mbit/s (10 MB/s: about 0.4 s) after 1 MiB of prefill.
+    let bytes = 4u64 << 20;
+    let (mut srv, path) = serve(
+        "paced",
+        &[
+            "--bytes",
+            &bytes.to_string(),
+            "--seed",
+            "3",
+            "--pace-bps",
+            "80000000",
+            "--prefill",
+            "1048576",
+            "--capacity",
+            "2MiB",
+        ],
+    );
+    let o = read(&path, &["--verify", "3:0", "--json", "--block", "64KiB"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = json(&o);
+    assert_eq!(r["rate_from"], "job", "{r}");
+    assert_eq!(r["rate_gbit_per_s"].as_f64(), Some(0.08), "{r}");
+    assert_eq!(r["prefill_bytes"].as_u64(), Some(1 << 20), "{r}");
+    assert_eq!(r["bytes"].as_u64(), Some(bytes), "{r}");
+    assert_eq!(r["verified"], true, "{r}");
+    // Paced: it cannot have read 4 MiB at 10 MB/s in much less than 0.3 s (3 MiB after the
+    // first block of the prefill is due at once).
+    assert!(r["seconds"].as_f64().unwrap() > 0.25, "{r}");
+    assert!(srv.wait().unwrap().success());
+
+    // --no-pace reads as fast as it can, and says it was unpaced.
+    let (mut srv, path) = serve(
+        "unpaced",
+        &[
+            "--bytes",
+            &bytes.to_string(),
+            "--seed",
+            "3",
+            "--pace-bps",
+            "80000000",
+            "--prefill",
+            "1048576",
+            "--capacity",
+            "2MiB",
+        ],
+    );
+    let o = read(&path, &["--verify", "3:0", "--json", "--no-pace"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = json(&o);
+    assert_eq!(r["rate_from"], serde_json::Value::Null, "{r}");
+    assert_eq!(r["prefill_bytes"].as_u64(), Some(0), "{r}");
+    assert!(srv.wait().unwrap().success());
+}

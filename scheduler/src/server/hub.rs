@@ -65,7 +65,7 @@ struct Fetch {
 #[derive(Debug)]
 struct Daemon {
     /// What it announced (once joined and admitted by the core).
-    info: Option<proto::NodeInfo>,
+    info: Option<Box<proto::NodeInfo>>,
     last_seen: Millis,
     /// It quit, was refused or was declared dead: no NodeLeft on disconnect.
     gone: bool,
@@ -579,7 +579,7 @@ impl Hub {
                 "node joined"
             );
             if let Some(Peer::Daemon(d)) = self.peers.get_mut(&conn) {
-                d.info = Some(info);
+                d.info = Some(Box::new(info));
             }
             self.send(
                 conn,
@@ -664,7 +664,7 @@ impl Hub {
         match self.core.dry_run(&plan) {
             Ok((policy, summary)) => Message::PlanReply {
                 admitted: true,
-                plan: Some(self.plan_info(policy, &summary)),
+                plan: Some(Box::new(self.plan_info(policy, &summary))),
                 reason: None,
                 message: String::new(),
             },
@@ -676,13 +676,13 @@ impl Hub {
                         latency_bound,
                         max_feasible,
                         ..
-                    } => Some(proto::PlanInfo {
+                    } => Some(Box::new(proto::PlanInfo {
                         policy: policy.clone(),
                         max_feasible_bps: (max_feasible * 8.0) as u64,
                         requested_bps: requested.map(|r| (r * 8.0) as u64),
                         latency_bound_us: latency_bound.map(|l| (l * 1e6) as u64),
                         ..proto::PlanInfo::default()
-                    }),
+                    })),
                     _ => None,
                 };
                 Message::PlanReply {
@@ -1089,7 +1089,7 @@ impl Hub {
                     })
                     .collect();
                 let policy = self.core.job(job).map_or("", |s| s.policy);
-                let plan = self.plan_info(policy, &plan);
+                let plan = Box::new(self.plan_info(policy, &plan));
                 tracing::info!(%job, "job accepted");
                 Message::Accepted {
                     job: proto::JobId(job.0),
@@ -1170,7 +1170,7 @@ impl Hub {
 
     fn daemon_info(&self, node: NodeId) -> Option<&proto::NodeInfo> {
         match self.peers.get(&node.0) {
-            Some(Peer::Daemon(d)) => d.info.as_ref(),
+            Some(Peer::Daemon(d)) => d.info.as_deref(),
             _ => None,
         }
     }
@@ -1236,7 +1236,7 @@ impl Hub {
                 read: info.map_or(0, |j| j.slots.iter().map(|s| s.read_pos).sum()),
                 total,
             },
-            plan: Some(self.plan_info(st.policy, &st.plan)),
+            plan: Some(Box::new(self.plan_info(st.policy, &st.plan))),
             warning: st.warning.clone(),
             duplicated: st.duplicated,
         })

@@ -155,7 +155,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     )?;
     let (admitted, plan, reason, message) = reply.map_err(|m| anyhow::anyhow!("{m}"))?;
     if a.json {
-        let mut v = plan.as_ref().map_or_else(|| json!({}), plan_json);
+        let mut v = plan.as_deref().map_or_else(|| json!({}), plan_json);
         v["admitted"] = json!(admitted);
         v["reason"] = reason
             .as_ref()

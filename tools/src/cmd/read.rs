@@ -74,8 +74,13 @@ pub struct Args {
     /// Constant read rate, per second. Units: bit, kbit, Mbit, Gbit, Tbit (decimal bits);
     /// B, kB, MB, GB (decimal bytes); KiB, MiB, GiB (binary bytes), case-insensitive; an
     /// optional "/s" suffix, or "bps" for bits. Examples: 2.5Gbit, 800Mbit/s, 1.2GB, 300MiB.
+    /// Without --rate, a stream of a job with a rate is read at that rate, starting once the
+    /// job's planned prefill is there (the report says `rate_from: "job"`).
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub rate: Option<f64>,
+    /// Read as fast as possible even when the job has a rate.
+    #[arg(long, conflicts_with = "rate")]
+    pub no_pace: bool,
     /// Check every byte against the test pattern of seed SEED, stream index STREAM.
     #[arg(long, value_name = "SEED:STREAM", value_parser = parse_verify)]
     pub verify: Option<(u64, u64)>,
@@ -252,6 +257,10 @@ struct Report {
     backing: String,
     verified: bool,
     rate_gbit_per_s: Option<f64>,
+    /// Where the rate came from: "flag" (--rate) or "job" (the job's rate), null: unpaced.
+    rate_from: Option<&'static str>,
+    /// Bytes waited for before the constant-rate schedule started (the job's prefill).
+    prefill_bytes: u64,
     starvations: u64,
     starvation_seconds: f64,
     error: Option<String>,
@@ -287,9 +296,25 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     };
     let report_to_stderr = a.out.as_deref() == Some("-");
     let block = (a.block.min(reader.capacity())).max(1) as usize;
+    // A job with a rate tells its readers (in the ring header) its rate and prefill.
+    let job_pace = if a.no_pace || a.rate.is_some() {
+        None
+    } else {
+        reader.pacing()
+    };
+    let pace = Pace {
+        rate: a.rate.or(job_pace.map(|p| p.rate_bps as f64 / 8.0)),
+        prefill: job_pace.map_or(0, |p| p.prefill.min(reader.capacity())),
+    };
     let mut rep = Report {
         backing: reader.backing().to_string(),
-        rate_gbit_per_s: a.rate.map(|r| r * 8.0 / 1e9),
+        rate_gbit_per_s: pace.rate.map(|r| r * 8.0 / 1e9),
+        rate_from: match (a.rate, job_pace) {
+            (Some(_), _) => Some("flag"),
+            (None, Some(_)) => Some("job"),
+            (None, None) => None,
+        },
+        prefill_bytes: pace.prefill,
         ..Report::default()
     };
     let mut preview = match (&a.preview, a.width) {
@@ -306,6 +331,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let mut res = read_loop(
         &mut reader,
         &a,
+        pace,
         block,
         Sinks {
             out: out.as_mut(),
@@ -434,6 +460,14 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     Ok(code)
 }
 
+/// The constant-rate schedule: bytes per second (None: as fast as possible), and the bytes to
+/// wait for before it starts.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    rate: Option<f64>,
+    prefill: u64,
+}
+
 /// Where the bytes read go, besides verification.
 struct Sinks<'a> {
     out: Option<&'a mut Box<dyn Write>>,
@@ -446,13 +480,19 @@ struct Sinks<'a> {
 fn read_loop(
     r: &mut Reader,
     a: &Args,
+    pace: Pace,
     block: usize,
     mut sinks: Sinks<'_>,
     rep: &mut Report,
 ) -> Result<(), Fail> {
     let idle = a.idle_timeout.map(Duration::from_secs_f64);
-    // The first data (or the end of an empty stream): the constant-rate schedule starts here.
-    match r.acquire(1, block, idle).map_err(Fail::Read)? {
+    // The first data, or the prefill (or the end of a shorter stream): the constant-rate
+    // schedule starts here.
+    let first = pace.prefill.max(1) as usize;
+    match r
+        .acquire(first, first.max(block), idle)
+        .map_err(Fail::Read)?
+    {
         Acquired::TimedOut => {
             return Err(Fail::Other(anyhow::anyhow!(
                 "no data for {:?} at offset {}",
@@ -468,7 +508,7 @@ fn read_loop(
     let mut sched_pos = 0u64;
     loop {
         let mut min = 1;
-        if let Some(rate) = a.rate {
+        if let Some(rate) = pace.rate {
             let due = sched_t0 + Duration::from_secs_f64((r.position() - sched_pos) as f64 / rate);
             let now = Instant::now();
             if due > now {

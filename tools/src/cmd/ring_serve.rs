@@ -48,6 +48,12 @@ pub struct Args {
     /// After the end, keep serving (readers may come and go) until stdin closes.
     #[arg(long)]
     pub hold: bool,
+    /// Tell readers the job's rate (bits/s) as a scheduler's plan would.
+    #[arg(long)]
+    pub pace_bps: Option<u64>,
+    /// With --pace-bps: the prefill readers wait for.
+    #[arg(long, default_value_t = 0)]
+    pub prefill: u64,
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
@@ -60,6 +66,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             BackingPref::Auto
         },
         total_len: Some(a.bytes),
+        pacing: a.pace_bps.map(|rate_bps| spate_ring::header::Pacing {
+            rate_bps,
+            prefill: a.prefill,
+        }),
     })?;
     let srv = HandoffServer::bind(&a.socket, HandoffConfig::default())?;
     srv.publish(&a.key, &w)?;

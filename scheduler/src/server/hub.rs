@@ -12,7 +12,7 @@ use spate_netlib::auth::Role;
 use spate_netlib::proto::{
     self, DataEndpoint, ErrorKind, ExpelTarget, InputSource, InputSpec, JobGeometry, JobOutcome,
     LineRange, Message, NodeState, NodeStatus, PixelGeometry, Progress, RefuseReason, RingBacking,
-    SourceBinding, StreamIndex, StreamKey, Value,
+    SourceBinding, StreamIndex, StreamKey, StreamStatus, Value,
 };
 
 use crate::core::{
@@ -25,13 +25,19 @@ use crate::spec::{Chunk, JobPlan, SpecError, SpecErrorKind};
 
 use super::latency::ChunkLatency;
 
-/// At most `max` of `v`, evenly spaced (all of them when there are no more).
-fn thin(v: Vec<u32>, max: usize) -> Vec<u32> {
-    if v.len() <= max || max == 0 {
-        return v;
+/// Chunk latencies (µs) as a serialized histogram for [`Message::JobStats`].
+fn latency_hdr(samples: &[u32]) -> Vec<u8> {
+    let mut h = spate_netlib::hist::new_micros();
+    for &v in samples {
+        h.saturating_record(u64::from(v));
     }
-    let n = v.len();
-    (0..max).map(|i| v[i * n / max]).collect()
+    match spate_netlib::hist::encode(&h) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialize chunk latencies");
+            Vec::new()
+        }
+    }
 }
 
 /// A connection, numbered by the server from 1.
@@ -82,6 +88,9 @@ struct Slot {
     node: String,
     alloc: Option<(StreamKey, PathBuf, RingBacking)>,
     read_pos: u64,
+    /// Last frontier its consumer reported, and the ring's capacity.
+    frontier: u64,
+    ring: u64,
 }
 
 #[derive(Debug)]
@@ -93,6 +102,9 @@ struct JobInfo {
     /// Last state and progress sent to watchers, and when.
     sent: Option<(proto::JobState, Progress)>,
     sent_at: Millis,
+    /// When it was submitted and when it started (Ready taken).
+    submitted_at: Millis,
+    started_at: Option<Millis>,
 }
 
 /// The translation layer. See the module docs.
@@ -112,6 +124,8 @@ pub struct Hub {
     latency: ChunkLatency,
     /// The job and chunk of every task handed out and not finished.
     task_chunks: BTreeMap<TaskId, (JobId, u64)>,
+    /// Metrics updated as jobs end.
+    metrics: Option<super::metrics::SchedulerMetrics>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -141,7 +155,13 @@ impl Hub {
             micros: None,
             latency: ChunkLatency::default(),
             task_chunks: BTreeMap::new(),
+            metrics: None,
         }
+    }
+
+    /// Keep these metrics up to date as jobs end.
+    pub fn set_metrics(&mut self, m: super::metrics::SchedulerMetrics) {
+        self.metrics = Some(m);
     }
 
     /// Sets the clock used for latency figures (microseconds, monotonic); call it before
@@ -221,7 +241,7 @@ impl Hub {
         self.clock(now);
         match self.peers.remove(&conn) {
             Some(Peer::Daemon(d)) if d.info.is_some() && !d.gone => {
-                tracing::warn!(conn, node = %name_of(&d), "daemon connection lost");
+                tracing::warn!(conn, node = %name_of(&d), "node left: its connection was lost");
                 self.feed(Event::NodeLeft {
                     node: NodeId(conn),
                     how: Leave::Crash,
@@ -252,11 +272,12 @@ impl Hub {
             })
             .collect();
         for (conn, joined) in silent {
-            tracing::warn!(
-                conn,
-                "daemon silent for more than {MISSED_HEARTBEATS} heartbeats: declared dead"
-            );
             if let Some(Peer::Daemon(d)) = self.peers.get_mut(&conn) {
+                tracing::warn!(
+                    conn,
+                    node = %name_of(d),
+                    "node dead: silent for more than {MISSED_HEARTBEATS} heartbeats"
+                );
                 d.gone = true;
             }
             self.error(
@@ -354,8 +375,8 @@ impl Hub {
                 format!("{} before Join: a daemon must Join first", m.name()),
             ),
             Message::Quit { reason } => {
-                tracing::info!(conn, "daemon quits: {reason}");
                 if let Some(Peer::Daemon(d)) = self.peers.get_mut(&conn) {
+                    tracing::info!(conn, node = %name_of(d), "node left: {reason}");
                     d.gone = true;
                 }
                 self.out.push(Action::Close(conn));
@@ -377,7 +398,7 @@ impl Hub {
                     if let Some(slot) = j.slots.get_mut(stream.0 as usize) {
                         slot.alloc = Some((key, handoff, backing));
                     }
-                    tracing::info!(%id, stream = stream.0, ?backing, "stream allocated");
+                    tracing::debug!(%id, stream = stream.0, ?backing, "stream allocated");
                 }
                 self.feed(Event::StreamAllocated {
                     node,
@@ -412,6 +433,7 @@ impl Hub {
                         .and_then(|j| j.slots.get_mut(stream.0 as usize))
                 {
                     slot.read_pos = slot.read_pos.max(read_pos);
+                    slot.frontier = slot.frontier.max(frontier);
                 }
                 self.feed(Event::StreamProgress {
                     node,
@@ -421,7 +443,11 @@ impl Hub {
                 });
             }
             Message::ReaderAttached { job, stream } => {
-                tracing::info!(job = job.0, stream = stream.0, "reader attached");
+                let name = self
+                    .daemon_info(node)
+                    .map(|i| i.name.clone())
+                    .unwrap_or_default();
+                tracing::info!(job = job.0, stream = stream.0, node = %name, "reader attached");
             }
             Message::ReaderGone { job, stream } => self.feed(Event::ReaderGone {
                 node,
@@ -485,10 +511,19 @@ impl Hub {
         let client = ClientId(conn);
         match msg {
             Message::Submit { spec_toml, inputs } => self.on_submit(conn, spec_toml, inputs),
-            Message::Ready { job } => self.feed(Event::Ready {
-                client,
-                job: JobId(job.0),
-            }),
+            Message::Ready { job } => {
+                let id = JobId(job.0);
+                let before = self.core.job(id).map(|j| j.state);
+                self.feed(Event::Ready { client, job: id });
+                let after = self.core.job(id).map(|j| j.state);
+                if before == Some(core::JobState::Accepted) && after != before {
+                    let now = self.now;
+                    if let Some(j) = self.jobs.get_mut(&id) {
+                        j.started_at = Some(now);
+                        tracing::info!(%id, name = %j.name, "job started");
+                    }
+                }
+            }
             Message::Done { job } => self.feed(Event::Done {
                 client,
                 job: JobId(job.0),
@@ -548,9 +583,10 @@ impl Hub {
         if !refused {
             tracing::info!(
                 conn,
-                name = %info.name,
+                node = %info.name,
                 producer = info.roles.producer,
                 consumer = info.roles.consumer,
+                cores = info.cores,
                 "node joined"
             );
             if let Some(Peer::Daemon(d)) = self.peers.get_mut(&conn) {
@@ -741,8 +777,8 @@ impl Hub {
             match c {
                 Command::Reply { client, reply } => self.reply(client.0, reply),
                 Command::RefuseNode { node, reason } => {
-                    tracing::warn!(conn = node.0, "node refused: {reason}");
                     if let Some(Peer::Daemon(d)) = self.peers.get_mut(&node.0) {
+                        tracing::warn!(conn = node.0, node = %name_of(d), "node refused: {reason}");
                         d.gone = true;
                     }
                     self.error(node.0, ErrorKind::BadRequest, reason);
@@ -756,6 +792,13 @@ impl Hub {
                     ring,
                 } => {
                     self.track(job);
+                    if let Some(slot) = self
+                        .jobs
+                        .get_mut(&job)
+                        .and_then(|j| j.slots.get_mut(stream as usize))
+                    {
+                        slot.ring = ring;
+                    }
                     self.send(
                         node.0,
                         Message::AllocStream {
@@ -810,7 +853,7 @@ impl Hub {
                     },
                 ),
                 Command::Delivered { client, job } => {
-                    tracing::info!(%job, "every chunk delivered");
+                    tracing::debug!(%job, "every chunk delivered");
                     let watching = self
                         .jobs
                         .get(&job)
@@ -827,7 +870,7 @@ impl Hub {
                             reason: r.to_string(),
                         },
                     };
-                    tracing::info!(%job, ?outcome, "job ended");
+                    self.log_end(job, &outcome);
                     let samples = self.latency.take(job);
                     self.task_chunks.retain(|_, (j, _)| *j != job);
                     if matches!(end, JobEnd::Completed) && self.peers.contains_key(&client.0) {
@@ -835,7 +878,8 @@ impl Hub {
                             client.0,
                             Message::JobStats {
                                 job: proto::JobId(job.0),
-                                chunk_latency_us: thin(samples, proto::MAX_LATENCY_SAMPLES),
+                                chunk_latency_us: Vec::new(),
+                                chunk_latency_hdr: latency_hdr(&samples),
                             },
                         );
                     }
@@ -879,12 +923,50 @@ impl Hub {
                         node: s.node.clone(),
                         alloc: None,
                         read_pos: 0,
+                        frontier: 0,
+                        ring: 0,
                     })
                     .collect(),
                 watchers: BTreeSet::new(),
                 sent: None,
                 sent_at: 0,
+                submitted_at: self.now,
+                started_at: None,
             },
+        );
+    }
+
+    /// The lifecycle line of a job's end: outcome, bytes, duration and rate.
+    fn log_end(&self, job: JobId, outcome: &JobOutcome) {
+        let Some(j) = self.jobs.get(&job) else {
+            if let Some(m) = &self.metrics {
+                m.ended(outcome, 0);
+            }
+            tracing::info!(%job, ?outcome, "job ended");
+            return;
+        };
+        let bytes: u64 = j.slots.iter().map(|s| s.frontier).sum();
+        if let Some(m) = &self.metrics {
+            m.ended(outcome, bytes);
+        }
+        let secs = self.now.saturating_sub(j.submitted_at) as f64 / 1000.0;
+        let gbit = if secs > 0.0 {
+            bytes as f64 * 8.0 / secs / 1e9
+        } else {
+            0.0
+        };
+        let how = match outcome {
+            JobOutcome::Completed => "completed".to_string(),
+            JobOutcome::Cancelled => "cancelled".to_string(),
+            JobOutcome::Aborted { reason } => format!("aborted: {reason}"),
+        };
+        tracing::info!(
+            %job,
+            name = %j.name,
+            bytes,
+            seconds = format!("{secs:.3}"),
+            gbit_per_s = format!("{gbit:.2}"),
+            "job ended: {how}"
         );
     }
 
@@ -892,7 +974,7 @@ impl Hub {
         let msg = match reply {
             Reply::Accepted { job, streams } => {
                 let slots = self.jobs.get(&job).map(|j| j.slots.clone());
-                let streams = streams
+                let streams: Vec<proto::StreamPlacement> = streams
                     .into_iter()
                     .map(|p| {
                         let alloc = slots
@@ -912,7 +994,8 @@ impl Hub {
                         }
                     })
                     .collect();
-                tracing::info!(%job, "job accepted");
+                let nodes: Vec<&str> = streams.iter().map(|s| s.node.as_str()).collect();
+                tracing::info!(%job, streams = streams.len(), nodes = %nodes.join(","), "job accepted");
                 Message::Accepted {
                     job: proto::JobId(job.0),
                     streams,
@@ -1048,6 +1131,28 @@ impl Hub {
         } else {
             st.streams.iter().map(|s| s.3).sum()
         };
+        let streams = plan
+            .streams
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let slot = info.and_then(|j| j.slots.get(i));
+                let frontier = st.streams.get(i).map_or(0, |c| c.3);
+                StreamStatus {
+                    stream: StreamIndex(i as u32),
+                    node: s.node.clone(),
+                    length: s.len,
+                    delivered: if st.state == core::JobState::Delivered {
+                        s.len
+                    } else {
+                        frontier.max(slot.map_or(0, |x| x.frontier))
+                    },
+                    read: slot.map_or(0, |x| x.read_pos),
+                    ring_bytes: st.streams.get(i).map_or(0, |c| c.2),
+                    starvations: None,
+                }
+            })
+            .collect();
         Some(proto::JobStatus {
             job: proto::JobId(job.0),
             name: info.map(|j| j.name.clone()).unwrap_or_default(),
@@ -1057,6 +1162,11 @@ impl Hub {
                 read: info.map_or(0, |j| j.slots.iter().map(|s| s.read_pos).sum()),
                 total,
             },
+            streams,
+            running_ms: info
+                .and_then(|j| j.started_at)
+                .map(|t| self.now.saturating_sub(t)),
+            stall_reason: None,
         })
     }
 
@@ -1083,11 +1193,11 @@ impl Hub {
             .peers
             .iter()
             .filter_map(|(id, p)| match p {
-                Peer::Daemon(d) if !d.gone => d.info.as_ref().map(|i| (*id, i)),
+                Peer::Daemon(d) if !d.gone => d.info.as_ref().map(|i| (*id, i, d.last_seen)),
                 _ => None,
             })
-            .filter(|(id, _)| self.core.node(NodeId(*id)).is_some())
-            .map(|(id, i)| NodeStatus {
+            .filter(|(id, _, _)| self.core.node(NodeId(*id)).is_some())
+            .map(|(id, i, last_seen)| NodeStatus {
                 name: i.name.clone(),
                 roles: i.roles,
                 state: NodeState::Alive,
@@ -1097,9 +1207,23 @@ impl Hub {
                     .flat_map(|j| j.streams.iter())
                     .filter(|s| s.0 == NodeId(id))
                     .count() as u32,
+                host: i.host,
+                cores: i.cores,
+                interfaces: i.interfaces.clone(),
+                hugepages: i.hugepages,
+                ring_budget: i.ring_budget,
+                last_seen_ms: self.now.saturating_sub(last_seen),
+                // Measured capacities come with the scheduling work (issue 11).
+                compute_bytes_per_sec: None,
+                link_rates: Vec::new(),
             })
             .collect();
-        Message::StatusReply { jobs, nodes }
+        Message::StatusReply {
+            jobs,
+            nodes,
+            // The ended-job history comes with the lifecycle work (issue 12).
+            ended: Vec::new(),
+        }
     }
 
     /// Sends watchers a JobUpdate on every state change, and on progress at most every

@@ -1,12 +1,10 @@
 //! `spate cancel`: stop a job now (its rings are released, readers see it cancelled).
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use anyhow::Context as _;
 use spate_netlib::endpoint::Endpoint;
 use spate_netlib::proto::{JobId, Message};
-use spate_scheduler::server::user::{DEFAULT_ENDPOINT, User, load_secret};
+use spate_scheduler::server::user::DEFAULT_ENDPOINT;
 
 #[derive(clap::Args, Debug)]
 #[command(about = "Cancel a job (any state); its stream rings are released")]
@@ -24,9 +22,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
-    let secret = load_secret(a.secret_file.as_deref(), &a.scheduler)
-        .context("cannot load the cluster secret")?;
-    let mut user = User::connect(&a.scheduler, &secret, Duration::from_secs(10))?;
+    let mut user = super::connect_user(&a.scheduler, a.secret_file.as_deref())?;
     let job = JobId(a.job);
     let r = user.request(&Message::Cancel { job }, |m| match m {
         Message::Ack { job: j } if j == job => Some(Ok(())),

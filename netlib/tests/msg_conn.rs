@@ -41,6 +41,7 @@ fn sequence() -> Vec<Message> {
                 interface: Some("lo".into()),
             }],
             handoff_socket: Some("/run/spate/a.sock".into()),
+            hugepages: Default::default(),
         }),
         Message::Heartbeat,
         // Larger than the 64 KiB read buffer: needs several reads.

@@ -93,6 +93,11 @@ fn node_info() -> impl Strategy<Value = NodeInfo> {
                     ring_budget,
                     data_endpoints,
                     handoff_socket: handoff,
+                    hugepages: HugePages {
+                        total: host as u64 % 4096,
+                        free: host as u64 % 1024,
+                        page_bytes: 2 << 20,
+                    },
                 }
             },
         )
@@ -114,17 +119,61 @@ fn job_state() -> impl Strategy<Value = JobState> {
         outcome().prop_map(JobState::Ended),
     ]
 }
-fn job_status() -> impl Strategy<Value = JobStatus> {
-    (job(), name(), job_state(), any::<(u64, u64, u64)>()).prop_map(
-        |(job, name, state, (delivered, read, total))| JobStatus {
-            job,
-            name,
-            state,
-            progress: Progress {
+fn stream_status() -> impl Strategy<Value = StreamStatus> {
+    (
+        stream(),
+        name(),
+        any::<(u64, u64, u64, u64)>(),
+        proptest::option::of(any::<u64>()),
+    )
+        .prop_map(
+            |(stream, node, (length, delivered, read, ring_bytes), starvations)| StreamStatus {
+                stream,
+                node,
+                length,
                 delivered,
                 read,
-                total,
+                ring_bytes,
+                starvations,
             },
+        )
+}
+fn job_status() -> impl Strategy<Value = JobStatus> {
+    (
+        job(),
+        name(),
+        job_state(),
+        any::<(u64, u64, u64)>(),
+        prop::collection::vec(stream_status(), 0..3),
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(text()),
+    )
+        .prop_map(
+            |(job, name, state, (delivered, read, total), streams, running_ms, stall_reason)| {
+                JobStatus {
+                    job,
+                    name,
+                    state,
+                    progress: Progress {
+                        delivered,
+                        read,
+                        total,
+                    },
+                    streams,
+                    running_ms,
+                    stall_reason,
+                }
+            },
+        )
+}
+fn ended_job() -> impl Strategy<Value = EndedJob> {
+    (job(), name(), outcome(), any::<(u64, u64)>()).prop_map(
+        |(job, name, outcome, (bytes, duration_ms))| EndedJob {
+            job,
+            name,
+            outcome,
+            bytes,
+            duration_ms,
         },
     )
 }
@@ -139,14 +188,41 @@ fn node_status() -> impl Strategy<Value = NodeStatus> {
         ],
         any::<u32>(),
         any::<u32>(),
+        any::<(u128, u32, u64, u64)>(),
+        proptest::option::of(any::<u64>()),
+        prop::collection::vec((name(), any::<u64>()), 0..3),
     )
         .prop_map(
-            |(name, roles, state, tasks_in_flight, streams)| NodeStatus {
+            |(
                 name,
                 roles,
                 state,
                 tasks_in_flight,
                 streams,
+                (host, cores, ring_budget, last_seen_ms),
+                compute_bytes_per_sec,
+                links,
+            )| NodeStatus {
+                name,
+                roles,
+                state,
+                tasks_in_flight,
+                streams,
+                host: HostId(host),
+                cores,
+                interfaces: vec![],
+                hugepages: HugePages {
+                    total: u64::from(cores),
+                    free: 0,
+                    page_bytes: 2 << 20,
+                },
+                ring_budget,
+                last_seen_ms,
+                compute_bytes_per_sec,
+                link_rates: links
+                    .into_iter()
+                    .map(|(to, bytes_per_sec)| LinkRate { to, bytes_per_sec })
+                    .collect(),
             },
         )
 }
@@ -281,18 +357,25 @@ fn message() -> impl Strategy<Value = Message> {
         proptest::option::of(job()).prop_map(|job| Message::Status { job }),
         (
             prop::collection::vec(job_status(), 0..3),
-            prop::collection::vec(node_status(), 0..3)
+            prop::collection::vec(node_status(), 0..3),
+            prop::collection::vec(ended_job(), 0..3)
         )
-            .prop_map(|(jobs, nodes)| Message::StatusReply { jobs, nodes }),
+            .prop_map(|(jobs, nodes, ended)| Message::StatusReply { jobs, nodes, ended }),
         job().prop_map(|job| Message::Watch { job }),
         job_status().prop_map(Message::JobUpdate),
         (job(), outcome()).prop_map(|(job, outcome)| Message::JobEnded { job, outcome }),
-        (job(), prop::collection::vec(any::<u32>(), 0..40)).prop_map(|(job, chunk_latency_us)| {
-            Message::JobStats {
-                job,
-                chunk_latency_us,
-            }
-        }),
+        (
+            job(),
+            prop::collection::vec(any::<u32>(), 0..40),
+            prop::collection::vec(any::<u8>(), 0..64)
+        )
+            .prop_map(|(job, chunk_latency_us, chunk_latency_hdr)| {
+                Message::JobStats {
+                    job,
+                    chunk_latency_us,
+                    chunk_latency_hdr,
+                }
+            }),
         (job(), stream(), any::<u64>(), any::<u64>()).prop_map(
             |(job, stream, capacity, total_len)| Message::AllocStream {
                 job,
@@ -561,19 +644,19 @@ fn one_byte_at_a_time() {
 
 #[test]
 fn exact_bytes_of_a_heartbeat_and_a_ready() {
-    // Version 2 (JobStats was inserted after JobEnded). Heartbeat is variant 3 of Message;
-    // Ready is variant 8 with JobId(300) as varint ac 02.
+    // Version 3 (status figures and a serialized latency histogram appended). Heartbeat is
+    // variant 3 of Message; Ready is variant 8 with JobId(300) as varint ac 02.
     assert_eq!(
         encode_message(&Message::Heartbeat).unwrap(),
-        [b'S', b'P', b'A', b'T', 0, 2, 2, 0, 0, 0, 0, 1, 3]
+        [b'S', b'P', b'A', b'T', 0, 3, 2, 0, 0, 0, 0, 1, 3]
     );
     assert_eq!(
         encode_message(&Message::Ready { job: JobId(300) }).unwrap(),
         [
-            b'S', b'P', b'A', b'T', 0, 2, 2, 0, 0, 0, 0, 3, 8, 0xac, 0x02
+            b'S', b'P', b'A', b'T', 0, 3, 2, 0, 0, 0, 0, 3, 8, 0xac, 0x02
         ]
     );
-    assert_eq!(PROTOCOL_VERSION, 2);
+    assert_eq!(PROTOCOL_VERSION, 3);
 }
 
 #[test]

@@ -26,6 +26,7 @@ fn node(name: &str, host: u128, eps: Vec<DataEndpoint>, ifs: Vec<Interface>) -> 
         ring_budget: 1 << 30,
         data_endpoints: eps,
         handoff_socket: None,
+        hugepages: Default::default(),
     }
 }
 

@@ -34,12 +34,9 @@ pub const TABLE: &[(i32, &str)] = &[
     ),
     (
         PEER_GONE,
-        "a peer died or went away: the stream's writer (read), the scheduler (submit --wait)",
+        "a peer died or went away: the stream's writer (read), the scheduler (submit --wait, status --watch)",
     ),
-    (
-        VERIFY,
-        "data failed verification (read --verify, demo, bench)",
-    ),
+    (VERIFY, "data failed verification (read --verify, demo)"),
     (REFUSED, "the scheduler refused the job (submit)"),
     (
         NO_SCHEDULER,

@@ -36,7 +36,8 @@ use report::{ConstantSpeed, Limits, LinkFigure, Report, Run};
 spate bench cluster --json --out results/\n  \
 spate bench cluster --topologies distant-1x1,NxN --jobs C --kernels rip --scale 0.1")]
 pub struct Args {
-    /// The reduced suite (job B, every topology, one constant-speed run): under 3 minutes.
+    /// The reduced suite (job B, every topology, one constant-speed run): ~30 s on a quiet
+    /// 2-core machine, up to 3 minutes on a loaded one.
     #[arg(long)]
     pub quick: bool,
     /// Nodes of the emulated cluster (at least 3: one-to-many needs two consumers).

@@ -520,7 +520,7 @@ impl Hub {
                     let now = self.now;
                     if let Some(j) = self.jobs.get_mut(&id) {
                         j.started_at = Some(now);
-                        tracing::info!(%id, name = %j.name, "job started");
+                        tracing::info!(job = id.0, name = %j.name, "job started");
                     }
                 }
             }
@@ -942,7 +942,7 @@ impl Hub {
             if let Some(m) = &self.metrics {
                 m.ended(outcome, 0);
             }
-            tracing::info!(%job, ?outcome, "job ended");
+            tracing::info!(job = job.0, ?outcome, "job ended");
             return;
         };
         let bytes: u64 = j.slots.iter().map(|s| s.frontier).sum();
@@ -961,7 +961,7 @@ impl Hub {
             JobOutcome::Aborted { reason } => format!("aborted: {reason}"),
         };
         tracing::info!(
-            %job,
+            job = job.0,
             name = %j.name,
             bytes,
             seconds = format!("{secs:.3}"),
@@ -995,7 +995,7 @@ impl Hub {
                     })
                     .collect();
                 let nodes: Vec<&str> = streams.iter().map(|s| s.node.as_str()).collect();
-                tracing::info!(%job, streams = streams.len(), nodes = %nodes.join(","), "job accepted");
+                tracing::info!(job = job.0, streams = streams.len(), nodes = %nodes.join(","), "job accepted");
                 Message::Accepted {
                     job: proto::JobId(job.0),
                     streams,

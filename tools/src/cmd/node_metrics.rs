@@ -7,9 +7,11 @@
 //!   so far before the end, after a sample in which it had not: an under-estimate when a
 //!   starvation is shorter than the sampling period).
 //! - Tasks (producer role), from the messages the producer sends the scheduler: tasks done and
-//!   failed by kind, bytes computed and the compute rate (the last task's bytes over its compute
-//!   time), bytes expelled per path (`unix` or `tcp`) and per link (consumer), with the link's
-//!   rate over the last expel.
+//!   failed by kind, bytes computed, the rate of the last compute+expel task (its bytes over the
+//!   time from the start of its compute to its last ack), the compute rate alone when the
+//!   producer reports compute times separately (a `TaskDone` of kind `Compute`), bytes
+//!   expelled per path (`unix` or `tcp`) and per link (consumer), with the link's rate over the
+//!   last expel.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -38,6 +40,7 @@ pub struct NodeMetrics {
     tasks: IntCounterVec,
     computed: IntCounter,
     compute_rate: IntGauge,
+    task_rate: IntGauge,
     expelled: IntCounterVec,
     link_bytes: IntCounterVec,
     link_rate: IntGaugeVec,
@@ -50,6 +53,8 @@ struct State {
     capacities: HashMap<(u64, u32), u64>,
     /// Per expel task: (consumer, path, bytes) of each target.
     expels: HashMap<u64, Vec<(String, &'static str, u64)>>,
+    /// Tasks whose compute was reported on its own (their bytes are counted then).
+    computed: HashSet<u64>,
 }
 
 /// Metric names and help are constants: building them cannot fail.
@@ -119,7 +124,14 @@ impl Default for NodeMetrics {
             compute_rate: ok(IntGauge::with_opts(opts(
                 "producer",
                 "compute_rate_bytes_per_second",
-                "Compute rate of the last compute task (bytes over its compute time)",
+                "Compute rate of the last task whose compute time the producer reported \
+                 (bytes over its compute time)",
+            ))),
+            task_rate: ok(IntGauge::with_opts(opts(
+                "producer",
+                "task_rate_bytes_per_second",
+                "Rate of the last compute+expel task (bytes over the time from the start of \
+                 its compute to its last ack)",
             ))),
             expelled: cv(
                 "producer",
@@ -163,6 +175,7 @@ impl NodeMetrics {
         r.register(Box::new(self.streams.clone()))?;
         r.register(Box::new(self.computed.clone()))?;
         r.register(Box::new(self.compute_rate.clone()))?;
+        r.register(Box::new(self.task_rate.clone()))?;
         for kind in ["compute", "expel"] {
             for outcome in ["done", "failed"] {
                 self.tasks.with_label_values(&[kind, outcome]);
@@ -222,12 +235,22 @@ impl NodeMetrics {
                 };
                 let k = match kind {
                     TaskKind::Compute => {
+                        self.lock().computed.insert(task.0);
                         self.computed.inc_by(*bytes);
                         self.compute_rate.set(rate(*bytes));
                         "compute"
                     }
                     TaskKind::Expel => {
-                        let targets = self.lock().expels.remove(&task.0).unwrap_or_default();
+                        let (targets, counted) = {
+                            let mut st = self.lock();
+                            let t = st.expels.remove(&task.0).unwrap_or_default();
+                            (t, st.computed.remove(&task.0))
+                        };
+                        // The chunk was computed here: count it once.
+                        if !counted {
+                            self.computed.inc_by(*bytes);
+                        }
+                        self.task_rate.set(rate(*bytes));
                         for (to, path, len) in targets {
                             self.expelled.with_label_values(&[path]).inc_by(len);
                             self.link_bytes.with_label_values(&[&to, path]).inc_by(len);
@@ -241,7 +264,11 @@ impl NodeMetrics {
                 self.tasks.with_label_values(&[k, "done"]).inc();
             }
             Message::TaskFailed { task, .. } => {
-                let expel = self.lock().expels.remove(&task.0).is_some();
+                let expel = {
+                    let mut st = self.lock();
+                    st.computed.remove(&task.0);
+                    st.expels.remove(&task.0).is_some()
+                };
                 let k = if expel { "expel" } else { "compute" };
                 self.tasks.with_label_values(&[k, "failed"]).inc();
             }
@@ -456,7 +483,12 @@ mod tests {
             retryable: true,
         });
         let s = encode(m);
-        has(&s, "spate_producer_computed_bytes_total{node=\"n1\"} 1000");
+        // Task 6's compute was reported (1000), task 7's only with its expel (1000 more).
+        has(&s, "spate_producer_computed_bytes_total{node=\"n1\"} 2000");
+        has(
+            &s,
+            "spate_producer_task_rate_bytes_per_second{node=\"n1\"} 1000000",
+        );
         has(
             &s,
             "spate_producer_compute_rate_bytes_per_second{node=\"n1\"} 2000000",

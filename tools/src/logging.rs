@@ -8,7 +8,7 @@ use std::io::IsTerminal as _;
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LogFormat {
-    /// Human-readable lines: time, level, the span (e.g. `node{name=printer}`), message, fields.
+    /// Human-readable lines: time, level, the span (e.g. `daemon{node=printer}`), message, fields.
     #[default]
     Text,
     /// One JSON object per line (`timestamp`, `level`, `fields.message`, `span`, ...).

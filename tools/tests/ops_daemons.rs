@@ -365,7 +365,7 @@ fn daemons_serve_metrics_log_lifecycle_and_stop_cleanly() {
     assert!(
         json_lines.iter().any(|v| v["level"] == "INFO"
             && v["fields"]["message"] == "joined the scheduler"
-            && v["span"]["name"] == "n1"),
+            && v["span"]["node"] == "n1"),
         "{n_log}"
     );
     let _ = std::fs::remove_dir_all(&dir);

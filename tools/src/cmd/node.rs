@@ -339,7 +339,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let on_signal = stop.clone();
     crate::signals::watch(move |name| on_signal.request(name))
         .context("cannot set up SIGINT/SIGTERM handling")?;
-    let span = tracing::info_span!("node", name = %s.name);
+    let span = tracing::info_span!("daemon", node = %s.name);
     let _entered = span.clone().entered();
     super::scheduler_present(&s.scheduler)?;
     let secret = spate_scheduler::server::user::load_secret(s.secret_file.as_deref(), &s.scheduler)

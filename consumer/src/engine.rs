@@ -197,6 +197,7 @@ impl ConsumerEngine {
             &cfg.handoff,
             HandoffConfig {
                 allow_uids: cfg.allow_uids.clone(),
+                ..HandoffConfig::default()
             },
         )?;
         let table: Table = Arc::new(Mutex::new(HashMap::new()));

@@ -93,6 +93,7 @@ impl ConsumerNode {
                 stream,
                 capacity,
                 total_len,
+                ..
             } => Some(vec![
                 match self.engine.alloc(job.0, stream.0, capacity, total_len) {
                     Ok(a) => {

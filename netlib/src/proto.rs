@@ -13,10 +13,10 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// Version of the control protocol, carried in every frame header and checked in the handshake.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
-/// Most chunk latencies one [`Message::JobStats`] carried in `chunk_latency_us` (protocol 2;
-/// since protocol 3 the latencies travel as a serialized histogram, `chunk_latency_hdr`).
+/// Most chunk latencies one [`Message::JobStats`] carried in `chunk_latency_us` (protocols 2
+/// and 3; since protocol 4 the latencies travel as a serialized histogram, `chunk_latency_hdr`).
 pub const MAX_LATENCY_SAMPLES: usize = 100_000;
 
 /// Largest `data` the scheduler's file service puts in one [`Message::InputChunk`]; keeps every
@@ -156,7 +156,12 @@ pub struct NodeInfo {
     pub data_endpoints: Vec<DataEndpoint>,
     /// UNIX socket where local readers get a stream's ring (consumers).
     pub handoff_socket: Option<PathBuf>,
-    /// Hugepages of the machine when the daemon joined (protocol 3).
+    /// NIC rate of its data interfaces, bytes/s per direction (0 = unknown): seeds the
+    /// scheduler's link estimates.
+    pub nic_bytes_per_sec: u64,
+    /// Peers it talks to at once (`k` of the k-port model; 0 = no limit).
+    pub ports: u32,
+    /// Hugepages of the machine when the daemon joined (protocol 4).
     pub hugepages: HugePages,
 }
 
@@ -169,15 +174,6 @@ pub struct HugePages {
     pub free: u64,
     /// Bytes per page (0 when unknown).
     pub page_bytes: u64,
-}
-
-/// A measured rate on one link, from a producer to a consumer.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-pub struct LinkRate {
-    /// The consumer node at the other end.
-    pub to: String,
-    /// Achieved payload rate in bytes per second.
-    pub bytes_per_sec: u64,
 }
 
 /// A node's state as the scheduler sees it.
@@ -205,7 +201,9 @@ pub struct NodeStatus {
     pub tasks_in_flight: u32,
     /// Streams it currently holds (consumers).
     pub streams: u32,
-    // --- protocol 3 ---
+    /// What the scheduler measured of it.
+    pub capacity: NodeCapacity,
+    // --- protocol 4 ---
     /// The machine it runs on.
     pub host: HostId,
     /// Cores of the machine available to the daemon.
@@ -218,10 +216,6 @@ pub struct NodeStatus {
     pub ring_budget: u64,
     /// Milliseconds since the scheduler last heard from it.
     pub last_seen_ms: u64,
-    /// Measured compute rate in bytes per second (producers), when the scheduler measures it.
-    pub compute_bytes_per_sec: Option<u64>,
-    /// Measured rates of its links to consumers (producers), when the scheduler measures them.
-    pub link_rates: Vec<LinkRate>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -278,6 +272,98 @@ pub enum RefuseReason {
     },
     /// The scheduler is at its job limit or shutting down.
     Busy,
+    /// The policy cannot feed what the job asks for.
+    Infeasible {
+        /// The constraint that binds: "compute", "links", "memory" or "latency".
+        constraint: String,
+        /// The highest job rate (all streams, bits/s) it could give now.
+        max_feasible_bps: u64,
+    },
+    /// The spec names a policy the scheduler does not have.
+    UnknownPolicy {
+        /// As written.
+        name: String,
+    },
+}
+
+/// What the scheduler's policy planned for a job, and what it predicts. Rates are the job's
+/// (all streams) in bits per second.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PlanInfo {
+    /// The policy ("tclo", "load-balance").
+    pub policy: String,
+    /// Bytes of one chunk, all channels.
+    pub chunk_bytes: u64,
+    /// Lines per chunk.
+    pub chunk_lines: u64,
+    /// The producers it computes on (empty: every producer, on demand).
+    pub producers: Vec<String>,
+    /// Predicted throughput (0: the policy predicts none).
+    pub predicted_bps: u64,
+    /// Predicted chunk latency, task created to released in order (0: none predicted).
+    pub predicted_latency_us: u64,
+    /// Chunks in flight.
+    pub window_chunks: u64,
+    /// Ring bytes per stream.
+    pub ring_bytes: Vec<u64>,
+    /// Bytes a constant-rate reader of each stream waits for before it starts.
+    pub prefill_bytes: Vec<u64>,
+    /// The highest job rate the cluster could give now.
+    pub max_feasible_bps: u64,
+    /// The job rate asked for.
+    pub requested_bps: Option<u64>,
+    /// The chunk latency bound asked for.
+    pub latency_bound_us: Option<u64>,
+}
+
+/// A producer's figures of one piece of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PieceTime {
+    /// The stream.
+    pub stream: StreamIndex,
+    /// Bytes.
+    pub bytes: u64,
+    /// Microseconds of the link's time.
+    pub micros: u64,
+}
+
+/// What the scheduler measured of a producer's compute for one kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComputeEstimate {
+    /// Kernel name.
+    pub kernel: String,
+    /// Output bytes per second while computing.
+    pub bytes_per_sec: u64,
+    /// Fixed cost per chunk, microseconds.
+    pub overhead_us: u64,
+    /// "measured", "announced" or "default".
+    pub source: String,
+    /// Tasks measured.
+    pub samples: u64,
+}
+
+/// What the scheduler measured of a producer → consumer link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkEstimate {
+    /// The consumer's name.
+    pub consumer: String,
+    /// Bytes per second.
+    pub bytes_per_sec: u64,
+    /// Fixed cost per piece, microseconds.
+    pub overhead_us: u64,
+    /// Pieces measured.
+    pub samples: u64,
+}
+
+/// A node's measured capacities (producers).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NodeCapacity {
+    /// Per kernel.
+    pub compute: Vec<ComputeEstimate>,
+    /// Per consumer it sent to.
+    pub links: Vec<LinkEstimate>,
+    /// NIC rate it announced (bytes/s per direction; 0: unknown).
+    pub nic_bytes_per_sec: u64,
 }
 
 /// Lifecycle state of a job.
@@ -334,7 +420,13 @@ pub struct JobStatus {
     pub state: JobState,
     /// Bytes delivered/read/total.
     pub progress: Progress,
-    // --- protocol 3 ---
+    /// What its policy planned (None while not yet admitted).
+    pub plan: Option<PlanInfo>,
+    /// Its promise is at risk: what changed and what it now gets.
+    pub warning: Option<String>,
+    /// Straggling tasks redone on another producer so far.
+    pub duplicated: u64,
+    // --- protocol 4 ---
     /// Each stream: where it is, its progress and ring.
     pub streams: Vec<StreamStatus>,
     /// Milliseconds since the job started (Ready), once it has.
@@ -552,6 +644,8 @@ pub enum Message {
         job: JobId,
         /// Where each stream lives.
         streams: Vec<StreamPlacement>,
+        /// What the scheduler's policy planned and predicts.
+        plan: PlanInfo,
     },
     /// S→U: The job is refused (not queued: resubmit later).
     Refused {
@@ -591,7 +685,7 @@ pub enum Message {
         jobs: Vec<JobStatus>,
         /// Nodes of the cluster.
         nodes: Vec<NodeStatus>,
-        /// Jobs that ended, newest first, for a bounded history (protocol 3; empty when the
+        /// Jobs that ended, newest first, for a bounded history (protocol 4; empty when the
         /// scheduler keeps none).
         ended: Vec<EndedJob>,
     },
@@ -617,10 +711,10 @@ pub enum Message {
         /// Chunk latencies in microseconds, in release order: from a chunk's task being
         /// created to its bytes being released in order at the consumers (at most
         /// [`MAX_LATENCY_SAMPLES`], evenly thinned when the job had more chunks). Empty since
-        /// protocol 3: see `chunk_latency_hdr`.
+        /// protocol 4: see `chunk_latency_hdr`.
         chunk_latency_us: Vec<u32>,
         /// The chunk latencies (microseconds) as an HdrHistogram in its V2 serialization
-        /// (protocol 3; see [`crate::hist`]).
+        /// (protocol 4; see [`crate::hist`]).
         chunk_latency_hdr: Vec<u8>,
     },
 
@@ -635,6 +729,10 @@ pub enum Message {
         capacity: u64,
         /// Total length of the stream in bytes.
         total_len: u64,
+        /// The stream's constant read rate (bits/s), when the job has one.
+        rate_bps: Option<u64>,
+        /// Bytes a constant-rate reader waits for before it starts reading.
+        prefill: u64,
     },
     /// C→S: The ring is allocated.
     Allocated {
@@ -782,6 +880,11 @@ pub enum Message {
         bytes: u64,
         /// Time the task took, in microseconds.
         micros: u64,
+        /// Of that, microseconds computing the chunk.
+        compute_micros: u64,
+        /// Per piece: the link's time for it (busy time: pieces overlapping on one link are
+        /// not counted twice).
+        pieces: Vec<PieceTime>,
     },
     /// P→S: A task failed.
     TaskFailed {
@@ -806,6 +909,41 @@ pub enum Message {
         /// Kind.
         kind: ErrorKind,
         /// Human-readable detail.
+        message: String,
+    },
+
+    // --- planning and promises ---------------------------------------------------------------
+    /// U→S: What would you plan for this job now? (Nothing is admitted or allocated.)
+    Plan {
+        /// The job spec (TOML).
+        spec_toml: String,
+        /// Input names to check as for Submit.
+        inputs: Vec<String>,
+    },
+    /// S→U: The answer to Plan.
+    PlanReply {
+        /// Whether Submit would admit it now.
+        admitted: bool,
+        /// The plan (also for a refused rate, when the policy found one short of it: None).
+        plan: Option<PlanInfo>,
+        /// Why not, when refused.
+        reason: Option<RefuseReason>,
+        /// The refusal, in words (empty when admitted).
+        message: String,
+    },
+    /// S→P: Drop this task: another copy of its chunk landed first.
+    CancelTask {
+        /// Task id.
+        task: TaskId,
+        /// Job id.
+        job: JobId,
+    },
+    /// S→U: The job's promise is at risk (a producer slowed down or left and the rest
+    /// cannot keep its rate): what changed and what it now gets.
+    JobWarning {
+        /// Job id.
+        job: JobId,
+        /// In words.
         message: String,
     },
 }
@@ -851,6 +989,10 @@ impl Message {
             Message::TaskFailed { .. } => "TaskFailed",
             Message::Unload { .. } => "Unload",
             Message::Error { .. } => "Error",
+            Message::Plan { .. } => "Plan",
+            Message::PlanReply { .. } => "PlanReply",
+            Message::CancelTask { .. } => "CancelTask",
+            Message::JobWarning { .. } => "JobWarning",
         }
     }
 }

@@ -41,6 +41,8 @@ fn sequence() -> Vec<Message> {
                 interface: Some("lo".into()),
             }],
             handoff_socket: Some("/run/spate/a.sock".into()),
+            nic_bytes_per_sec: 0,
+            ports: 0,
             hugepages: Default::default(),
         }),
         Message::Heartbeat,
@@ -58,6 +60,8 @@ fn sequence() -> Vec<Message> {
             kind: TaskKind::Compute,
             bytes: 1 << 20,
             micros: 1234,
+            compute_micros: 0,
+            pieces: vec![],
         },
         Message::Quit {
             reason: "bye".into(),

@@ -7,15 +7,15 @@
 //! The compute thread keeps `buffers` (≥ 2) chunk buffers so that computing the next chunk
 //! overlaps expelling the previous ones; it waits for a buffer to come back when all are out.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use spate_netlib::endpoint::{Endpoint, Via};
 use spate_netlib::proto::{
-    ChunkIndex, DataEndpoint, ExpelTarget, JobId, LineRange, Message, TaskId, TaskKind,
+    ChunkIndex, DataEndpoint, ExpelTarget, JobId, LineRange, Message, PieceTime, TaskId, TaskKind,
 };
 use spate_netlib::raw::{
     ChunkKey, ClientEvent, DEFAULT_MAX_CHUNK, RawClient, RawConfig, RefuseReason,
@@ -189,11 +189,17 @@ struct ExpelJob {
     buf: FrozenBuf,
     targets: Vec<ExpelTarget>,
     t0: Instant,
+    compute_us: u64,
 }
+
+/// Tasks the scheduler cancelled (another copy landed first), by job: the compute thread
+/// skips them.
+type Cancelled = Arc<Mutex<HashSet<(JobId, TaskId)>>>;
 
 /// The running engines. Dropping it stops them (tasks still running are reported failed).
 pub struct ProducerEngine {
     tx: Option<SyncSender<Task>>,
+    cancelled: Cancelled,
     expel_tx: QueueTx<ExpelMsg>,
     compute: Option<JoinHandle<()>>,
     expel: Option<JoinHandle<()>>,
@@ -267,15 +273,42 @@ impl ProducerEngine {
         }
         let (tx, rx) = mpsc::sync_channel::<Task>(cfg.queue.max(1));
         let (etx, count, backing) = (expel_tx.clone(), cfg.buffers.max(2), cfg.backing);
+        let cancelled: Cancelled = Arc::default();
+        let skip = cancelled.clone();
         let compute = spawn("spate-compute", cfg.compute_core, move || {
-            compute_loop(rx, etx, freed_rx, outbox, BufPool::new(count, backing));
+            compute_loop(
+                rx,
+                etx,
+                freed_rx,
+                outbox,
+                BufPool::new(count, backing),
+                skip,
+            );
         })?;
         Ok(ProducerEngine {
             tx: Some(tx),
+            cancelled,
             expel_tx,
             compute: Some(compute),
             expel: Some(expel),
         })
+    }
+
+    /// Drop a task not computed yet (a copy landed elsewhere first); one already computed or
+    /// being expelled finishes (landing is idempotent) and its report is ignored.
+    pub fn cancel(&self, job: JobId, task: TaskId) {
+        self.cancelled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((job, task));
+    }
+
+    /// Forget the cancellations of a job that ended.
+    pub fn forget_job(&self, job: JobId) {
+        self.cancelled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(j, _)| *j != job);
     }
 
     /// Queue a task (blocks while the queue is full).
@@ -355,8 +388,17 @@ fn compute_loop(
     freed: Receiver<()>,
     out: Outbox,
     mut pool: BufPool,
+    cancelled: Cancelled,
 ) {
     while let Ok(t) = rx.recv() {
+        if cancelled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(t.job, t.task))
+        {
+            tracing::debug!(task = %t.task, chunk = %t.chunk, "cancelled before computing");
+            continue;
+        }
         let t0 = Instant::now();
         let size = match chunk_size(&t.targets) {
             Ok(s) => s,
@@ -372,10 +414,12 @@ fn compute_loop(
                 continue;
             }
         };
+        let c0 = Instant::now();
         let r = {
             let mut outs = outputs(&mut buf.as_mut_slice()[..size], &t.targets);
             t.kernel.compute(t.lines.start..t.lines.end, &mut outs)
         };
+        let compute_us = c0.elapsed().as_micros() as u64;
         if let Err(e) = r {
             let reason = format!("kernel {} on chunk {}: {e}", t.kernel.name(), t.chunk);
             let _ = out.send(failed(t.task, t.job, reason, false));
@@ -388,6 +432,7 @@ fn compute_loop(
             buf: buf.freeze(),
             targets: t.targets,
             t0,
+            compute_us,
         };
         if let Err(ExpelMsg::Task(j)) = expel.send(ExpelMsg::Task(job)) {
             let _ = out.send(failed(
@@ -405,8 +450,17 @@ struct Running {
     remaining: usize,
     bytes: u64,
     t0: Instant,
+    compute_us: u64,
+    pieces: Vec<PieceTime>,
     failed: bool,
     _buf: FrozenBuf,
+}
+
+/// A piece on its way: its task, when it was handed to the raw client, and its consumer.
+struct InFlight {
+    task: TaskId,
+    sent: Instant,
+    consumer: String,
 }
 
 struct Expeller {
@@ -414,7 +468,17 @@ struct Expeller {
     out: Outbox,
     freed: Sender<()>,
     running: HashMap<TaskId, Running>,
-    keys: HashMap<ChunkKey, TaskId>,
+    keys: HashMap<ChunkKey, InFlight>,
+    /// Per consumer: when its last piece was acked (busy-time accounting).
+    last_ack: HashMap<String, Instant>,
+}
+
+/// The link's time for a piece sent at `sent` and acked at `now`: pieces to one consumer
+/// overlap, so each counts from the later of its send and the previous ack to that consumer
+/// (their sum is the time the link was busy).
+fn busy_micros(sent: Instant, last_ack: Option<Instant>, now: Instant) -> u64 {
+    let from = last_ack.map_or(sent, |a| a.max(sent));
+    now.saturating_duration_since(from).as_micros() as u64
 }
 
 fn refusal_retryable(r: RefuseReason) -> bool {
@@ -436,6 +500,8 @@ impl Expeller {
                 remaining: j.targets.len(),
                 bytes: 0,
                 t0: j.t0,
+                compute_us: j.compute_us,
+                pieces: Vec::with_capacity(j.targets.len()),
                 failed: false,
                 _buf: j.buf.clone(),
             },
@@ -448,7 +514,7 @@ impl Expeller {
                 len: t.len,
             };
             if let Some(other) = self.keys.get(&key) {
-                let why = format!("the same piece is being expelled by task {other}");
+                let why = format!("the same piece is being expelled by task {}", other.task);
                 self.resolve(j.task, Err((why, true)));
                 continue;
             }
@@ -459,7 +525,14 @@ impl Expeller {
                 .send_to(&ep, &via, key, src, t.chunk_offset as usize)
             {
                 Ok(_) => {
-                    self.keys.insert(key, j.task);
+                    self.keys.insert(
+                        key,
+                        InFlight {
+                            task: j.task,
+                            sent: Instant::now(),
+                            consumer: t.consumer.clone(),
+                        },
+                    );
                 }
                 Err(rej) => {
                     let why = format!(
@@ -472,13 +545,16 @@ impl Expeller {
         }
     }
 
-    fn resolve(&mut self, task: TaskId, outcome: Result<u64, (String, bool)>) {
+    fn resolve(&mut self, task: TaskId, outcome: Result<PieceTime, (String, bool)>) {
         let Some(r) = self.running.get_mut(&task) else {
             return;
         };
         r.remaining = r.remaining.saturating_sub(1);
         match outcome {
-            Ok(b) => r.bytes += b,
+            Ok(p) => {
+                r.bytes += p.bytes;
+                r.pieces.push(p);
+            }
             Err((reason, retryable)) => {
                 if !r.failed {
                     r.failed = true;
@@ -497,6 +573,8 @@ impl Expeller {
                     kind: TaskKind::Expel,
                     bytes: r.bytes,
                     micros: r.t0.elapsed().as_micros() as u64,
+                    compute_micros: r.compute_us,
+                    pieces: r.pieces.clone(),
                 });
             }
             drop(r);
@@ -506,7 +584,21 @@ impl Expeller {
 
     fn on_event(&mut self, e: ClientEvent) {
         let (key, outcome) = match e {
-            ClientEvent::Acked { key, .. } => (key, Ok(key.len)),
+            ClientEvent::Acked { key, .. } => {
+                let now = Instant::now();
+                let Some(f) = self.keys.remove(&key) else {
+                    return;
+                };
+                let micros = busy_micros(f.sent, self.last_ack.get(&f.consumer).copied(), now);
+                self.last_ack.insert(f.consumer, now);
+                let piece = PieceTime {
+                    stream: spate_netlib::proto::StreamIndex(key.stream),
+                    bytes: key.len,
+                    micros,
+                };
+                self.resolve(f.task, Ok(piece));
+                return;
+            }
             ClientEvent::Refused { key, reason, .. } => (
                 key,
                 Err((
@@ -534,8 +626,8 @@ impl Expeller {
                 return;
             }
         };
-        if let Some(task) = self.keys.remove(&key) {
-            self.resolve(task, outcome);
+        if let Some(f) = self.keys.remove(&key) {
+            self.resolve(f.task, outcome);
         }
     }
 
@@ -559,6 +651,7 @@ fn expel_loop(client: RawClient, rx: QueueRx<ExpelMsg>, out: Outbox, freed: Send
         freed,
         running: HashMap::new(),
         keys: HashMap::new(),
+        last_ack: HashMap::new(),
     };
     let mut armed = false;
     let mut events = Vec::new();
@@ -643,6 +736,17 @@ mod tests {
             (outs[1].stream, outs[1].offset, outs[1].buf.len()),
             (0, 0, 3)
         );
+    }
+
+    #[test]
+    fn busy_time_counts_overlapping_pieces_once() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        // A and B sent together; A acked at 10 ms, B at 20 ms: 10 + 10 = the 20 ms busy.
+        assert_eq!(busy_micros(t0, None, ms(10)), 10_000);
+        assert_eq!(busy_micros(t0, Some(ms(10)), ms(20)), 10_000);
+        // C sent at 25 ms after the link went idle, acked at 30 ms: 5 ms, not 10.
+        assert_eq!(busy_micros(ms(25), Some(ms(20)), ms(30)), 5_000);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use anyhow::Context as _;
 use clap::Args as ClapArgs;
+use spate_netlib::text::{Quoted, quote};
 use spate_producer::rip::{self, Ink};
 use spate_ring::handoff;
 use spate_ring::{Acquired, ReadError, Reader, pattern};
@@ -40,13 +41,17 @@ the stream is taken as lines of W pixels of one ink channel (one byte, a drop le
 coverage on white paper (in the ink's colour with --ink). Only one band of --scale lines is \
 accumulated at a time, so memory stays small whatever the stream's size. A stream that is not \
 a whole number of W-pixel lines gives no preview and an error.\n\n\
+The report counts the bytes this reader read (and checked, with --verify or --hash). A reader \
+that joins a stream after an earlier reader left reads on from where that one stopped and reports \
+that offset; a stream that an earlier reader read to its end cannot be read again (an error, \
+exit status 1).\n\n\
 The report goes to stdout (to stderr when the data goes to stdout). --json prints it as one \
-JSON object: {\"outcome\", \"bytes\", \"seconds\", \"gbit_per_s\", \"backing\", \"verified\", \
+JSON object: {\"outcome\", \"bytes\", \"start_offset\", \"seconds\", \"gbit_per_s\", \"backing\", \"verified\", \
 \"rate_gbit_per_s\", \"starvations\", \"starvation_seconds\", \"error\", \"bad_offset\", \
 \"preview\", \"first_data_seconds\", \"active_gbit_per_s\", \"xxh3_128\"} (preview: the PNG \
 written, else null; first_data_seconds: from attaching to the first byte; active_gbit_per_s: \
 bytes over the time from the first byte to the end; xxh3_128: 32 hex digits with --hash, else \
-null).\n\n\
+null; bytes: read by this reader, from the stream offset start_offset).\n\n\
 --hgrm FILE writes how long each block was waited for (microseconds, from asking for it to \
 having it) as an HdrHistogram percentile distribution (.hgrm text).\n\n\
 The socket is the consumer node's RUN_DIR/handoff.sock and the key is 32 hex digits: \
@@ -225,24 +230,24 @@ use spate_bench::parse_size;
 /// Parse a rate (the job spec's units, e.g. `2.5Gbit`, `300MB/s`) into bytes per second.
 pub fn parse_rate(s: &str) -> Result<f64, String> {
     match spate_scheduler::spec::parse_rate(s) {
-        Ok(0) => Err(format!("rate {s:?} must be more than zero")),
+        Ok(0) => Err(format!("rate {} must be more than zero", quote(s))),
         Ok(bits) => Ok(bits as f64 / 8.0),
-        Err(e) => Err(format!("rate {s:?}: {e}")),
+        Err(e) => Err(format!("rate {}: {e}", quote(s))),
     }
 }
 
 fn parse_verify(s: &str) -> Result<(u64, u64), String> {
     let (a, b) = s
         .split_once(':')
-        .ok_or_else(|| format!("bad --verify {s:?}: expected SEED:STREAM, e.g. 42:0"))?;
+        .ok_or_else(|| format!("bad --verify {}: expected SEED:STREAM, e.g. 42:0", quote(s)))?;
     let seed = a
         .trim()
         .parse()
-        .map_err(|_| format!("bad seed {a:?} in --verify"))?;
+        .map_err(|_| format!("bad seed {} in --verify", quote(a)))?;
     let stream = b
         .trim()
         .parse()
-        .map_err(|_| format!("bad stream index {b:?} in --verify"))?;
+        .map_err(|_| format!("bad stream index {} in --verify", quote(b)))?;
     Ok((seed, stream))
 }
 
@@ -250,6 +255,7 @@ fn parse_verify(s: &str) -> Result<(u64, u64), String> {
 struct Report {
     outcome: &'static str,
     bytes: u64,
+    start_offset: u64,
     seconds: f64,
     gbit_per_s: f64,
     backing: String,
@@ -274,17 +280,19 @@ enum Fail {
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let mut reader = handoff::connect(&a.socket, &a.key).with_context(|| {
         format!(
-            "cannot attach to stream {:?} at {}",
-            a.key,
-            a.socket.display()
+            "cannot attach to stream {} at {}",
+            quote(&a.key),
+            Quoted::path(&a.socket)
         )
     })?;
     let mut out: Option<Box<dyn Write>> = match a.out.as_deref() {
         None => None,
         Some("-") => Some(Box::new(std::io::stdout().lock())),
-        Some(p) => Some(Box::new(
-            std::fs::File::create(p).with_context(|| format!("cannot create output {p}"))?,
-        )),
+        Some(p) => {
+            Some(Box::new(std::fs::File::create(p).with_context(|| {
+                format!("cannot create output {}", quote(p))
+            })?))
+        }
     };
     let report_to_stderr = a.out.as_deref() == Some("-");
     let block = (a.block.min(reader.capacity())).max(1) as usize;
@@ -323,7 +331,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     {
         let written = p.finish(a.ink).and_then(|png| {
             std::fs::write(path, png)
-                .with_context(|| format!("cannot write the preview {}", path.display()))
+                .with_context(|| format!("cannot write the preview {}", Quoted::path(path)))
         });
         match written {
             Ok(()) => rep.preview = Some(path.display().to_string()),
@@ -344,7 +352,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         return Err(anyhow::Error::new(e).context("cannot flush output"));
     }
     let secs = t0.elapsed().as_secs_f64();
-    rep.bytes = reader.position();
+    // What this reader read, not where the stream stands: an earlier reader may have read the
+    // bytes before `start_offset`.
+    rep.bytes = reader.bytes_read();
+    rep.start_offset = reader.start_offset();
     rep.seconds = secs;
     rep.gbit_per_s = if secs > 0.0 {
         rep.bytes as f64 * 8.0 / secs / 1e9
@@ -398,8 +409,16 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let text = if a.json {
         serde_json::to_string(&rep)?
     } else {
+        let from = if rep.start_offset > 0 {
+            format!(
+                " (from stream offset {}, where an earlier reader stopped)",
+                rep.start_offset
+            )
+        } else {
+            String::new()
+        };
         let mut s = format!(
-            "{} bytes in {:.3} s: {:.2} Gbit/s ({:.1} MB/s), ring backing {}",
+            "{} bytes{from} in {:.3} s: {:.2} Gbit/s ({:.1} MB/s), ring backing {}",
             rep.bytes,
             rep.seconds,
             rep.gbit_per_s,

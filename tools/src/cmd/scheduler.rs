@@ -24,7 +24,7 @@ scheduler's user's alone (mode 0600) unless --group GROUP gives that group acces
 0660, generated secret 0640): members may then run `spate submit`, `status` and `cancel`.\n\n\
 --config FILE reads the same settings from TOML (`listen = [\"unix:/run/spate/sched.sock\"]`, \
 `secret_file`, `files`, `heartbeat_ms`, `tasks_in_flight`, `max_chunk = \"25MB\"`, `metrics = \
-\"127.0.0.1:9464\"`, `group`); flags given on the command line win.\n\n\
+\"127.0.0.1:9464\"`, `group`, `policy`, `headroom`); flags given on the command line win.\n\n\
 It stops cleanly on SIGINT or SIGTERM: daemons and users are told (Shutdown), the socket files \
 are removed, exit 0. Under systemd (Type=notify) it reports readiness once it listens. Logs go \
 to stderr at INFO (SPATE_LOG=debug for more, --log-format json for JSON lines).",
@@ -53,7 +53,8 @@ pub struct Args {
     /// Compute tasks kept queued per producer (at least 2).
     #[arg(long, value_name = "N")]
     pub tasks_in_flight: Option<usize>,
-    /// Largest chunk piece the policy picks when a spec gives no chunk size (e.g. 25MB).
+    /// Largest chunk piece the load-balance policy picks when a spec gives no chunk size
+    /// (e.g. 25MB).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_chunk: Option<u64>,
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464 (off by default).
@@ -62,6 +63,16 @@ pub struct Args {
     /// Give this group access to the UNIX sockets (0660) and a generated secret (0640).
     #[arg(long, value_name = "GROUP")]
     pub group: Option<String>,
+    /// The policy of jobs that name none (a job chooses with `policy = "..."`): `tclo`
+    /// plans from measured capacities, promises what it admits and refuses what it cannot
+    /// feed; `load-balance` is the baseline (every producer on demand, promises nothing)
+    /// [default: tclo].
+    #[arg(long, value_name = "NAME",
+          value_parser = clap::builder::PossibleValuesParser::new(spate_scheduler::server::POLICY_NAMES))]
+    pub policy: Option<String>,
+    /// TCLO: capacity asked above a job's rate, in percent [default: 5].
+    #[arg(long, value_name = "PCT")]
+    pub headroom: Option<f64>,
 }
 
 /// The settings file: the flags' keys.
@@ -76,6 +87,8 @@ struct FileConfig {
     max_chunk: Option<String>,
     metrics: Option<String>,
     group: Option<String>,
+    policy: Option<String>,
+    headroom: Option<f64>,
 }
 
 /// Settings after layering flags over the file over the defaults.
@@ -89,6 +102,8 @@ struct Settings {
     max_chunk: Option<u64>,
     metrics: Option<std::net::SocketAddr>,
     group: Option<(String, nix::unistd::Gid)>,
+    policy: String,
+    headroom: f64,
 }
 
 fn settings(a: Args) -> anyhow::Result<Settings> {
@@ -138,6 +153,17 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
         }
         None => None,
     };
+    let policy = a.policy.or(file.policy).unwrap_or_else(|| "tclo".into());
+    if !spate_scheduler::server::POLICY_NAMES.contains(&policy.as_str()) {
+        anyhow::bail!(
+            "policy {policy:?}: no such policy (known: {})",
+            spate_scheduler::server::POLICY_NAMES.join(", ")
+        );
+    }
+    let headroom = a.headroom.or(file.headroom).unwrap_or(5.0);
+    if !(0.0..=100.0).contains(&headroom) {
+        anyhow::bail!("--headroom {headroom}: give a percentage from 0 to 100");
+    }
     Ok(Settings {
         listen,
         secret_file: a.secret_file.or(file.secret_file),
@@ -147,6 +173,8 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
         max_chunk,
         metrics,
         group,
+        policy,
+        headroom,
     })
 }
 
@@ -162,8 +190,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             && !dir.as_os_str().is_empty()
             && !dir.exists()
         {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the socket directory {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!(
+                    "cannot create the socket directory {}",
+                    spate_netlib::text::Quoted::path(dir)
+                )
+            })?;
         }
     }
     let (secret, origin) = server_secret(a.secret_file.as_deref(), &a.listen)
@@ -185,6 +217,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     if let Some(c) = a.max_chunk {
         cfg.policy.max_chunk_bytes = c;
     }
+    cfg.tclo.headroom = a.headroom / 100.0;
+    cfg.default_policy = a.policy.clone();
     let mut registry = None;
     if a.metrics.is_some() {
         let m = SchedulerMetrics::default();
@@ -246,7 +280,8 @@ mod tests {
             &p,
             "listen = [\"unix:/run/spate/s.sock\", \"tcp:0.0.0.0:7070\"]\n\
              secret_file = \"/etc/spate/secret\"\nfiles = \"/srv/spate\"\nheartbeat_ms = 500\n\
-             tasks_in_flight = 4\nmax_chunk = \"25MB\"\nmetrics = \"127.0.0.1:9464\"\n",
+             tasks_in_flight = 4\nmax_chunk = \"25MB\"\nmetrics = \"127.0.0.1:9464\"\n\
+             policy = \"load-balance\"\nheadroom = 10\n",
         )
         .unwrap();
         let s = settings(Args {
@@ -263,6 +298,7 @@ mod tests {
         assert_eq!(s.tasks_in_flight, Some(4));
         assert_eq!(s.max_chunk, Some(25_000_000));
         assert_eq!(s.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!((s.policy.as_str(), s.headroom), ("load-balance", 10.0));
         let s = settings(Args {
             config: Some(p.clone()),
             listen: vec!["unix:/tmp/x.sock".parse().unwrap()],
@@ -283,6 +319,7 @@ mod tests {
         let s = settings(Args::default()).unwrap();
         assert_eq!(s.listen[0].to_string(), DEFAULT_ENDPOINT);
         assert_eq!(s.heartbeat_ms, 1000);
+        assert_eq!((s.policy.as_str(), s.headroom), ("tclo", 5.0));
         let e = format!(
             "{:#}",
             settings(Args {

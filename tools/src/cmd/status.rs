@@ -26,11 +26,16 @@ Who may run it: anyone who can reach the scheduler and read the cluster secret (
 user, or members of its --group).\n\n\
 --json prints one object: {\"schema\": 1, \"jobs\": [{\"job\", \"name\", \"state\", \
 \"delivered\", \"read\", \"total\", \"running_s\", \"rate_gbit_per_s\", \"stall_reason\", \
+\"warning\", \"duplicated\", \"plan\": {\"policy\", \"chunk_bytes\", \"producers\", \
+\"predicted_gbit_per_s\", \"predicted_latency_ms\", \"window_chunks\", \
+\"requested_gbit_per_s\"}, \
 \"streams\": [{\"stream\", \"node\", \"length\", \"delivered\", \"read\", \"ring_bytes\", \
 \"ring_fill_bytes\", \"starvations\"}]}], \"nodes\": [{\"name\", \"producer\", \"consumer\", \
 \"state\", \"host\", \"cores\", \"interfaces\", \"hugepages_total\", \"hugepages_free\", \
 \"ring_budget\", \"last_seen_ms\", \"tasks_in_flight\", \"streams\", \
-\"compute_bytes_per_sec\", \"link_rates\"}], \"ended\": [{\"job\", \"name\", \"outcome\", \
+\"compute\": [{\"kernel\", \"bytes_per_sec\", \"overhead_us\", \"source\", \"samples\"}], \
+\"links\": [{\"to\", \"bytes_per_sec\", \"overhead_us\", \"samples\"}], \"nic_bytes_per_sec\"}], \
+\"ended\": [{\"job\", \"name\", \"outcome\", \
 \"reason\", \"bytes\", \"duration_s\"}]} (null where a figure is not measured). With --watch, \
 one such object per line per interval.",
     after_help = "Examples:\n  spate status\n  spate status 3 --json\n  spate status --watch 0.5"
@@ -170,6 +175,14 @@ pub fn to_json(s: &Snapshot, since: Option<(Duration, &Snapshot)>) -> serde_json
                 "running_s": j.running_ms.map(|ms| ms as f64 / 1000.0),
                 "rate_gbit_per_s": job_rate(j, since),
                 "stall_reason": j.stall_reason, "streams": streams,
+                "warning": j.warning, "duplicated": j.duplicated,
+                "plan": j.plan.as_ref().map(|p| json!({
+                    "policy": p.policy, "chunk_bytes": p.chunk_bytes, "producers": p.producers,
+                    "predicted_gbit_per_s": p.predicted_bps as f64 / 1e9,
+                    "predicted_latency_ms": p.predicted_latency_us as f64 / 1e3,
+                    "window_chunks": p.window_chunks,
+                    "requested_gbit_per_s": p.requested_bps.map(|b| b as f64 / 1e9),
+                })),
             })
         })
         .collect();
@@ -182,10 +195,24 @@ pub fn to_json(s: &Snapshot, since: Option<(Duration, &Snapshot)>) -> serde_json
                 .iter()
                 .map(|i| format!("{}={}", i.name, i.addr))
                 .collect();
-            let links: Vec<serde_json::Value> = n
-                .link_rates
+            let compute: Vec<serde_json::Value> = n
+                .capacity
+                .compute
                 .iter()
-                .map(|l| json!({"to": l.to, "bytes_per_sec": l.bytes_per_sec}))
+                .map(|c| {
+                    json!({"kernel": c.kernel, "bytes_per_sec": c.bytes_per_sec,
+                           "overhead_us": c.overhead_us, "source": c.source,
+                           "samples": c.samples})
+                })
+                .collect();
+            let links: Vec<serde_json::Value> = n
+                .capacity
+                .links
+                .iter()
+                .map(|l| {
+                    json!({"to": l.consumer, "bytes_per_sec": l.bytes_per_sec,
+                           "overhead_us": l.overhead_us, "samples": l.samples})
+                })
                 .collect();
             json!({
                 "name": n.name, "producer": n.roles.producer, "consumer": n.roles.consumer,
@@ -194,7 +221,8 @@ pub fn to_json(s: &Snapshot, since: Option<(Duration, &Snapshot)>) -> serde_json
                 "hugepages_total": n.hugepages.total, "hugepages_free": n.hugepages.free,
                 "ring_budget": n.ring_budget, "last_seen_ms": n.last_seen_ms,
                 "tasks_in_flight": n.tasks_in_flight, "streams": n.streams,
-                "compute_bytes_per_sec": n.compute_bytes_per_sec, "link_rates": links,
+                "compute": compute, "links": links,
+                "nic_bytes_per_sec": n.capacity.nic_bytes_per_sec,
             })
         })
         .collect();
@@ -283,14 +311,21 @@ pub fn to_text(s: &Snapshot, since: Option<(Duration, &Snapshot)>) -> String {
         if n.roles.consumer {
             extra.push(format!("ring budget {}", bytes(n.ring_budget)));
         }
-        if let Some(r) = n.compute_bytes_per_sec {
-            extra.push(format!("compute {:.0} MB/s", r as f64 / 1e6));
-        }
-        for l in &n.link_rates {
+        for c in &n.capacity.compute {
             extra.push(format!(
-                "link to {} {:.2} Gbit/s",
-                l.to,
-                l.bytes_per_sec as f64 * 8.0 / 1e9
+                "compute {} {:.2} Gbit/s ({}, {} tasks)",
+                c.kernel,
+                c.bytes_per_sec as f64 * 8.0 / 1e9,
+                c.source,
+                c.samples
+            ));
+        }
+        for l in &n.capacity.links {
+            extra.push(format!(
+                "link to {} {:.2} Gbit/s ({} pieces)",
+                l.consumer,
+                l.bytes_per_sec as f64 * 8.0 / 1e9,
+                l.samples
             ));
         }
         if !extra.is_empty() {
@@ -311,6 +346,26 @@ pub fn to_text(s: &Snapshot, since: Option<(Duration, &Snapshot)>) -> String {
             bytes(j.progress.total),
             rate
         );
+        if let Some(p) = &j.plan {
+            let mut line = format!("    plan: {}", p.policy);
+            if let Some(r) = p.requested_bps {
+                line += &format!(", asked {:.2} Gbit/s", r as f64 / 1e9);
+            }
+            if p.predicted_bps > 0 {
+                line += &format!(", predicted {:.2} Gbit/s", p.predicted_bps as f64 / 1e9);
+            }
+            if p.predicted_latency_us > 0 {
+                line += &format!(
+                    ", chunk latency {:.1} ms",
+                    p.predicted_latency_us as f64 / 1e3
+                );
+            }
+            line += &format!(", chunks of {}", bytes(p.chunk_bytes));
+            let _ = writeln!(o, "{line}");
+        }
+        if let Some(w) = &j.warning {
+            let _ = writeln!(o, "    warning: {w}");
+        }
         if let Some(r) = &j.stall_reason {
             let _ = writeln!(o, "    stalled: {r}");
         }
@@ -424,8 +479,7 @@ mod tests {
                 },
                 ring_budget: 1 << 30,
                 last_seen_ms: 200,
-                compute_bytes_per_sec: None,
-                link_rates: vec![],
+                ..NodeStatus::default()
             }],
             ended: vec![],
         }
@@ -446,10 +500,7 @@ mod tests {
         assert_eq!(j["streams"][0]["starvations"], serde_json::Value::Null);
         assert_eq!(v["nodes"][0]["hugepages_free"], 512);
         assert_eq!(v["nodes"][0]["interfaces"][0], "eth1=10.0.0.2");
-        assert_eq!(
-            v["nodes"][0]["compute_bytes_per_sec"],
-            serde_json::Value::Null
-        );
+        assert_eq!(v["nodes"][0]["compute"], json!([]));
         assert_eq!(v["ended"], json!([]));
     }
 

@@ -204,7 +204,7 @@ fn scheduler_status_submit_cancel_and_clean_sigterm() {
     v["nodes"][0]["last_seen_ms"] = 0.into();
     assert_eq!(
         v.to_string(),
-        r#"{"ended":[],"jobs":[],"nodes":[{"compute_bytes_per_sec":null,"consumer":true,"cores":1,"host":"00000000000000000000000000000001","hugepages_free":0,"hugepages_total":0,"interfaces":[],"last_seen_ms":0,"link_rates":[],"name":"c1","producer":false,"ring_budget":1073741824,"state":"alive","streams":0,"tasks_in_flight":0}],"schema":1}"#
+        r#"{"ended":[],"jobs":[],"nodes":[{"compute":[],"consumer":true,"cores":1,"host":"00000000000000000000000000000001","hugepages_free":0,"hugepages_total":0,"interfaces":[],"last_seen_ms":0,"links":[],"name":"c1","nic_bytes_per_sec":0,"producer":false,"ring_budget":1073741824,"state":"alive","streams":0,"tasks_in_flight":0}],"schema":1}"#
     );
     let out = run(&["cancel", "9", "--scheduler", &s.ep]);
     assert_eq!(out.status.code(), Some(1));

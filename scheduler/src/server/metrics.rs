@@ -274,6 +274,7 @@ mod tests {
         let accepted = Message::Accepted {
             job: JobId(1),
             streams: vec![],
+            plan: Default::default(),
         };
         assert_eq!(a.answered(7, &Message::Heartbeat, t0), None);
         let (ok, secs) = a

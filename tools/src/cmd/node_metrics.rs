@@ -51,10 +51,19 @@ pub struct NodeMetrics {
 struct State {
     seen: HashMap<(u64, u32), Seen>,
     capacities: HashMap<(u64, u32), u64>,
-    /// Per expel task: (consumer, path, bytes) of each target.
-    expels: HashMap<u64, Vec<(String, &'static str, u64)>>,
+    /// Per expel task: (consumer, path, bytes, stream) of each target.
+    expels: HashMap<u64, Vec<(String, &'static str, u64, u32)>>,
     /// Tasks whose compute was reported on its own (their bytes are counted then).
     computed: HashSet<u64>,
+}
+
+/// `bytes` per `micros` as bytes per second (0 when no time passed).
+fn per_sec(bytes: u64, micros: u64) -> i64 {
+    if micros == 0 {
+        0
+    } else {
+        i64::try_from(u128::from(bytes) * 1_000_000 / u128::from(micros)).unwrap_or(i64::MAX)
+    }
 }
 
 /// Metric names and help are constants: building them cannot fail.
@@ -124,8 +133,7 @@ impl Default for NodeMetrics {
             compute_rate: ok(IntGauge::with_opts(opts(
                 "producer",
                 "compute_rate_bytes_per_second",
-                "Compute rate of the last task whose compute time the producer reported \
-                 (bytes over its compute time)",
+                "Compute rate of the last task (its bytes over its compute time)",
             ))),
             task_rate: ok(IntGauge::with_opts(opts(
                 "producer",
@@ -148,7 +156,7 @@ impl Default for NodeMetrics {
             link_rate: gv(
                 "link",
                 "rate_bytes_per_second",
-                "Rate of the last expel on the link (its bytes over the expel's time)",
+                "Rate of the last piece sent on the link (its bytes over the link's busy time)",
                 LINK,
             ),
             state: Mutex::default(),
@@ -207,7 +215,7 @@ impl NodeMetrics {
                             DataEndpoint::Unix { .. } => "unix",
                             DataEndpoint::Tcp { .. } => "tcp",
                         };
-                        (t.consumer.clone(), path, t.len)
+                        (t.consumer.clone(), path, t.len, t.stream.0)
                     })
                     .collect();
                 self.lock().expels.insert(task.0, v);
@@ -224,15 +232,11 @@ impl NodeMetrics {
                 kind,
                 bytes,
                 micros,
+                compute_micros,
+                pieces,
                 ..
             } => {
-                let rate = |b: u64| {
-                    if *micros == 0 {
-                        0
-                    } else {
-                        (u128::from(b) * 1_000_000 / u128::from(*micros)) as i64
-                    }
-                };
+                let rate = |b: u64| per_sec(b, *micros);
                 let k = match kind {
                     TaskKind::Compute => {
                         self.lock().computed.insert(task.0);
@@ -251,12 +255,19 @@ impl NodeMetrics {
                             self.computed.inc_by(*bytes);
                         }
                         self.task_rate.set(rate(*bytes));
-                        for (to, path, len) in targets {
+                        if *compute_micros > 0 {
+                            self.compute_rate.set(per_sec(*bytes, *compute_micros));
+                        }
+                        for (to, path, len, stream) in targets {
                             self.expelled.with_label_values(&[path]).inc_by(len);
                             self.link_bytes.with_label_values(&[&to, path]).inc_by(len);
-                            self.link_rate
-                                .with_label_values(&[&to, path])
-                                .set(rate(len));
+                            // The link's own busy time for its piece when the producer reports
+                            // it, else the whole task's time.
+                            let r = match pieces.iter().find(|p| p.stream.0 == stream) {
+                                Some(p) if p.micros > 0 => per_sec(p.bytes, p.micros),
+                                _ => rate(len),
+                            };
+                            self.link_rate.with_label_values(&[&to, path]).set(r);
                         }
                         "expel"
                     }
@@ -343,7 +354,7 @@ impl NodeMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spate_netlib::proto::{ExpelTarget, JobId, StreamIndex, TaskId};
+    use spate_netlib::proto::{ExpelTarget, JobId, PieceTime, StreamIndex, TaskId};
 
     fn encode(m: &NodeMetrics) -> String {
         let r = Registry::new_custom(
@@ -389,6 +400,8 @@ mod tests {
             stream: StreamIndex(0),
             capacity: 1 << 20,
             total_len: 1000,
+            rate_bps: None,
+            prefill: 0,
         });
         let st = |frontier, read_pos, reader| StreamState {
             job: 3,
@@ -438,7 +451,7 @@ mod tests {
     fn tasks_count_bytes_per_path_and_link() {
         let m = &NodeMetrics::default();
         let target = |consumer: &str, endpoint, len| ExpelTarget {
-            stream: StreamIndex(0),
+            stream: StreamIndex(if consumer == "c2" { 1 } else { 0 }),
             consumer: consumer.into(),
             endpoint,
             source: None,
@@ -468,6 +481,8 @@ mod tests {
             kind: TaskKind::Compute,
             bytes: 1000,
             micros: 500,
+            compute_micros: 500,
+            pieces: vec![],
         });
         m.outgoing(&Message::TaskDone {
             task: TaskId(7),
@@ -475,6 +490,13 @@ mod tests {
             kind: TaskKind::Expel,
             bytes: 1000,
             micros: 1000,
+            compute_micros: 250,
+            // The tcp piece's link was busy 100 us; the unix one reports no time.
+            pieces: vec![PieceTime {
+                stream: StreamIndex(1),
+                bytes: 700,
+                micros: 100,
+            }],
         });
         m.outgoing(&Message::TaskFailed {
             task: TaskId(8),
@@ -491,7 +513,7 @@ mod tests {
         );
         has(
             &s,
-            "spate_producer_compute_rate_bytes_per_second{node=\"n1\"} 2000000",
+            "spate_producer_compute_rate_bytes_per_second{node=\"n1\"} 4000000",
         );
         has(
             &s,
@@ -508,6 +530,10 @@ mod tests {
         has(
             &s,
             "spate_link_rate_bytes_per_second{node=\"n1\",path=\"unix\",to=\"c1\"} 300000",
+        );
+        has(
+            &s,
+            "spate_link_rate_bytes_per_second{node=\"n1\",path=\"tcp\",to=\"c2\"} 7000000",
         );
         has(
             &s,

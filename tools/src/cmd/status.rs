@@ -456,6 +456,7 @@ mod tests {
                 }],
                 running_ms: Some(1000),
                 stall_reason: None,
+                ..JobStatus::default()
             }],
             nodes: vec![NodeStatus {
                 name: "printer".into(),

@@ -39,6 +39,8 @@ fn exit_help() -> String {
 }
 
 #[derive(clap::Subcommand)]
+// Parsed once per process: boxing the commands buys nothing.
+#[allow(clippy::large_enum_variant)]
 enum Top {
     #[command(flatten)]
     Cmd(cmd::Cmd),

@@ -53,6 +53,9 @@ pub const MISSED_HEARTBEATS: u64 = 3;
 
 /// What the I/O shell must do.
 #[derive(Debug, Clone, PartialEq)]
+// Every message the hub sends is moved through this once; boxing it would cost an allocation
+// per message for the sake of `Close`.
+#[allow(clippy::large_enum_variant)]
 pub enum Action {
     /// Send this message on this connection.
     Send(ConnId, Message),
@@ -79,6 +82,8 @@ struct Daemon {
 }
 
 #[derive(Debug)]
+// One per connection, mostly daemons: boxing the common variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 enum Peer {
     Daemon(Daemon),
     User,

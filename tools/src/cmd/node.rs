@@ -538,12 +538,15 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     Ok(code)
 }
 
+/// The control loop's outgoing queue and a way to shut its connection down.
+type Link = (Sender<Message>, Box<dyn Fn() + Send>);
+
 /// A stop asked for by a signal: the control loop quits the cluster and returns 0.
 #[derive(Clone, Default)]
 struct Stop {
     asked: Arc<Mutex<Option<&'static str>>>,
     /// The control loop's outgoing queue and a handle to shut the connection, once connected.
-    link: Arc<Mutex<Option<(Sender<Message>, Box<dyn Fn() + Send>)>>>,
+    link: Arc<Mutex<Option<Link>>>,
 }
 
 /// How long a stopping node waits for the scheduler to close the connection after Quit.
@@ -558,19 +561,16 @@ impl Stop {
         *self.asked.lock().unwrap_or_else(|p| p.into_inner()) = Some(signal);
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         let link = self.link.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match link {
-            Some((tx, shutdown)) => {
-                let _ = tx.send(Message::Quit {
-                    reason: format!("{signal} received"),
-                });
-                // The scheduler closes the connection on Quit; if it does not, close it here.
-                std::thread::spawn(move || {
-                    std::thread::sleep(QUIT_GRACE);
-                    shutdown();
-                });
-            }
-            // Not connected yet: `run` checks before connecting, `connected` after.
-            None => {}
+        // Not connected yet: `run` checks before connecting, `connected` after.
+        if let Some((tx, shutdown)) = link {
+            let _ = tx.send(Message::Quit {
+                reason: format!("{signal} received"),
+            });
+            // The scheduler closes the connection on Quit; if it does not, close it here.
+            std::thread::spawn(move || {
+                std::thread::sleep(QUIT_GRACE);
+                shutdown();
+            });
         }
     }
 

@@ -104,7 +104,8 @@ impl ConsumerNode {
             ) {
                 Ok(a) => {
                     self.reported.insert((job.0, stream.0), Reported::default());
-                    tracing::info!(%job, %stream, key = %a.key, backing = ?a.backing, capacity = a.capacity, "stream allocated");
+                    // The key is the reader's credential: never in the logs.
+                    tracing::info!(%job, %stream, backing = ?a.backing, capacity = a.capacity, "stream allocated");
                     Message::Allocated {
                         job,
                         stream,

@@ -170,9 +170,11 @@ impl Secret {
 pub fn permission_warning(path: &Path, meta: &std::fs::Metadata) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let mode = meta.permissions().mode();
-    (mode & 0o077 != 0).then(|| {
+    // Group read is how an operator shares the secret with the users of a cluster (the
+    // scheduler's --group); group write and any access by others are not.
+    (mode & 0o027 != 0).then(|| {
         format!(
-            "cluster secret file {} is accessible by group or others (mode {:03o}): run `chmod 600 {}`",
+            "cluster secret file {} is writable by its group or accessible by others (mode {:03o}): run `chmod 600 {}` (or 640 to share it with the group)",
             path.display(),
             mode & 0o777,
             path.display()

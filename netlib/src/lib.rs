@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod endpoint;
 pub mod frame;
+pub mod hist;
 pub mod msg;
 pub mod pool;
 pub mod proto;

@@ -13,9 +13,10 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// Version of the control protocol, carried in every frame header and checked in the handshake.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
-/// Most chunk latencies one [`Message::JobStats`] carries (keeps it well inside a frame).
+/// Most chunk latencies one [`Message::JobStats`] carried in `chunk_latency_us` (protocols 2
+/// and 3; since protocol 4 the latencies travel as a serialized histogram, `chunk_latency_hdr`).
 pub const MAX_LATENCY_SAMPLES: usize = 100_000;
 
 /// Largest `data` the scheduler's file service puts in one [`Message::InputChunk`]; keeps every
@@ -160,12 +161,26 @@ pub struct NodeInfo {
     pub nic_bytes_per_sec: u64,
     /// Peers it talks to at once (`k` of the k-port model; 0 = no limit).
     pub ports: u32,
+    /// Hugepages of the machine when the daemon joined (protocol 4).
+    pub hugepages: HugePages,
+}
+
+/// Hugepages reserved on a machine (from /proc/meminfo).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct HugePages {
+    /// Pages reserved.
+    pub total: u64,
+    /// Pages free.
+    pub free: u64,
+    /// Bytes per page (0 when unknown).
+    pub page_bytes: u64,
 }
 
 /// A node's state as the scheduler sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub enum NodeState {
     /// Joined and heartbeating.
+    #[default]
     Alive,
     /// Announced Quit; finishing or handing back its work.
     Leaving,
@@ -174,7 +189,7 @@ pub enum NodeState {
 }
 
 /// One node in a [`Message::StatusReply`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct NodeStatus {
     /// Node name.
     pub name: String,
@@ -188,6 +203,19 @@ pub struct NodeStatus {
     pub streams: u32,
     /// What the scheduler measured of it.
     pub capacity: NodeCapacity,
+    // --- protocol 4 ---
+    /// The machine it runs on.
+    pub host: HostId,
+    /// Cores of the machine available to the daemon.
+    pub cores: u32,
+    /// Its data interfaces.
+    pub interfaces: Vec<Interface>,
+    /// Hugepages when it joined.
+    pub hugepages: HugePages,
+    /// Memory its stream rings may use (consumers).
+    pub ring_budget: u64,
+    /// Milliseconds since the scheduler last heard from it.
+    pub last_seen_ms: u64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -339,9 +367,10 @@ pub struct NodeCapacity {
 }
 
 /// Lifecycle state of a job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum JobState {
     /// Waiting for consumers to allocate stream rings.
+    #[default]
     Allocating,
     /// Accepted; waiting for the user's Ready.
     WaitingReady,
@@ -381,7 +410,7 @@ pub struct Progress {
 }
 
 /// One job in a [`Message::StatusReply`] or [`Message::JobUpdate`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct JobStatus {
     /// Job id.
     pub job: JobId,
@@ -397,8 +426,51 @@ pub struct JobStatus {
     pub warning: Option<String>,
     /// Straggling tasks redone on another producer so far.
     pub duplicated: u64,
-    /// Milliseconds since it started (Ready) until now, or until it ended.
+    // --- protocol 4 ---
+    /// Each stream: where it is, its progress and ring.
+    pub streams: Vec<StreamStatus>,
+    /// Milliseconds since the job started (Ready), once it has.
+    pub running_ms: Option<u64>,
+    /// Why the job makes no progress, when the scheduler sees that it does not.
+    pub stall_reason: Option<String>,
+}
+
+/// One stream of a job in a [`JobStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StreamStatus {
+    /// Stream index.
+    pub stream: StreamIndex,
+    /// Consumer node holding it.
+    pub node: String,
+    /// Total length in bytes.
+    pub length: u64,
+    /// Bytes landed in order (the consumer's last report).
+    pub delivered: u64,
+    /// Bytes its reader released (the consumer's last report).
+    pub read: u64,
+    /// Ring capacity in bytes (`delivered - read` of it is filled).
+    pub ring_bytes: u64,
+    /// Times the reader found the ring empty before the end, when the consumer reports it.
+    pub starvations: Option<u64>,
+}
+
+/// A job that ended, as [`Message::StatusReply`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndedJob {
+    /// Job id.
+    pub job: JobId,
+    /// Job name from the spec.
+    pub name: String,
+    /// How it ended.
+    pub outcome: JobOutcome,
+    /// Bytes delivered in order.
+    pub bytes: u64,
+    /// Milliseconds from submission to the end.
     pub duration_ms: u64,
+    /// Bytes its readers released.
+    pub read: u64,
+    /// Output bytes in all.
+    pub total: u64,
 }
 
 /// Honest report of how a stream ring is backed (DESIGN.md §4: never silent).
@@ -617,6 +689,9 @@ pub enum Message {
         jobs: Vec<JobStatus>,
         /// Nodes of the cluster.
         nodes: Vec<NodeStatus>,
+        /// Jobs that ended, newest first, for a bounded history (protocol 4; empty when the
+        /// scheduler keeps none).
+        ended: Vec<EndedJob>,
     },
     /// U→S: Follow a job: the scheduler sends JobUpdate on changes and JobEnded at the end.
     Watch {
@@ -639,8 +714,12 @@ pub enum Message {
         job: JobId,
         /// Chunk latencies in microseconds, in release order: from a chunk's task being
         /// created to its bytes being released in order at the consumers (at most
-        /// [`MAX_LATENCY_SAMPLES`], evenly thinned when the job had more chunks).
+        /// [`MAX_LATENCY_SAMPLES`], evenly thinned when the job had more chunks). Empty since
+        /// protocol 4: see `chunk_latency_hdr`.
         chunk_latency_us: Vec<u32>,
+        /// The chunk latencies (microseconds) as an HdrHistogram in its V2 serialization
+        /// (protocol 4; see [`crate::hist`]).
+        chunk_latency_hdr: Vec<u8>,
     },
 
     // --- scheduler <-> consumer --------------------------------------------------------------

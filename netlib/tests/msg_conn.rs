@@ -43,6 +43,7 @@ fn sequence() -> Vec<Message> {
             handoff_socket: Some("/run/spate/a.sock".into()),
             nic_bytes_per_sec: 0,
             ports: 0,
+            hugepages: Default::default(),
         }),
         Message::Heartbeat,
         // Larger than the 64 KiB read buffer: needs several reads.

@@ -99,6 +99,11 @@ fn node_info() -> impl Strategy<Value = NodeInfo> {
                     handoff_socket: handoff,
                     nic_bytes_per_sec,
                     ports,
+                    hugepages: HugePages {
+                        total: host as u64 % 4096,
+                        free: host as u64 % 1024,
+                        page_bytes: 2 << 20,
+                    },
                 }
             },
         )
@@ -190,6 +195,25 @@ fn node_capacity() -> impl Strategy<Value = NodeCapacity> {
             nic_bytes_per_sec,
         })
 }
+fn stream_status() -> impl Strategy<Value = StreamStatus> {
+    (
+        stream(),
+        name(),
+        any::<(u64, u64, u64, u64)>(),
+        proptest::option::of(any::<u64>()),
+    )
+        .prop_map(
+            |(stream, node, (length, delivered, read, ring_bytes), starvations)| StreamStatus {
+                stream,
+                node,
+                length,
+                delivered,
+                read,
+                ring_bytes,
+                starvations,
+            },
+        )
+}
 fn job_status() -> impl Strategy<Value = JobStatus> {
     (
         job(),
@@ -198,7 +222,10 @@ fn job_status() -> impl Strategy<Value = JobStatus> {
         any::<(u64, u64, u64)>(),
         proptest::option::of(plan_info()),
         proptest::option::of(text()),
-        any::<(u64, u64)>(),
+        any::<u64>(),
+        prop::collection::vec(stream_status(), 0..3),
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(text()),
     )
         .prop_map(
             |(
@@ -208,7 +235,10 @@ fn job_status() -> impl Strategy<Value = JobStatus> {
                 (delivered, read, total),
                 plan,
                 warning,
-                (duplicated, duration_ms),
+                duplicated,
+                streams,
+                running_ms,
+                stall_reason,
             )| JobStatus {
                 job,
                 name,
@@ -221,9 +251,24 @@ fn job_status() -> impl Strategy<Value = JobStatus> {
                 plan: plan.map(Box::new),
                 warning,
                 duplicated,
-                duration_ms,
+                streams,
+                running_ms,
+                stall_reason,
             },
         )
+}
+fn ended_job() -> impl Strategy<Value = EndedJob> {
+    (job(), name(), outcome(), any::<(u64, u64, u64, u64)>()).prop_map(
+        |(job, name, outcome, (bytes, duration_ms, read, total))| EndedJob {
+            job,
+            name,
+            outcome,
+            bytes,
+            duration_ms,
+            read,
+            total,
+        },
+    )
 }
 fn node_status() -> impl Strategy<Value = NodeStatus> {
     (
@@ -237,15 +282,34 @@ fn node_status() -> impl Strategy<Value = NodeStatus> {
         any::<u32>(),
         any::<u32>(),
         node_capacity(),
+        any::<(u128, u32, u64, u64)>(),
     )
         .prop_map(
-            |(name, roles, state, tasks_in_flight, streams, capacity)| NodeStatus {
+            |(
                 name,
                 roles,
                 state,
                 tasks_in_flight,
                 streams,
                 capacity,
+                (host, cores, ring_budget, last_seen_ms),
+            )| NodeStatus {
+                name,
+                roles,
+                state,
+                tasks_in_flight,
+                streams,
+                capacity,
+                host: HostId(host),
+                cores,
+                interfaces: vec![],
+                hugepages: HugePages {
+                    total: u64::from(cores),
+                    free: 0,
+                    page_bytes: 2 << 20,
+                },
+                ring_budget,
+                last_seen_ms,
             },
         )
 }
@@ -392,18 +456,25 @@ fn message() -> impl Strategy<Value = Message> {
         proptest::option::of(job()).prop_map(|job| Message::Status { job }),
         (
             prop::collection::vec(job_status(), 0..3),
-            prop::collection::vec(node_status(), 0..3)
+            prop::collection::vec(node_status(), 0..3),
+            prop::collection::vec(ended_job(), 0..3)
         )
-            .prop_map(|(jobs, nodes)| Message::StatusReply { jobs, nodes }),
+            .prop_map(|(jobs, nodes, ended)| Message::StatusReply { jobs, nodes, ended }),
         job().prop_map(|job| Message::Watch { job }),
         job_status().prop_map(Message::JobUpdate),
         (job(), outcome()).prop_map(|(job, outcome)| Message::JobEnded { job, outcome }),
-        (job(), prop::collection::vec(any::<u32>(), 0..40)).prop_map(|(job, chunk_latency_us)| {
-            Message::JobStats {
-                job,
-                chunk_latency_us,
-            }
-        }),
+        (
+            job(),
+            prop::collection::vec(any::<u32>(), 0..40),
+            prop::collection::vec(any::<u8>(), 0..64)
+        )
+            .prop_map(|(job, chunk_latency_us, chunk_latency_hdr)| {
+                Message::JobStats {
+                    job,
+                    chunk_latency_us,
+                    chunk_latency_hdr,
+                }
+            }),
         (
             job(),
             stream(),
@@ -717,19 +788,19 @@ fn one_byte_at_a_time() {
 
 #[test]
 fn exact_bytes_of_a_heartbeat_and_a_ready() {
-    // Version 3 (TaskDone, Accepted, AllocStream and status grew fields). Heartbeat is
-    // variant 3 of Message; Ready is variant 8 with JobId(300) as varint ac 02.
+    // Version 4 (status figures, hugepages at join, the latency histogram on the wire).
+    // Heartbeat is variant 3 of Message; Ready is variant 8 with JobId(300) as varint ac 02.
     assert_eq!(
         encode_message(&Message::Heartbeat).unwrap(),
-        [b'S', b'P', b'A', b'T', 0, 3, 2, 0, 0, 0, 0, 1, 3]
+        [b'S', b'P', b'A', b'T', 0, 4, 2, 0, 0, 0, 0, 1, 3]
     );
     assert_eq!(
         encode_message(&Message::Ready { job: JobId(300) }).unwrap(),
         [
-            b'S', b'P', b'A', b'T', 0, 3, 2, 0, 0, 0, 0, 3, 8, 0xac, 0x02
+            b'S', b'P', b'A', b'T', 0, 4, 2, 0, 0, 0, 0, 3, 8, 0xac, 0x02
         ]
     );
-    assert_eq!(PROTOCOL_VERSION, 3);
+    assert_eq!(PROTOCOL_VERSION, 4);
 }
 
 #[test]

@@ -61,10 +61,13 @@ pub fn current_cpu() -> Option<usize> {
 
 /// Pin the calling thread to `core` and check the affinity took.
 pub fn pin_current(core: usize) -> Result<()> {
+    // The cores allowed before pinning, for the error message (never an empty list when the
+    // affinity can be read).
+    let allowed = allowed_cores();
     let fail = |reason: &str| RuntimeError::Pin {
         core,
         reason: reason.to_string(),
-        available: Vec::new(),
+        available: allowed.clone(),
     };
     if core >= nix::sched::CpuSet::count() {
         return Err(fail("core number beyond the CPU set size"));
@@ -82,6 +85,16 @@ pub fn pin_current(core: usize) -> Result<()> {
         return Err(fail(&format!("affinity is {only:?} after pinning")));
     }
     Ok(())
+}
+
+/// The cores the calling thread may run on now (its affinity mask), empty if it cannot be read.
+pub fn allowed_cores() -> Vec<usize> {
+    match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+        Ok(set) => (0..nix::sched::CpuSet::count())
+            .filter(|c| set.is_set(*c).unwrap_or(false))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// Let the calling thread run on any of `cores` (undoing [`pin_current`]), as an unpinned
@@ -143,10 +156,18 @@ where
         .map_err(|e| RuntimeError::io("spawning a thread", e))?;
     match rx.recv() {
         Ok(Ok(())) => Ok(PinnedThread { core, handle }),
-        Ok(Err(RuntimeError::Pin { core, reason, .. })) => Err(RuntimeError::Pin {
+        Ok(Err(RuntimeError::Pin {
             core,
             reason,
-            available,
+            available: seen,
+        })) => Err(RuntimeError::Pin {
+            core,
+            reason,
+            available: if available.is_empty() {
+                seen
+            } else {
+                available
+            },
         }),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(RuntimeError::Pin {

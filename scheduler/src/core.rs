@@ -797,6 +797,8 @@ pub struct JobStatus {
     pub plan: PlanSummary,
     /// The last warning (its promise at risk), if any.
     pub warning: Option<String>,
+    /// Why it makes no progress, when it is stalled.
+    pub stall: Option<String>,
     /// Straggling tasks duplicated on another producer so far.
     pub duplicated: u64,
     /// When it started running (Ready).
@@ -1242,7 +1244,8 @@ impl Scheduler {
         Some(JobStatus {
             policy: self.policies[j.policy].name(),
             plan: j.summary.clone(),
-            warning: j.stall.clone().or_else(|| j.warning.clone()),
+            warning: j.warning.clone(),
+            stall: j.stall.clone(),
             duplicated: j.duplicated,
             started: j.started,
             id: j.id,
@@ -2260,14 +2263,14 @@ impl Scheduler {
                     )
                 };
                 let msg = format!(
-                    "stalled: stream {i} on {} has a full ring ({} of {} bytes read) and {why}; \
-                     the job waits for it",
+                    "stream {i} on {} has a full ring ({} of {} bytes read) and {why}; the \
+                     job waits for it",
                     spate_netlib::text::quote(&node),
                     s.read,
                     j.plan.streams[i].len
                 );
                 j.stall = Some(msg.clone());
-                warn.push((j.client, j.id, msg));
+                warn.push((j.client, j.id, format!("stalled: {msg}")));
             }
         }
         for (client, job, message) in warn {

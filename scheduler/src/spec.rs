@@ -48,7 +48,7 @@
 //! node = "printer-cyan"            # (TOML: tables come after the top-level keys)
 //!
 //! [params]                         # kernel parameters, passed through to producers
-//! ink_limit = 2.8
+//! ink_limit = 280                  # rip: total ink per pixel in percent, 1-400
 //! ```
 //!
 //! A task computes one chunk: a line range `[l0, l1)` of ALL channels at once, and delivers one

@@ -201,7 +201,11 @@ fn a_job_waiting_on_a_full_ring_is_named_stalled_and_a_reader_timeout_aborts_it(
     );
     let st = t.s.job(J1).unwrap();
     assert_eq!(st.state, JobState::Running);
-    assert_eq!(st.warning.as_deref(), Some(warnings[0].as_str()));
+    assert_eq!(
+        st.stall.as_deref(),
+        warnings[0].strip_prefix("stalled: "),
+        "status names the stall"
+    );
     // With reader_timeout the job is aborted with that reason.
     let (_, out) = stalled("reader_timeout = \"8s\"\n");
     assert_eq!(

@@ -160,6 +160,7 @@ fn info(name: &str, host: u128, producer: bool, consumer: bool) -> NodeInfo {
         handoff_socket: consumer.then(|| format!("/tmp/{name}.handoff").into()),
         nic_bytes_per_sec: 0,
         ports: 0,
+        hugepages: Default::default(),
     }
 }
 
@@ -307,7 +308,7 @@ fn join_welcome_status_and_duplicate_names() {
     let mut u = srv.user();
     u.send(&Message::Status { job: None }).unwrap();
     match next(&mut u) {
-        Message::StatusReply { jobs, nodes } => {
+        Message::StatusReply { jobs, nodes, .. } => {
             assert!(jobs.is_empty());
             let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
             assert_eq!(names, ["c1", "p1"]);
@@ -494,15 +495,19 @@ fn accept(u: &mut Conn) -> JobId {
 }
 
 /// Checks that every chunk of SPEC was expelled, each exactly once, with the right targets.
-/// The submitter of a completed job gets its chunk latencies, one per chunk, before JobEnded.
+/// The submitter of a completed job gets its chunk latencies, one per chunk, before JobEnded:
+/// a serialized histogram, no raw samples.
 fn expect_stats(u: &mut Conn, job: JobId, chunks: usize) {
     match next(u) {
         Message::JobStats {
             job: j,
             chunk_latency_us,
+            chunk_latency_hdr,
         } => {
             assert_eq!(j, job);
-            assert_eq!(chunk_latency_us.len(), chunks, "{chunk_latency_us:?}");
+            assert!(chunk_latency_us.is_empty(), "{chunk_latency_us:?}");
+            let h = spate_netlib::hist::decode(&chunk_latency_hdr).unwrap();
+            assert_eq!(h.len(), chunks as u64);
         }
         m => panic!("expected JobStats, got {m:?}"),
     }
@@ -609,7 +614,7 @@ fn a_job_runs_from_submit_to_completed() {
     // The job is gone from the status.
     u.send(&Message::Status { job: None }).unwrap();
     match next(&mut u) {
-        Message::StatusReply { jobs, nodes } => {
+        Message::StatusReply { jobs, nodes, .. } => {
             assert!(jobs.is_empty());
             assert!(
                 nodes

@@ -28,6 +28,7 @@ fn node(name: &str, host: u128, eps: Vec<DataEndpoint>, ifs: Vec<Interface>) -> 
         handoff_socket: None,
         nic_bytes_per_sec: 0,
         ports: 0,
+        hugepages: Default::default(),
     }
 }
 

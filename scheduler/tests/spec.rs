@@ -282,7 +282,9 @@ fn invalid_values_are_named() {
         assert_field(&with("chunk = \"4 parsecs\""), "chunk"),
         SpecErrorKind::Unit(UnitError::UnknownUnit {
             unit: "parsecs".into(),
-            known: "B, kB, MB, GB, TB, KiB, MiB, GiB, TiB, bit, kbit, Mbit, Gbit, Tbit"
+            known: "B, kB, MB, GB, TB (bytes, powers of 1000), KiB, MiB, GiB, TiB (bytes, \
+                    powers of 1024), bit or b, kbit or kb, Mbit or Mb, Gbit or Gb, Tbit or Tb \
+                    (bits, powers of 1000)"
         })
     );
     assert!(matches!(

@@ -136,7 +136,7 @@ fn a_job_naming_a_node_that_does_not_exist_is_refused_naming_it() {
     );
     let out = c.submit_output(&spec);
     let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(out.status.code(), Some(6), "{err}"); // refused
     assert!(err.contains("job refused"), "{err}");
     assert!(
         err.contains("printer-9"),

@@ -106,12 +106,12 @@ fn a_killed_reader_tells_the_other_readers_why_and_an_unread_stream_is_named_sta
     let r0 = c.read(&streams[0], 8, &["--block", "256KiB"]);
     let s = c.wait_status("the job reported stalled on stream 1", |s| {
         job_entry(s, job).is_some_and(|j| {
-            j["warning"]
+            j["stall_reason"]
                 .as_str()
-                .is_some_and(|w| w.starts_with("stalled: stream 1 on \"c0\""))
+                .is_some_and(|w| w.starts_with("stream 1 on \"c0\" has a full ring"))
         })
     });
-    let w = job_entry(&s, job).unwrap()["warning"].clone();
+    let w = job_entry(&s, job).unwrap()["stall_reason"].clone();
     assert!(
         w.as_str()
             .unwrap()
@@ -150,7 +150,7 @@ fn kernel_parameters_and_inputs_are_checked_at_submit() {
     c.wait_nodes(&["c0", "p0"]);
     let refused = |name: &str, spec: &str| {
         let out = c.submit_output(&c.spec(name, spec));
-        assert_eq!(out.status.code(), Some(2), "{name}: {}", text(&out.stderr));
+        assert_eq!(out.status.code(), Some(6), "{name}: {}", text(&out.stderr));
         text(&out.stderr)
     };
     let e = refused(

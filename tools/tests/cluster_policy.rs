@@ -121,7 +121,7 @@ fn plan_answers_without_admitting_and_impossible_constraints_are_refused() {
     );
     // A rate beyond any cluster: refused, naming the constraint and what is possible.
     let (code, v) = plan(&spec(8, 1, "rate = \"1000Tbit\""));
-    assert_eq!(code, Some(2), "{v}");
+    assert_eq!(code, Some(6), "{v}");
     assert_eq!(v["admitted"], false, "{v}");
     assert_eq!(v["reason"]["kind"], "infeasible", "{v}");
     let max = v["max_feasible_gbit_per_s"].as_f64().unwrap();
@@ -131,9 +131,9 @@ fn plan_answers_without_admitting_and_impossible_constraints_are_refused() {
         msg.contains("cannot promise") && msg.contains("at most"),
         "{msg}"
     );
-    // Submitting it gets the same refusal (exit 2, the message names the constraint).
+    // Submitting it gets the same refusal (exit 6, the message names the constraint).
     let out = c.submit_output(&c.spec("fast", &spec(8, 1, "rate = \"1000Tbit\"")));
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(6));
     let err = text(&out.stderr);
     assert!(
         err.contains("cannot promise") && err.contains("(compute)"),
@@ -147,7 +147,7 @@ fn plan_answers_without_admitting_and_impossible_constraints_are_refused() {
     ] {
         let out = c.submit_output(&c.spec("bad", &spec(8, 1, extra)));
         let err = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{extra}: {err}");
+        assert_eq!(out.status.code(), Some(6), "{extra}: {err}");
         assert!(err.contains(&format!("{field}:")), "{extra}: {err}");
     }
 }

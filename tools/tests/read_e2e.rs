@@ -118,7 +118,7 @@ fn json_report_shape_with_constant_rate() {
 fn verification_failure_names_first_bad_offset() {
     let (mut srv, path) = serve("bad", &["--bytes", "3000000", "--corrupt-at", "1234567"]);
     let o = read(&path, &["--verify", "0:0", "--json"]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(5)); // the exit-code table: verification failed
     let v = json(&o);
     assert_eq!(v["outcome"], "verify_failed");
     assert_eq!(v["bad_offset"], 1_234_567);

@@ -36,7 +36,8 @@ use report::{ConstantSpeed, Limits, LinkFigure, Report, Run};
 spate bench cluster --json --out results/\n  \
 spate bench cluster --topologies distant-1x1,NxN --jobs C --kernels rip --scale 0.1")]
 pub struct Args {
-    /// The reduced suite (job B, every topology, one constant-speed run): under 3 minutes.
+    /// The reduced suite (job B, every topology, one constant-speed run): ~30 s on a quiet
+    /// 2-core machine, up to 3 minutes on a loaded one.
     #[arg(long)]
     pub quick: bool,
     /// Nodes of the emulated cluster (at least 3: one-to-many needs two consumers).
@@ -512,7 +513,7 @@ impl Bench {
 
         // The job ends: Done once delivered; the scheduler sends its chunk latencies.
         let failed = reports.iter().find(|r| r.outcome != "end");
-        let mut latencies = Vec::new();
+        let mut latencies: Option<Histogram<u64>> = None;
         if failed.is_some() {
             // Free the job's rings and producers for the runs that follow.
             let _ = user.send(&Message::Cancel { job: id });
@@ -534,8 +535,11 @@ impl Bench {
                     }
                     Message::JobStats {
                         job,
-                        chunk_latency_us,
-                    } if job == id => latencies = chunk_latency_us,
+                        chunk_latency_hdr,
+                        ..
+                    } if job == id => {
+                        latencies = Some(spate_netlib::hist::decode(&chunk_latency_hdr)?);
+                    }
                     Message::JobEnded { job, outcome } if job == id => {
                         if outcome != JobOutcome::Completed {
                             bail!("job ended {outcome:?}");
@@ -582,18 +586,15 @@ impl Bench {
         let bytes: u64 = reports.iter().map(|r| r.length).sum();
         let gbit = bytes as f64 * 8.0 / seconds.max(1e-9) / 1e9;
         let label = format!("{}-{}-{kernel}", topo.as_str(), job.name);
-        let chunk_latency = if latencies.is_empty() {
-            None
-        } else {
-            let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
-            for &l in &latencies {
-                h.saturating_record(u64::from(l).max(1));
+        let chunk_latency = match latencies.filter(|h| !h.is_empty()) {
+            None => None,
+            Some(h) => {
+                let suffix = if rates.is_some() { "-constant" } else { "" };
+                let path = self.out.join(format!("{label}{suffix}.chunk.hgrm"));
+                report::write_hgrm(&h, &path, &format!("chunk latency (us), {label}"))?;
+                self.files.push(path.display().to_string());
+                Some(report::percentiles(&h))
             }
-            let suffix = if rates.is_some() { "-constant" } else { "" };
-            let path = self.out.join(format!("{label}{suffix}.chunk.hgrm"));
-            report::write_hgrm(&h, &path, &format!("chunk latency (us), {label}"))?;
-            self.files.push(path.display().to_string());
-            Some(report::percentiles(&h))
         };
         let mut ctl = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
         ctl.saturating_record(control_us.max(1));

@@ -12,7 +12,7 @@ use spate_netlib::auth::Role;
 use spate_netlib::proto::{
     self, DataEndpoint, ErrorKind, ExpelTarget, InputSource, InputSpec, JobGeometry, JobOutcome,
     LineRange, Message, NodeState, NodeStatus, PixelGeometry, Progress, RefuseReason, RingBacking,
-    SourceBinding, StreamIndex, StreamKey, Value,
+    SourceBinding, StreamIndex, StreamKey, StreamStatus, Value,
 };
 
 use crate::core::{
@@ -26,13 +26,19 @@ use crate::spec::{Chunk, JobPlan, SpecError, SpecErrorKind};
 
 use super::latency::ChunkLatency;
 
-/// At most `max` of `v`, evenly spaced (all of them when there are no more).
-fn thin(v: Vec<u32>, max: usize) -> Vec<u32> {
-    if v.len() <= max || max == 0 {
-        return v;
+/// Chunk latencies (µs) as a serialized histogram for [`Message::JobStats`].
+fn latency_hdr(samples: &[u32]) -> Vec<u8> {
+    let mut h = spate_netlib::hist::new_micros();
+    for &v in samples {
+        h.saturating_record(u64::from(v));
     }
-    let n = v.len();
-    (0..max).map(|i| v[i * n / max]).collect()
+    match spate_netlib::hist::encode(&h) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialize chunk latencies");
+            Vec::new()
+        }
+    }
 }
 
 /// A connection, numbered by the server from 1.
@@ -47,6 +53,9 @@ pub const MISSED_HEARTBEATS: u64 = 3;
 
 /// What the I/O shell must do.
 #[derive(Debug, Clone, PartialEq)]
+// Every message the hub sends is moved through this once; boxing it would cost an allocation
+// per message for the sake of `Close`.
+#[allow(clippy::large_enum_variant)]
 pub enum Action {
     /// Send this message on this connection.
     Send(ConnId, Message),
@@ -73,6 +82,8 @@ struct Daemon {
 }
 
 #[derive(Debug)]
+// One per connection, mostly daemons: boxing the common variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 enum Peer {
     Daemon(Daemon),
     User,
@@ -83,6 +94,9 @@ struct Slot {
     node: String,
     alloc: Option<(StreamKey, PathBuf, RingBacking)>,
     read_pos: u64,
+    /// Last frontier its consumer reported, and the ring's capacity.
+    frontier: u64,
+    ring: u64,
 }
 
 #[derive(Debug)]
@@ -94,6 +108,9 @@ struct JobInfo {
     /// Last state and progress sent to watchers, and when.
     sent: Option<(proto::JobState, Progress)>,
     sent_at: Millis,
+    /// When it was submitted and when it started (Ready taken).
+    submitted_at: Millis,
+    started_at: Option<Millis>,
 }
 
 /// Checks a job's kernel parameters and inputs at submit, as a producer's preload would
@@ -132,6 +149,8 @@ pub struct Hub {
     task_chunks: BTreeMap<TaskId, (JobId, u64)>,
     /// Kernel checks at submit.
     validator: Option<Validator>,
+    /// Metrics updated as jobs end.
+    metrics: Option<super::metrics::SchedulerMetrics>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -162,12 +181,18 @@ impl Hub {
             latency: ChunkLatency::default(),
             task_chunks: BTreeMap::new(),
             validator: None,
+            metrics: None,
         }
     }
 
     /// Checks jobs' kernel parameters and inputs at submit with `v`.
     pub fn set_validator(&mut self, v: Option<Validator>) {
         self.validator = v;
+    }
+
+    /// Keep these metrics up to date as jobs end.
+    pub fn set_metrics(&mut self, m: super::metrics::SchedulerMetrics) {
+        self.metrics = Some(m);
     }
 
     /// Sets the clock used for latency figures (microseconds, monotonic); call it before
@@ -247,7 +272,7 @@ impl Hub {
         self.clock(now);
         match self.peers.remove(&conn) {
             Some(Peer::Daemon(d)) if d.info.is_some() && !d.gone => {
-                tracing::warn!(conn, node = %name_of(&d), "daemon connection lost");
+                tracing::warn!(conn, node = %name_of(&d), "node left: its connection was lost");
                 self.feed(Event::NodeLeft {
                     node: NodeId(conn),
                     how: Leave::Crash,
@@ -278,11 +303,12 @@ impl Hub {
             })
             .collect();
         for (conn, joined) in silent {
-            tracing::warn!(
-                conn,
-                "daemon silent for more than {MISSED_HEARTBEATS} heartbeats: declared dead"
-            );
             if let Some(Peer::Daemon(d)) = self.peers.get_mut(&conn) {
+                tracing::warn!(
+                    conn,
+                    node = %name_of(d),
+                    "node dead: silent for more than {MISSED_HEARTBEATS} heartbeats"
+                );
                 d.gone = true;
             }
             self.error(
@@ -380,8 +406,8 @@ impl Hub {
                 format!("{} before Join: a daemon must Join first", m.name()),
             ),
             Message::Quit { reason } => {
-                tracing::info!(conn, "daemon quits: {reason}");
                 if let Some(Peer::Daemon(d)) = self.peers.get_mut(&conn) {
+                    tracing::info!(conn, node = %name_of(d), "node left: {reason}");
                     d.gone = true;
                 }
                 self.out.push(Action::Close(conn));
@@ -403,7 +429,7 @@ impl Hub {
                     if let Some(slot) = j.slots.get_mut(stream.0 as usize) {
                         slot.alloc = Some((key, handoff, backing));
                     }
-                    tracing::info!(%id, stream = stream.0, ?backing, "stream allocated");
+                    tracing::debug!(%id, stream = stream.0, ?backing, "stream allocated");
                 }
                 self.feed(Event::StreamAllocated {
                     node,
@@ -438,6 +464,7 @@ impl Hub {
                         .and_then(|j| j.slots.get_mut(stream.0 as usize))
                 {
                     slot.read_pos = slot.read_pos.max(read_pos);
+                    slot.frontier = slot.frontier.max(frontier);
                 }
                 self.feed(Event::StreamProgress {
                     node,
@@ -448,7 +475,11 @@ impl Hub {
                 });
             }
             Message::ReaderAttached { job, stream } => {
-                tracing::info!(job = job.0, stream = stream.0, "reader attached");
+                let name = self
+                    .daemon_info(node)
+                    .map(|i| i.name.clone())
+                    .unwrap_or_default();
+                tracing::info!(job = job.0, stream = stream.0, node = %name, "reader attached");
             }
             Message::ReaderGone { job, stream } => self.feed(Event::ReaderGone {
                 node,
@@ -535,10 +566,19 @@ impl Hub {
                 let reply = self.dry_run(&spec_toml, inputs);
                 self.send(conn, reply);
             }
-            Message::Ready { job } => self.feed(Event::Ready {
-                client,
-                job: JobId(job.0),
-            }),
+            Message::Ready { job } => {
+                let id = JobId(job.0);
+                let before = self.core.job(id).map(|j| j.state);
+                self.feed(Event::Ready { client, job: id });
+                let after = self.core.job(id).map(|j| j.state);
+                if before == Some(core::JobState::Accepted) && after != before {
+                    let now = self.now;
+                    if let Some(j) = self.jobs.get_mut(&id) {
+                        j.started_at = Some(now);
+                        tracing::info!(job = id.0, name = %j.name, "job started");
+                    }
+                }
+            }
             Message::Done { job } => self.feed(Event::Done {
                 client,
                 job: JobId(job.0),
@@ -561,15 +601,10 @@ impl Hub {
                             self.send(conn, Message::JobUpdate(s));
                         }
                     }
-                    None => match self.ended_status(id) {
+                    None => match self.core.ended_job(id).map(|e| outcome_of(&e.end)) {
                         // It ended already (say while the watcher reconnected): how.
-                        Some(s) => {
+                        Some(outcome) => {
                             self.send(conn, Message::Ack { job });
-                            let outcome = match &s.state {
-                                proto::JobState::Ended(o) => o.clone(),
-                                _ => JobOutcome::Completed,
-                            };
-                            self.send(conn, Message::JobUpdate(s));
                             self.send(conn, Message::JobEnded { job, outcome });
                         }
                         None => self.error(
@@ -610,9 +645,10 @@ impl Hub {
         if !refused {
             tracing::info!(
                 conn,
-                name = %info.name,
+                node = %info.name,
                 producer = info.roles.producer,
                 consumer = info.roles.consumer,
+                cores = info.cores,
                 "node joined"
             );
             if let Some(Peer::Daemon(d)) = self.peers.get_mut(&conn) {
@@ -925,8 +961,8 @@ impl Hub {
             match c {
                 Command::Reply { client, reply } => self.reply(client.0, reply),
                 Command::RefuseNode { node, reason } => {
-                    tracing::warn!(conn = node.0, "node refused: {reason}");
                     if let Some(Peer::Daemon(d)) = self.peers.get_mut(&node.0) {
+                        tracing::warn!(conn = node.0, node = %name_of(d), "node refused: {reason}");
                         d.gone = true;
                     }
                     self.error(node.0, ErrorKind::BadRequest, reason);
@@ -946,6 +982,13 @@ impl Hub {
                         .job(job)
                         .and_then(|s| s.plan.prefill.get(stream as usize).copied())
                         .unwrap_or(0);
+                    if let Some(slot) = self
+                        .jobs
+                        .get_mut(&job)
+                        .and_then(|j| j.slots.get_mut(stream as usize))
+                    {
+                        slot.ring = ring;
+                    }
                     self.send(
                         node.0,
                         Message::AllocStream {
@@ -1042,7 +1085,7 @@ impl Hub {
                     },
                 ),
                 Command::Delivered { client, job } => {
-                    tracing::info!(%job, "every chunk delivered");
+                    tracing::debug!(%job, "every chunk delivered");
                     let watching = self
                         .jobs
                         .get(&job)
@@ -1053,7 +1096,7 @@ impl Hub {
                 }
                 Command::JobEnded { client, job, end } => {
                     let outcome = outcome_of(&end);
-                    tracing::info!(%job, ?outcome, "job ended");
+                    self.log_end(job, &outcome);
                     let samples = self.latency.take(job);
                     self.task_chunks.retain(|_, (j, _)| *j != job);
                     if matches!(end, JobEnd::Completed) && self.peers.contains_key(&client.0) {
@@ -1061,7 +1104,8 @@ impl Hub {
                             client.0,
                             Message::JobStats {
                                 job: proto::JobId(job.0),
-                                chunk_latency_us: thin(samples, proto::MAX_LATENCY_SAMPLES),
+                                chunk_latency_us: Vec::new(),
+                                chunk_latency_hdr: latency_hdr(&samples),
                             },
                         );
                     }
@@ -1105,12 +1149,50 @@ impl Hub {
                         node: s.node.clone(),
                         alloc: None,
                         read_pos: 0,
+                        frontier: 0,
+                        ring: 0,
                     })
                     .collect(),
                 watchers: BTreeSet::new(),
                 sent: None,
                 sent_at: 0,
+                submitted_at: self.now,
+                started_at: None,
             },
+        );
+    }
+
+    /// The lifecycle line of a job's end: outcome, bytes, duration and rate.
+    fn log_end(&self, job: JobId, outcome: &JobOutcome) {
+        let Some(j) = self.jobs.get(&job) else {
+            if let Some(m) = &self.metrics {
+                m.ended(outcome, 0);
+            }
+            tracing::info!(job = job.0, ?outcome, "job ended");
+            return;
+        };
+        let bytes: u64 = j.slots.iter().map(|s| s.frontier).sum();
+        if let Some(m) = &self.metrics {
+            m.ended(outcome, bytes);
+        }
+        let secs = self.now.saturating_sub(j.submitted_at) as f64 / 1000.0;
+        let gbit = if secs > 0.0 {
+            bytes as f64 * 8.0 / secs / 1e9
+        } else {
+            0.0
+        };
+        let how = match outcome {
+            JobOutcome::Completed => "completed".to_string(),
+            JobOutcome::Cancelled => "cancelled".to_string(),
+            JobOutcome::Aborted { reason } => format!("aborted: {reason}"),
+        };
+        tracing::info!(
+            job = job.0,
+            name = %j.name,
+            bytes,
+            seconds = format!("{secs:.3}"),
+            gbit_per_s = format!("{gbit:.2}"),
+            "job ended: {how}"
         );
     }
 
@@ -1118,7 +1200,7 @@ impl Hub {
         let msg = match reply {
             Reply::Accepted { job, streams, plan } => {
                 let slots = self.jobs.get(&job).map(|j| j.slots.clone());
-                let streams = streams
+                let streams: Vec<proto::StreamPlacement> = streams
                     .into_iter()
                     .map(|p| {
                         let alloc = slots
@@ -1140,7 +1222,8 @@ impl Hub {
                     .collect();
                 let policy = self.core.job(job).map_or("", |s| s.policy);
                 let plan = Box::new(self.plan_info(policy, &plan));
-                tracing::info!(%job, "job accepted");
+                let nodes: Vec<&str> = streams.iter().map(|s| s.node.as_str()).collect();
+                tracing::info!(job = job.0, streams = streams.len(), nodes = %nodes.join(","), policy, "job accepted");
                 Message::Accepted {
                     job: proto::JobId(job.0),
                     streams,
@@ -1277,6 +1360,28 @@ impl Hub {
         } else {
             st.streams.iter().map(|s| s.3).sum()
         };
+        let streams = plan
+            .streams
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let slot = info.and_then(|j| j.slots.get(i));
+                let frontier = st.streams.get(i).map_or(0, |c| c.3);
+                StreamStatus {
+                    stream: StreamIndex(i as u32),
+                    node: s.node.clone(),
+                    length: s.len,
+                    delivered: if st.state == core::JobState::Delivered {
+                        s.len
+                    } else {
+                        frontier.max(slot.map_or(0, |x| x.frontier))
+                    },
+                    read: slot.map_or(0, |x| x.read_pos),
+                    ring_bytes: st.streams.get(i).map_or(0, |c| c.2),
+                    starvations: None,
+                }
+            })
+            .collect();
         Some(proto::JobStatus {
             job: proto::JobId(job.0),
             name: info.map(|j| j.name.clone()).unwrap_or_default(),
@@ -1289,53 +1394,49 @@ impl Hub {
             plan: Some(Box::new(self.plan_info(st.policy, &st.plan))),
             warning: st.warning.clone(),
             duplicated: st.duplicated,
-            duration_ms: st.started.map_or(0, |t| self.now.saturating_sub(t)),
+            streams,
+            running_ms: info
+                .and_then(|j| j.started_at)
+                .map(|t| self.now.saturating_sub(t)),
+            stall_reason: st.stall.clone(),
         })
     }
 
-    /// An ended job's status (outcome, bytes, duration), while the core remembers it.
-    fn ended_status(&self, job: JobId) -> Option<proto::JobStatus> {
-        let e = self.core.ended_job(job)?;
-        Some(proto::JobStatus {
-            job: proto::JobId(job.0),
+    /// An ended job as status lists it, while the core remembers it.
+    fn ended_entry(e: &core::EndedJob) -> proto::EndedJob {
+        proto::EndedJob {
+            job: proto::JobId(e.id.0),
             name: e.name.clone().unwrap_or_default(),
-            state: proto::JobState::Ended(outcome_of(&e.end)),
-            progress: Progress {
-                delivered: e.delivered,
-                read: e.read,
-                total: e.total,
-            },
-            plan: None,
-            warning: None,
-            duplicated: 0,
-            duration_ms: e.started.map_or(0, |t| e.ended.saturating_sub(t)),
+            outcome: outcome_of(&e.end),
+            bytes: e.delivered,
+            duration_ms: e.ended.saturating_sub(e.submitted),
+            read: e.read,
+            total: e.total,
         })
     }
 
     /// The answer to a Status request.
     pub fn status(&self, job: Option<JobId>) -> Message {
-        let jobs: Vec<proto::JobStatus> = match job {
-            Some(id) => match self.job_status(id).or_else(|| self.ended_status(id)) {
-                Some(s) => vec![s],
-                None => {
+        let (jobs, ended): (Vec<proto::JobStatus>, Vec<proto::EndedJob>) = match job {
+            Some(id) => match (self.job_status(id), self.core.ended_job(id)) {
+                (Some(s), _) => (vec![s], Vec::new()),
+                (None, Some(e)) => (Vec::new(), vec![Self::ended_entry(e)]),
+                (None, None) => {
                     return Message::Error {
                         kind: ErrorKind::UnknownJob,
                         message: ClientError::UnknownJob(id).to_string(),
                     };
                 }
             },
-            // Ended jobs (oldest first), then the live ones.
-            None => self
-                .core
-                .ended_jobs()
-                .filter_map(|e| self.ended_status(e.id))
-                .chain(
-                    self.core
-                        .jobs()
-                        .into_iter()
-                        .filter_map(|id| self.job_status(id)),
-                )
-                .collect(),
+            None => (
+                self.core
+                    .jobs()
+                    .into_iter()
+                    .filter_map(|id| self.job_status(id))
+                    .collect(),
+                // Newest first.
+                self.core.ended_jobs().rev().map(Self::ended_entry).collect(),
+            ),
         };
         let all: Vec<core::JobStatus> = self
             .core
@@ -1347,11 +1448,11 @@ impl Hub {
             .peers
             .iter()
             .filter_map(|(id, p)| match p {
-                Peer::Daemon(d) if !d.gone => d.info.as_ref().map(|i| (*id, i)),
+                Peer::Daemon(d) if !d.gone => d.info.as_ref().map(|i| (*id, i, d.last_seen)),
                 _ => None,
             })
-            .filter(|(id, _)| self.core.node(NodeId(*id)).is_some())
-            .map(|(id, i)| NodeStatus {
+            .filter(|(id, _, _)| self.core.node(NodeId(*id)).is_some())
+            .map(|(id, i, last_seen)| NodeStatus {
                 name: i.name.clone(),
                 roles: i.roles,
                 state: NodeState::Alive,
@@ -1362,9 +1463,15 @@ impl Hub {
                     .filter(|s| s.0 == NodeId(id))
                     .count() as u32,
                 capacity: self.node_capacity(i),
+                host: i.host,
+                cores: i.cores,
+                interfaces: i.interfaces.clone(),
+                hugepages: i.hugepages,
+                ring_budget: i.ring_budget,
+                last_seen_ms: self.now.saturating_sub(last_seen),
             })
             .collect();
-        Message::StatusReply { jobs, nodes }
+        Message::StatusReply { jobs, nodes, ended }
     }
 
     /// Sends watchers a JobUpdate on every state change, and on progress at most every

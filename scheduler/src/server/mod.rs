@@ -22,6 +22,7 @@
 
 mod hub;
 mod latency;
+pub mod metrics;
 pub mod user;
 
 use std::collections::BTreeMap;
@@ -83,6 +84,10 @@ pub struct ServerConfig {
     pub default_policy: String,
     /// Kernel checks of submitted jobs (parameters, inputs), as preload would do them.
     pub validator: Option<hub::Validator>,
+    /// Metrics to keep up to date (None: none kept).
+    pub metrics: Option<metrics::SchedulerMetrics>,
+    /// Group given read-write access to the UNIX sockets (mode 0660 instead of 0600).
+    pub socket_group: Option<nix::unistd::Gid>,
 }
 
 /// The policies a server offers, and the index of `default` among them (None: unknown name).
@@ -114,6 +119,8 @@ impl ServerConfig {
             tclo: TcloConfig::default(),
             default_policy: "tclo".into(),
             validator: None,
+            metrics: None,
+            socket_group: None,
         }
     }
 }
@@ -186,7 +193,7 @@ impl Server {
         for ep in &cfg.listen {
             let l = ep.listen()?;
             if let Listener::Unix(_, path) = &l {
-                restrict_socket(path);
+                restrict_socket(path, cfg.socket_group);
             }
             listeners.push(l);
         }
@@ -228,6 +235,9 @@ impl Server {
         let core = Scheduler::with_policies(all, default);
         let mut hub = Hub::new(core, files, cfg.heartbeat_ms);
         hub.set_validator(cfg.validator.clone());
+        if let Some(m) = &cfg.metrics {
+            hub.set_metrics(m.clone());
+        }
         let mut lp = Loop {
             start: Instant::now(),
             encoder: Encoder::new(cfg.max_frame),
@@ -236,6 +246,7 @@ impl Server {
             accepts: vec![None; listeners.len()],
             next_conn: 1,
             stopping: None,
+            admissions: metrics::Admissions::default(),
             cfg,
             stop,
             listeners,
@@ -253,10 +264,21 @@ impl Server {
     }
 }
 
-/// Owner-only access to a UNIX socket file; the cluster secret guards it anyway.
-fn restrict_socket(path: &std::path::Path) {
+/// Owner-only access to a UNIX socket file (owner and `group` when one is given); the cluster
+/// secret guards it anyway.
+fn restrict_socket(path: &std::path::Path, group: Option<nix::unistd::Gid>) {
     use std::os::unix::fs::PermissionsExt;
-    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+    let mode = match group {
+        Some(g) => match nix::unistd::chown(path, None, Some(g)) {
+            Ok(()) => 0o660,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot give the socket to its group");
+                0o600
+            }
+        },
+        None => 0o600,
+    };
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
         tracing::warn!(path = %path.display(), error = %e, "cannot restrict the socket file's mode");
     }
 }
@@ -310,6 +332,8 @@ struct Loop {
     stop: StopHandle,
     /// When stopping began.
     stopping: Option<Instant>,
+    /// Submissions waiting for an answer (for the admission latency metric).
+    admissions: metrics::Admissions,
 }
 
 impl Loop {
@@ -535,6 +559,12 @@ impl Loop {
                 match conn.decoder.decode_message(&mut input) {
                     Ok(Some(msg)) => {
                         tracing::trace!(conn = id, msg = msg.name(), "received");
+                        if let Some(m) = &self.cfg.metrics {
+                            m.message(&msg);
+                            if matches!(msg, Message::Submit { .. }) {
+                                self.admissions.submitted(id, Instant::now());
+                            }
+                        }
                         self.hub.at_micros(self.start.elapsed().as_micros() as u64);
                         self.hub.message(now, id, msg);
                     }
@@ -599,6 +629,10 @@ impl Loop {
         let now = self.now();
         self.hub.at_micros(self.start.elapsed().as_micros() as u64);
         self.hub.tick(now);
+        if let Some(m) = &self.cfg.metrics {
+            let queued: usize = self.conns.values().map(|c| c.queued.len()).sum();
+            m.refresh(&self.hub.status(None), self.conns.len(), queued);
+        }
         let limit = self.cfg.handshake_timeout;
         let late: Vec<ConnId> = self
             .conns
@@ -653,6 +687,7 @@ impl Loop {
             return;
         }
         conn.closing = true;
+        self.admissions.closed(id);
         let _ = conn.sock.shutdown();
         if conn.authed {
             self.hub.disconnected(now, id);
@@ -681,6 +716,12 @@ impl Loop {
             for a in self.hub.take_actions() {
                 match a {
                     Action::Send(id, msg) => {
+                        if let Some(m) = &self.cfg.metrics
+                            && let Some((ok, secs)) =
+                                self.admissions.answered(id, &msg, Instant::now())
+                        {
+                            m.admitted(ok, secs);
+                        }
                         let Some(conn) = self.conns.get_mut(&id) else {
                             continue;
                         };

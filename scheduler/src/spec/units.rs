@@ -24,6 +24,21 @@ pub enum UnitError {
         /// The units accepted here.
         known: &'static str,
     },
+    /// The unit is ambiguous or wrongly cased (`2.5G`, `4KB`, `2.5gb`): `b` is a bit and `B`
+    /// a byte, `k` is 1000 and `Ki` 1024.
+    #[error(
+        "ambiguous unit \"{unit}\": units are case-sensitive (b = bit, B = byte, k = 1000, \
+         Ki = 1024); write {options}"
+    )]
+    Ambiguous {
+        /// The unit as written.
+        unit: String,
+        /// What it may have meant.
+        options: String,
+    },
+    /// A rate was written without a unit.
+    #[error("\"{0}\" has no unit: write e.g. 2.5Gbit (bits per second) or 300MB/s (bytes)")]
+    NoRateUnit(String),
     /// The value is not a whole number of bytes.
     #[error("\"{0}\" is not a whole number of bytes")]
     NotWhole(String),
@@ -32,30 +47,68 @@ pub enum UnitError {
     Overflow(String),
 }
 
-const SIZE_UNITS: &str = "B, kB, MB, GB, TB, KiB, MiB, GiB, TiB, bit, kbit, Mbit, Gbit, Tbit";
+const SIZE_UNITS: &str = "B, kB, MB, GB, TB (bytes, powers of 1000), KiB, MiB, GiB, TiB (bytes, \
+powers of 1024), bit or b, kbit or kb, Mbit or Mb, Gbit or Gb, Tbit or Tb (bits, powers of 1000)";
 const DURATION_UNITS: &str = "us, ms, s, min";
 
-/// Size of one unit in bits, by lower-cased name.
+/// Size of one unit in bits. Units are case-sensitive, as SI, IEC and iperf3 write them:
+/// `b` is a bit and `B` a byte; `k` (lower case) is 1000, `Ki` 1024.
 fn unit_bits(unit: &str) -> Option<u128> {
     const K: u128 = 1000;
     const KI: u128 = 1024;
-    Some(match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 8,
-        "kb" | "k" => 8 * K,
-        "mb" | "m" => 8 * K * K,
-        "gb" | "g" => 8 * K * K * K,
-        "tb" | "t" => 8 * K * K * K * K,
-        "kib" => 8 * KI,
-        "mib" => 8 * KI * KI,
-        "gib" => 8 * KI * KI * KI,
-        "tib" => 8 * KI * KI * KI * KI,
-        "bit" => 1,
-        "kbit" => K,
-        "mbit" => K * K,
-        "gbit" => K * K * K,
-        "tbit" => K * K * K * K,
+    Some(match unit {
+        "" | "B" => 8,
+        "kB" => 8 * K,
+        "MB" => 8 * K * K,
+        "GB" => 8 * K * K * K,
+        "TB" => 8 * K * K * K * K,
+        "KiB" => 8 * KI,
+        "MiB" => 8 * KI * KI,
+        "GiB" => 8 * KI * KI * KI,
+        "TiB" => 8 * KI * KI * KI * KI,
+        "b" | "bit" => 1,
+        "kb" | "kbit" => K,
+        "Mb" | "Mbit" => K * K,
+        "Gb" | "Gbit" => K * K * K,
+        "Tb" | "Tbit" => K * K * K * K,
         _ => return None,
     })
+}
+
+/// What an ambiguous or wrongly cased unit may have meant, for the error message.
+fn meant(unit: &str) -> Option<String> {
+    let prefix = match unit.chars().next()?.to_ascii_lowercase() {
+        'k' => 'k',
+        'm' => 'M',
+        'g' => 'G',
+        't' => 'T',
+        'b' if unit.eq_ignore_ascii_case("bit") || unit.eq_ignore_ascii_case("b") => {
+            return Some("B (bytes) or bit (bits)".into());
+        }
+        _ => return None,
+    };
+    let rest = &unit[1..];
+    let known = ["", "b", "B", "bit", "iB", "ib", "IB", "BIT", "Bit", "i"];
+    if !known.iter().any(|k| rest.eq_ignore_ascii_case(k)) {
+        return None;
+    }
+    let bin = prefix.to_ascii_uppercase();
+    Some(format!(
+        "{prefix}B (bytes, 1000-based), {bin}iB (bytes, 1024-based) or {prefix}bit (bits)"
+    ))
+}
+
+fn unit_error(unit: &str) -> UnitError {
+    match meant(unit) {
+        Some(options) => UnitError::Ambiguous {
+            unit: unit.to_string(),
+            options,
+        },
+        None => UnitError::UnknownUnit {
+            unit: unit.to_string(),
+            known: SIZE_UNITS,
+        },
+    }
 }
 
 /// A decimal as `mantissa / 10^scale`, and the rest of the string (the unit).
@@ -92,13 +145,12 @@ fn split_number(s: &str) -> Result<(u128, u32, &str), UnitError> {
 /// Reads a size in bytes: `"4MiB"`, `"1.5GB"`, `"200Mbit"`, `"4096"` (bytes).
 ///
 /// Decimal units (kB, MB, GB, TB) are powers of 1000, binary ones (KiB..TiB) powers of 1024;
-/// bit units must come to a whole number of bytes. Units are case-insensitive.
+/// bit units (`b`, `bit`, `Mb`, `Mbit`, ...) must come to a whole number of bytes. Units are
+/// case-sensitive as SI, IEC and iperf3 write them; ambiguous ones (`4K`, `4KB`, `4mb`) are
+/// refused with what they may have meant. A plain number is bytes.
 pub fn parse_size(s: &str) -> Result<u64, UnitError> {
     let (mantissa, scale, unit) = split_number(s)?;
-    let bits = unit_bits(unit).ok_or_else(|| UnitError::UnknownUnit {
-        unit: unit.to_string(),
-        known: SIZE_UNITS,
-    })?;
+    let bits = unit_bits(unit).ok_or_else(|| unit_error(unit))?;
     let over = || UnitError::Overflow(s.trim().to_string());
     let num = mantissa.checked_mul(bits).ok_or_else(over)?;
     let den = 8 * 10u128.pow(scale);
@@ -110,19 +162,21 @@ pub fn parse_size(s: &str) -> Result<u64, UnitError> {
 
 /// Reads a rate in bits per second: `"2.5Gbit"`, `"300MB/s"`, `"10Gbps"`.
 ///
-/// The `/s` suffix is optional (`bps` means bit/s); the units are those of [`parse_size`]. The result is
-/// rounded to the nearest bit per second.
+/// The `/s` suffix is optional, and `ps` may follow `b` or `B` (`10Gbps` is 10 gigabits per
+/// second, `1GBps` one gigabyte per second); the units are those of [`parse_size`], a unit is
+/// required. The result is rounded to the nearest bit per second.
 pub fn parse_rate(s: &str) -> Result<u64, UnitError> {
     let t = s.trim();
-    let t = match t.strip_suffix("bps") {
-        Some(r) => format!("{r}bit"),
-        None => t.strip_suffix("/s").unwrap_or(t).to_string(),
+    let t = match t.strip_suffix("/s") {
+        Some(r) => r,
+        None if t.ends_with("bps") || t.ends_with("Bps") => &t[..t.len() - 2],
+        None => t,
     };
-    let (mantissa, scale, unit) = split_number(&t)?;
-    let bits = unit_bits(unit).ok_or_else(|| UnitError::UnknownUnit {
-        unit: unit.to_string(),
-        known: SIZE_UNITS,
-    })?;
+    let (mantissa, scale, unit) = split_number(t)?;
+    if unit.is_empty() {
+        return Err(UnitError::NoRateUnit(s.trim().to_string()));
+    }
+    let bits = unit_bits(unit).ok_or_else(|| unit_error(unit))?;
     let over = || UnitError::Overflow(s.trim().to_string());
     let num = mantissa.checked_mul(bits).ok_or_else(over)?;
     let den = 10u128.pow(scale);
@@ -166,7 +220,10 @@ mod tests {
         assert_eq!(parse_size(" 1 GiB "), Ok(1 << 30));
         assert_eq!(parse_size("0.5KiB"), Ok(512));
         assert_eq!(parse_size("16TiB"), Ok(16 << 40));
-        assert_eq!(parse_size("1kb"), Ok(1000));
+        assert_eq!(parse_size("1kB"), Ok(1000));
+        assert_eq!(parse_size("8kb"), Ok(1000));
+        assert_eq!(parse_size("8Mb"), Ok(1_000_000));
+        assert_eq!(parse_size("16b"), Ok(2));
     }
 
     #[test]
@@ -204,10 +261,52 @@ mod tests {
         assert_eq!(parse_rate("10Gbps"), Ok(10_000_000_000));
         assert_eq!(parse_rate("300MB/s"), Ok(2_400_000_000));
         assert_eq!(parse_rate("1.0000001bit"), Ok(1));
+        // b is a bit, B a byte (iperf3, SI): 2.5Gb is 2.5 gigabits, not gigabytes.
+        assert_eq!(parse_rate("2.5Gb"), Ok(2_500_000_000));
+        assert_eq!(parse_rate("2.5GB"), Ok(20_000_000_000));
+        assert_eq!(parse_rate("1GBps"), Ok(8_000_000_000));
+        assert_eq!(parse_rate("100MiB/s"), Ok(100 * 8 * (1 << 20)));
+        assert_eq!(
+            parse_rate("2400"),
+            Err(UnitError::NoRateUnit("2400".into()))
+        );
         assert!(matches!(
             parse_rate("3 furlongs"),
             Err(UnitError::UnknownUnit { .. })
         ));
+    }
+
+    #[test]
+    fn ambiguous_units_are_refused_listing_what_is_meant() {
+        for (input, unit) in [
+            ("2.5G", "G"),
+            ("4K", "K"),
+            ("4KB", "KB"),
+            ("2.5gb", "gb"),
+            ("1mib", "mib"),
+            ("1GIB", "GIB"),
+            ("3M", "M"),
+        ] {
+            match parse_size(input) {
+                Err(UnitError::Ambiguous { unit: u, options }) => {
+                    assert_eq!(u, unit, "{input}");
+                    assert!(options.contains("iB (bytes, 1024-based)"), "{options}");
+                    assert!(options.contains("bit (bits)"), "{options}");
+                }
+                other => panic!("{input}: {other:?}"),
+            }
+        }
+        let e = parse_rate("2.5G").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "ambiguous unit \"G\": units are case-sensitive (b = bit, B = byte, k = 1000, \
+             Ki = 1024); write GB (bytes, 1000-based), GiB (bytes, 1024-based) or Gbit (bits)"
+        );
+        let e = parse_size("4KB").unwrap_err().to_string();
+        assert!(
+            e.contains("write kB (bytes, 1000-based), KiB (bytes, 1024-based) or kbit"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -402,7 +402,13 @@ fn read_stream(
                 if let Some(seed) = seed
                     && let Some(bad) = pattern::check(seed, u64::from(p.stream.0), b.offset, b.data)
                 {
-                    bail!("stream {}: verification failed at offset {bad}", p.stream.0);
+                    return Err(anyhow::Error::new(crate::exit::Coded {
+                        code: crate::exit::VERIFY,
+                        error: anyhow::anyhow!(
+                            "stream {}: verification failed at offset {bad}",
+                            p.stream.0
+                        ),
+                    }));
                 }
                 if let Some(c) = rip_check.as_mut()
                     && let Some(bad) = c.check(b.offset, b.data)?

@@ -225,12 +225,22 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     } else {
         println!("spate doctor: kernel {}", r.kernel);
         if let Some(u) = &r.io_uring {
-            let ops: Vec<String> = u
-                .opcodes
-                .iter()
-                .map(|(n, ok)| format!("{n}{}", if *ok { "" } else { "(missing)" }))
-                .collect();
-            println!("  io_uring opcodes: {}", ops.join(" "));
+            let optional = |n: &str| spate_runtime::probe::OPTIONAL.iter().any(|(o, _)| *o == n);
+            let show = |want_optional: bool| -> Vec<String> {
+                u.opcodes
+                    .iter()
+                    .filter(|(n, _)| optional(n) == want_optional)
+                    .map(|(n, ok)| format!("{n}{}", if *ok { "" } else { "(missing)" }))
+                    .collect()
+            };
+            let (req, opt) = (show(false), show(true));
+            println!(
+                "  io_uring opcodes: {} required: {}; {} optional: {}",
+                req.len(),
+                req.join(" "),
+                opt.len(),
+                opt.join(" ")
+            );
         }
         println!(
             "  hugepages: {} reserved, {} free; THP for shmem: {}",

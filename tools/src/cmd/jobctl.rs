@@ -2,12 +2,10 @@
 //! what the user decided about a job.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use anyhow::Context as _;
 use spate_netlib::endpoint::Endpoint;
 use spate_netlib::proto::{JobId, Message};
-use spate_scheduler::server::user::{DEFAULT_ENDPOINT, User, load_secret};
+use spate_scheduler::server::user::DEFAULT_ENDPOINT;
 
 /// The job and how to reach the scheduler.
 #[derive(clap::Args, Debug)]
@@ -50,9 +48,7 @@ pub struct DoneArgs {
 
 /// Sends `make(job)` and waits for its Ack; an Error reply fails with `cannot VERB job N:`.
 pub fn request(a: &JobArgs, make: fn(JobId) -> Message, verb: &str) -> anyhow::Result<()> {
-    let secret = load_secret(a.secret_file.as_deref(), &a.scheduler)
-        .context("cannot load the cluster secret")?;
-    let mut user = User::connect(&a.scheduler, &secret, Duration::from_secs(10))?;
+    let mut user = super::connect_user(&a.scheduler, a.secret_file.as_deref())?;
     let job = JobId(a.job);
     let r = user.request(&make(job), |m| match m {
         Message::Ack { job: j } if j == job => Some(Ok(())),

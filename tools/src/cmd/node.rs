@@ -1,8 +1,10 @@
 //! `spate node`: a node daemon offering the producer and/or consumer role to a scheduler.
 //!
 //! It starts its engines (pinned to the configured cores), prints what it offers, connects to
-//! the scheduler (authenticated), joins, heartbeats, and serves the scheduler's requests until
-//! the scheduler shuts down (exit 0) or goes away (exit 1, "scheduler gone: ...").
+//! the scheduler (authenticated), joins, tells systemd it is ready (`Type=notify`), heartbeats,
+//! and serves the scheduler's requests until the scheduler shuts down (exit 0), SIGTERM or
+//! SIGINT arrives (it quits the cluster, its rings are aborted with "consumer shutting down",
+//! its sockets are removed; exit 0), or the scheduler goes away (exit 1, "scheduler gone: ...").
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -19,7 +21,7 @@ use spate_netlib::auth::{Role, Secret};
 use spate_netlib::endpoint::{Endpoint, Stream, Via};
 use spate_netlib::msg::{MsgConfig, MsgConn, MsgError, SetReadTimeout, TryCloneStream};
 use spate_netlib::proto::{
-    ComputeCapacity, DataEndpoint, HostId, Interface, Message, NodeInfo, NodeRoles,
+    ComputeCapacity, DataEndpoint, HostId, HugePages, Interface, Message, NodeInfo, NodeRoles,
 };
 use spate_netlib::text::{Quoted, quote};
 use spate_producer::daemon::ProducerNode;
@@ -77,6 +79,10 @@ pub struct Args {
     /// scheduler's compute estimate until it has measured one.
     #[arg(long, value_name = "RATE")]
     compute_rate: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. `127.0.0.1:9464` (`metrics` in
+    /// --config). Off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 /// The settings file.
@@ -97,6 +103,7 @@ struct FileConfig {
     local_pull: Option<bool>,
     link_rate: Option<String>,
     compute_rate: Option<String>,
+    metrics: Option<String>,
 }
 
 /// Resolved settings.
@@ -113,6 +120,7 @@ struct Settings {
     data_port: u16,
     secret_file: Option<PathBuf>,
     local_pull: bool,
+    metrics: Option<SocketAddr>,
     /// NIC bytes/s per direction, all data interfaces (0: unknown).
     nic_bytes_per_sec: u64,
     /// Announced compute bytes/s (0: none).
@@ -190,7 +198,23 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
         bail!("this node offers nothing: pass --producer and/or --consumer");
     }
     let cores = match a.cores.or(file.cores) {
-        Some(c) => Some(spate_runtime::thread::parse_cores(&c).context("--cores")?),
+        Some(c) => {
+            let list = spate_runtime::thread::parse_cores(&c).context("--cores")?;
+            let allowed = spate_runtime::thread::allowed_cores();
+            let missing: Vec<usize> = list
+                .iter()
+                .copied()
+                .filter(|c| !allowed.is_empty() && !allowed.contains(c))
+                .collect();
+            if !missing.is_empty() {
+                bail!(
+                    "--cores {c:?}: core{} {missing:?} not available to this process; it may \
+                     use cores {allowed:?}",
+                    if missing.len() == 1 { " is" } else { "s are" }
+                );
+            }
+            Some(list)
+        }
         None => None,
     };
     let ifs = if a.interfaces.is_empty() {
@@ -239,21 +263,37 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
         local_pull: !a.no_local_pull && file.local_pull.unwrap_or(true),
         nic_bytes_per_sec,
         compute_bytes_per_sec,
+        metrics: match a.metrics.or(file.metrics) {
+            Some(m) => Some(crate::metrics::parse_addr(&m).map_err(|e| anyhow::anyhow!(e))?),
+            None => None,
+        },
     })
 }
 
-/// This machine's identity: /etc/machine-id, else a hash of the host name.
+/// This machine's identity: /etc/machine-id, else the XXH3-128 digest of the host name (a
+/// specified hash, the same on every build and Rust release, unlike `DefaultHasher`).
 fn host_id() -> HostId {
-    if let Ok(s) = std::fs::read_to_string("/etc/machine-id")
+    let machine_id = std::fs::read_to_string("/etc/machine-id").ok();
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    host_id_from(machine_id.as_deref(), &hostname)
+}
+
+fn host_id_from(machine_id: Option<&str>, hostname: &str) -> HostId {
+    if let Some(s) = machine_id
         && let Ok(v) = u128::from_str_radix(s.trim(), 16)
     {
         return HostId(v);
     }
-    use std::hash::{Hash, Hasher};
-    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let mut s = std::collections::hash_map::DefaultHasher::new();
-    h.trim().hash(&mut s);
-    HostId(u128::from(s.finish()))
+    HostId(xxhash_rust::xxh3::xxh3_128(hostname.trim().as_bytes()))
+}
+
+/// Hugepages reserved on this machine.
+fn hugepages() -> HugePages {
+    HugePages {
+        total: meminfo("HugePages_Total:").unwrap_or(0),
+        free: meminfo("HugePages_Free:").unwrap_or(0),
+        page_bytes: meminfo("Hugepagesize:").unwrap_or(0) * 1024,
+    }
 }
 
 fn meminfo(key: &str) -> Option<u64> {
@@ -341,9 +381,25 @@ struct Roles {
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let s = settings(a)?;
+    // Signals are blocked before any thread starts, so every thread inherits the mask and the
+    // signal thread alone sees SIGTERM/SIGINT.
+    let stop = Stop::default();
+    let on_signal = stop.clone();
+    crate::signals::watch(move |name| on_signal.request(name))
+        .context("cannot set up SIGINT/SIGTERM handling")?;
+    let span = tracing::info_span!("daemon", node = %s.name);
+    let _entered = span.clone().entered();
+    super::scheduler_present(&s.scheduler)?;
     let secret = spate_scheduler::server::user::load_secret(s.secret_file.as_deref(), &s.scheduler)
         .context("cluster secret")?;
     create_dir(&s.run_dir)?;
+    let metrics: &'static super::node_metrics::NodeMetrics = Box::leak(Box::default());
+    let mut metrics_server = None;
+    let registry = prometheus::Registry::new_custom(
+        Some("spate".into()),
+        Some([("node".to_string(), s.name.clone())].into_iter().collect()),
+    )?;
+    metrics.register(&registry)?;
     let available = spate_runtime::thread::available_cores();
     let core = |i: usize| s.cores.as_ref().map(|c| c[i % c.len()]);
     let (compute_core, expel_core) = (core(0), core(1));
@@ -423,6 +479,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     } else {
         None
     };
+    if let Some(addr) = s.metrics {
+        let srv = crate::metrics::MetricsServer::start(addr, registry.clone(), || {})?;
+        lines.push(format!("metrics: http://{}/metrics", srv.addr()));
+        metrics_server = Some(srv);
+    }
     for l in &lines {
         println!("{l}");
     }
@@ -445,20 +506,109 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         handoff_socket: handoff,
         nic_bytes_per_sec: s.nic_bytes_per_sec,
         ports: 0,
+        hugepages: hugepages(),
     };
     let roles = Roles { consumer, producer };
+    if let Some(sig) = stop.requested() {
+        println!("{sig} received before joining; stopping");
+        return Ok(0);
+    }
     let stream = s
         .scheduler
         .connect(&Via::any(), Some(Duration::from_secs(10)))
-        .with_context(|| format!("connecting to the scheduler at {}", s.scheduler))?;
+        .map_err(|e| super::no_scheduler(&s.scheduler, &e.to_string()))?;
+    let ctx = Session {
+        secret: &secret,
+        info,
+        roles,
+        out_tx,
+        out_rx,
+        stop,
+        metrics,
+        span,
+    };
     let code = match stream {
-        Stream::Unix(u) => session(u, &secret, info, roles, out_tx, out_rx)?,
+        Stream::Unix(u) => session(u, ctx)?,
         Stream::Tcp(t) => {
             let _ = t.set_nodelay(true);
-            session(t, &secret, info, roles, out_tx, out_rx)?
+            session(t, ctx)?
         }
     };
+    drop(metrics_server);
     Ok(code)
+}
+
+/// The control loop's outgoing queue and a way to shut its connection down.
+type Link = (Sender<Message>, Box<dyn Fn() + Send>);
+
+/// A stop asked for by a signal: the control loop quits the cluster and returns 0.
+#[derive(Clone, Default)]
+struct Stop {
+    asked: Arc<Mutex<Option<&'static str>>>,
+    /// The control loop's outgoing queue and a handle to shut the connection, once connected.
+    link: Arc<Mutex<Option<Link>>>,
+}
+
+/// How long a stopping node waits for the scheduler to close the connection after Quit.
+const QUIT_GRACE: Duration = Duration::from_secs(5);
+
+impl Stop {
+    fn requested(&self) -> Option<&'static str> {
+        *self.asked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn request(&self, signal: &'static str) {
+        *self.asked.lock().unwrap_or_else(|p| p.into_inner()) = Some(signal);
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        let link = self.link.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // Not connected yet: `run` checks before connecting, `connected` after.
+        if let Some((tx, shutdown)) = link {
+            let _ = tx.send(Message::Quit {
+                reason: format!("{signal} received"),
+            });
+            // The scheduler closes the connection on Quit; if it does not, close it here.
+            std::thread::spawn(move || {
+                std::thread::sleep(QUIT_GRACE);
+                shutdown();
+            });
+        }
+    }
+
+    fn connected(&self, tx: Sender<Message>, shutdown: Box<dyn Fn() + Send>) {
+        let asked = self.requested();
+        *self.link.lock().unwrap_or_else(|p| p.into_inner()) = Some((tx, shutdown));
+        if let Some(sig) = asked {
+            self.request(sig);
+        }
+    }
+}
+
+/// Shutting a connection down from another thread (to end a blocked receive).
+trait Shutdown {
+    fn shutdown_both(&self);
+}
+
+impl Shutdown for std::os::unix::net::UnixStream {
+    fn shutdown_both(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl Shutdown for std::net::TcpStream {
+    fn shutdown_both(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+struct Session<'a> {
+    secret: &'a Secret,
+    info: NodeInfo,
+    roles: Roles,
+    out_tx: Sender<Message>,
+    out_rx: Receiver<Message>,
+    stop: Stop,
+    metrics: &'static super::node_metrics::NodeMetrics,
+    span: tracing::Span,
 }
 
 fn create_dir(dir: &Path) -> anyhow::Result<()> {
@@ -476,6 +626,7 @@ fn writer<S: Write>(
     rx: Receiver<Message>,
     period: Duration,
     dead: Arc<AtomicBool>,
+    metrics: &super::node_metrics::NodeMetrics,
 ) {
     let mut next = Instant::now() + period;
     loop {
@@ -487,6 +638,7 @@ fn writer<S: Write>(
             }
             Err(RecvTimeoutError::Disconnected) => return,
         };
+        metrics.outgoing(&m);
         if let Err(e) = tx.send(&m) {
             tracing::warn!(error = %e, "sending to the scheduler failed");
             dead.store(true, Ordering::SeqCst);
@@ -495,17 +647,23 @@ fn writer<S: Write>(
     }
 }
 
-fn session<S>(
-    stream: S,
-    secret: &Secret,
-    info: NodeInfo,
-    mut roles: Roles,
-    out_tx: Sender<Message>,
-    out_rx: Receiver<Message>,
-) -> anyhow::Result<i32>
+fn session<S>(stream: S, ctx: Session<'_>) -> anyhow::Result<i32>
 where
-    S: Read + Write + SetReadTimeout + TryCloneStream + Send + 'static,
+    S: Read + Write + SetReadTimeout + TryCloneStream + Shutdown + Send + 'static,
 {
+    let Session {
+        secret,
+        info,
+        mut roles,
+        out_tx,
+        out_rx,
+        stop: stopper,
+        metrics,
+        span,
+    } = ctx;
+    let closer = stream
+        .try_clone_stream()
+        .context("cloning the scheduler connection")?;
     let mut conn = MsgConn::client_with(stream, secret, Role::Daemon, &MsgConfig::default())
         .context("authenticating with the scheduler")?;
     conn.send(&Message::Join(info))
@@ -527,12 +685,19 @@ where
         "joined the scheduler (heartbeat every {} ms)",
         heartbeat.as_millis()
     );
+    tracing::info!("joined the scheduler");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    stopper.connected(out_tx.clone(), Box::new(move || closer.shutdown_both()));
     let (mut rx, tx) = conn.split().context("splitting the scheduler connection")?;
     let dead = Arc::new(AtomicBool::new(false));
     let d2 = dead.clone();
+    let span2 = span.clone();
     std::thread::Builder::new()
         .name("spate-ctl-tx".into())
-        .spawn(move || writer(tx, out_rx, heartbeat, d2))
+        .spawn(move || {
+            let _e = span2.entered();
+            writer(tx, out_rx, heartbeat, d2, metrics)
+        })
         .context("spawning the control sender")?;
     // Stream reports (progress, readers) from the consumer role.
     let stop = Arc::new(AtomicBool::new(false));
@@ -540,7 +705,11 @@ where
         let (stop, out) = (stop.clone(), out_tx.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
-                let msgs = c.lock().unwrap_or_else(|p| p.into_inner()).tick();
+                let msgs = {
+                    let mut node = c.lock().unwrap_or_else(|p| p.into_inner());
+                    metrics.streams(&node.engine().streams());
+                    node.tick()
+                };
                 for m in msgs {
                     let _ = out.send(m);
                 }
@@ -551,6 +720,12 @@ where
     let code = loop {
         let m = match rx.recv() {
             Ok(m) => m,
+            Err(_) if stopper.requested().is_some() => {
+                let sig = stopper.requested().unwrap_or("signal");
+                println!("{sig} received: left the cluster; stopping");
+                tracing::info!("left the cluster ({sig}); stopping");
+                break 0;
+            }
             Err(MsgError::Closed) => {
                 eprintln!("spate node: scheduler gone: it closed the connection; stopping");
                 break 1;
@@ -567,6 +742,7 @@ where
         match m {
             Message::Shutdown { reason } => {
                 println!("scheduler shut down: {reason}; stopping");
+                tracing::info!("scheduler shut down: {reason}; stopping");
                 break 0;
             }
             Message::Heartbeat | Message::Welcome { .. } => {}
@@ -574,6 +750,7 @@ where
                 tracing::warn!(?kind, %message, "the scheduler reports an error");
             }
             m => {
+                metrics.incoming(&m);
                 let mut replies = None;
                 if let Some(c) = &roles.consumer {
                     replies = c.lock().unwrap_or_else(|p| p.into_inner()).handle(&m);
@@ -612,6 +789,34 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_id_is_the_machine_id_else_a_stable_digest_of_the_host_name() {
+        assert_eq!(
+            host_id_from(Some("0123456789abcdef0123456789abcdef\n"), "x"),
+            HostId(0x0123456789abcdef0123456789abcdef)
+        );
+        // XXH3-128 of "printer" is fixed by the algorithm's specification: the same on every
+        // build (DefaultHasher's output may change between Rust releases).
+        let a = host_id_from(None, "printer\n");
+        assert_eq!(a, host_id_from(Some("not hex"), "printer"));
+        assert_eq!(a, HostId(xxhash_rust::xxh3::xxh3_128(b"printer")));
+        assert_ne!(a, host_id_from(None, "printer2"));
+    }
+
+    #[test]
+    fn cores_outside_the_affinity_are_refused_listing_the_allowed_ones() {
+        let allowed = spate_runtime::thread::allowed_cores();
+        let a = Args {
+            name: Some("n".into()),
+            consumer: true,
+            cores: Some("4000".into()),
+            ..Args::default()
+        };
+        let e = format!("{:#}", settings(a).unwrap_err());
+        assert!(e.contains(&format!("it may use cores {allowed:?}")), "{e}");
+        assert!(!allowed.is_empty());
+    }
 
     #[test]
     fn interfaces_parse_with_their_address() {

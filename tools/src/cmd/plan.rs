@@ -2,13 +2,12 @@
 //! rendering of plans shared with `submit` and `status`.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use serde_json::json;
 use spate_netlib::endpoint::Endpoint;
 use spate_netlib::proto::{Message, PlanInfo};
-use spate_scheduler::server::user::{DEFAULT_ENDPOINT, User, load_secret};
+use spate_scheduler::server::user::DEFAULT_ENDPOINT;
 use spate_scheduler::spec::JobPlan;
 
 use super::submit::{EXIT_REFUSED, refuse_reason_json};
@@ -20,7 +19,8 @@ use super::submit::{EXIT_REFUSED, refuse_reason_json};
 it has measured and what running jobs reserved: admitted or refused (and why), the policy, \
 chunk size, producers, predicted throughput and chunk latency, the chunks in flight, ring and \
 prefill sizes, and the highest rate the cluster could give. Nothing is allocated or reserved.\n\n\
-Exit status: 0 it would be admitted; 2 it would be refused; 1 any other error.\n\n\
+Exit status: 0 it would be admitted; 6 it would be refused; 7 no scheduler answers; 1 any \
+other error.\n\n\
 --json prints one object with the keys admitted, reason, message, policy, chunk_bytes, \
 producers, predicted_gbit_per_s, predicted_latency_ms, window_chunks, ring_bytes, \
 prefill_bytes, max_feasible_gbit_per_s, requested_gbit_per_s, latency_bound_ms.",
@@ -134,9 +134,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let text = std::fs::read_to_string(&a.spec)
         .with_context(|| format!("cannot read the job spec {}", a.spec.display()))?;
     let inputs = JobPlan::parse(&text).map(|p| p.inputs).unwrap_or_default();
-    let secret = load_secret(a.secret_file.as_deref(), &a.scheduler)
-        .context("cannot load the cluster secret")?;
-    let mut user = User::connect(&a.scheduler, &secret, Duration::from_secs(10))?;
+    let mut user = super::connect_user(&a.scheduler, a.secret_file.as_deref())?;
     let reply = user.request(
         &Message::Plan {
             spec_toml: text,

@@ -11,11 +11,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Exit code: the data did not match the pattern.
-pub const EXIT_VERIFY: i32 = 2;
+pub const EXIT_VERIFY: i32 = crate::exit::VERIFY;
 /// Exit code: the writer aborted the stream.
-pub const EXIT_ABORTED: i32 = 3;
+pub const EXIT_ABORTED: i32 = crate::exit::ABORTED;
 /// Exit code: the writer died before the end.
-pub const EXIT_WRITER_DEAD: i32 = 4;
+pub const EXIT_WRITER_DEAD: i32 = crate::exit::PEER_GONE;
 
 #[derive(ClapArgs, Debug)]
 #[command(
@@ -52,14 +52,19 @@ JSON object: {\"outcome\", \"bytes\", \"start_offset\", \"seconds\", \"gbit_per_
 written, else null; first_data_seconds: from attaching to the first byte; active_gbit_per_s: \
 bytes over the time from the first byte to the end; xxh3_128: 32 hex digits with --hash, else \
 null; bytes: read by this reader, from the stream offset start_offset).\n\n\
-Exit status: 0 the stream was read to its end; 2 verification failed (the message names the \
+--hgrm FILE writes how long each block was waited for (microseconds, from asking for it to \
+having it) as an HdrHistogram percentile distribution (.hgrm text).\n\n\
+The socket is the consumer node's RUN_DIR/handoff.sock and the key is 32 hex digits: \
+`spate submit` prints the exact command for each stream.\n\n\
+Exit status: 0 the stream was read to its end; 5 verification failed (the message names the \
 first bad offset); 3 the stream was aborted (with the reason); 4 the writer died before the \
-end; 1 any other error (cannot attach, bad arguments, output error).",
+end; 2 bad arguments; 1 any other error (cannot attach, output error). `spate --help` has the \
+table of every command.",
     after_help = "Examples:\n  \
-spate read --socket /run/spate/consumer.sock --key job7/0 --out image.c.raw\n  \
-spate read --socket /run/spate/consumer.sock --key job7/1 --rate 2.5Gbit --verify 42:1 --json\n  \
-spate read --socket /run/spate/consumer.sock --key job7/2 --out - | my-printer-driver\n  \
-spate read --socket /run/spate/consumer.sock --key job7/3 --preview k.png --width 3000 --ink K"
+spate read --socket /run/spate/printer/handoff.sock --key 5f0c2d9e8a7b6c5d4e3f2a1b0c9d8e7f --out cyan.raw\n  \
+spate read --socket /run/spate/printer/handoff.sock --key 5f0c2d9e8a7b6c5d4e3f2a1b0c9d8e7f --rate 2.5Gbit --verify 42:1 --json\n  \
+spate read --socket /run/spate/printer/handoff.sock --key 5f0c2d9e8a7b6c5d4e3f2a1b0c9d8e7f --out - | my-printer-driver\n  \
+spate read --socket /run/spate/printer/handoff.sock --key 5f0c2d9e8a7b6c5d4e3f2a1b0c9d8e7f --preview k.png --width 3000 --ink K"
 )]
 pub struct Args {
     /// The consumer's hand-off socket (UNIX socket path).
@@ -71,9 +76,10 @@ pub struct Args {
     /// Where the bytes go: a file path, `-` for stdout. Default: discard.
     #[arg(long, value_name = "PATH|-")]
     pub out: Option<String>,
-    /// Constant read rate, per second. Units: bit, kbit, Mbit, Gbit, Tbit (decimal bits);
-    /// B, kB, MB, GB (decimal bytes); KiB, MiB, GiB (binary bytes), case-insensitive; an
-    /// optional "/s" suffix, or "bps" for bits. Examples: 2.5Gbit, 800Mbit/s, 1.2GB, 300MiB.
+    /// Constant read rate, per second, as iperf3 and SI/IEC write it (case matters: b = bit,
+    /// B = byte, k = 1000, Ki = 1024): bit, kbit/kb, Mbit/Mb, Gbit/Gb, Tbit/Tb; B, kB, MB, GB,
+    /// TB; KiB, MiB, GiB, TiB; an optional "/s", or "ps" (10Gbps, 1GBps). Ambiguous forms
+    /// (2.5G, 4KB, 2.5gb) are refused. Examples: 2.5Gbit, 800Mb/s, 1.2GB, 300MiB.
     /// Without --rate, a stream of a job with a rate is read at that rate, starting once the
     /// job's planned prefill is there (the report says `rate_from: "job"`).
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
@@ -116,6 +122,9 @@ pub struct Args {
     /// Draw the preview in this ink's colour (C, M, Y or K; default: grey).
     #[arg(long, value_name = "INK", value_parser = parse_ink)]
     pub ink: Option<Ink>,
+    /// Write the per-block waits (microseconds) as an HdrHistogram .hgrm file.
+    #[arg(long, value_name = "FILE")]
+    pub hgrm: Option<PathBuf>,
 }
 
 fn parse_ink(s: &str) -> Result<Ink, String> {
@@ -328,6 +337,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let t0 = Instant::now();
     let mut hasher = a.hash.then(xxhash_rust::xxh3::Xxh3Default::new);
     let mut first_data = None;
+    let mut waits = spate_netlib::hist::new_micros();
     let mut res = read_loop(
         &mut reader,
         &a,
@@ -338,6 +348,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             preview: preview.as_mut(),
             hasher: hasher.as_mut(),
             first_data: &mut first_data,
+            waits: &mut waits,
         },
         &mut rep,
     );
@@ -352,6 +363,14 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             Ok(()) => rep.preview = Some(path.display().to_string()),
             Err(e) => res = Err(Fail::Other(e)),
         }
+    }
+    if let Some(path) = &a.hgrm {
+        let text = spate_netlib::hist::hgrm_text(
+            &waits,
+            "block wait (us): asking for a block to having it",
+        );
+        std::fs::write(path, text)
+            .with_context(|| format!("cannot write the latency file {}", path.display()))?;
     }
     if let Some(o) = out.as_mut()
         && let Err(e) = o.flush()
@@ -479,6 +498,8 @@ struct Sinks<'a> {
     hasher: Option<&'a mut xxhash_rust::xxh3::Xxh3Default>,
     /// Set when the first byte is there.
     first_data: &'a mut Option<Instant>,
+    /// How long each block was waited for, in microseconds.
+    waits: &'a mut hdrhistogram::Histogram<u64>,
 }
 
 fn read_loop(
@@ -545,7 +566,14 @@ fn read_loop(
                 sched_pos = r.position();
             }
         }
-        let n = match r.acquire(min, block, idle).map_err(Fail::Read)? {
+        let asked = Instant::now();
+        let got = r.acquire(min, block, idle).map_err(Fail::Read)?;
+        if matches!(got, Acquired::Data(_)) {
+            sinks
+                .waits
+                .saturating_record(asked.elapsed().as_micros() as u64);
+        }
+        let n = match got {
             Acquired::Data(b) => {
                 if let Some((seed, stream)) = a.verify
                     && let Some(bad) = pattern::check(seed, stream, b.offset, b.data)

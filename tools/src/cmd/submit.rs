@@ -1,21 +1,21 @@
 //! `spate submit`: submit a job spec; print the job id and how to read each stream.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context as _;
+use hdrhistogram::Histogram;
 use serde_json::json;
 use spate_netlib::endpoint::Endpoint;
 use spate_netlib::proto::{JobId, JobOutcome, JobState, Message, RefuseReason, StreamPlacement};
-use spate_scheduler::server::user::{DEFAULT_ENDPOINT, User, UserError, load_secret};
+use spate_scheduler::server::user::{DEFAULT_ENDPOINT, User, UserError};
 use spate_scheduler::spec::{JobPlan, Kernel};
 
 /// Exit code: the scheduler refused the job.
-pub const EXIT_REFUSED: i32 = 2;
+pub const EXIT_REFUSED: i32 = crate::exit::REFUSED;
 /// Exit code (`--wait`): the job ended but did not complete (aborted or cancelled).
-pub const EXIT_NOT_COMPLETED: i32 = 3;
+pub const EXIT_NOT_COMPLETED: i32 = crate::exit::ABORTED;
 /// Exit code (`--wait`): the scheduler went away before the job ended.
-pub const EXIT_LOST: i32 = 4;
+pub const EXIT_LOST: i32 = crate::exit::PEER_GONE;
 
 #[derive(clap::Args, Debug)]
 #[command(
@@ -31,10 +31,13 @@ stream was read to its end completes by itself and frees its rings (`spate done 
 one whose readers stopped early). --wait follows the job to its end, printing warnings (a \
 promise at risk, a stall naming the stream), and exits 0 once it completed. Without --wait \
 the job goes on after this command exits.\n\n\
-Exit status: 0 accepted (with --wait: completed); 2 refused (the message says why and how to \
+--wait ends with the job's chunk latencies (task created -> released in order at the consumers, \
+measured by the scheduler and sent as a histogram): p50, p99, max; --hgrm FILE also writes \
+their percentile distribution in HdrHistogram's .hgrm text format.\n\n\
+Exit status: 0 accepted (with --wait: completed); 6 refused (the message says why and how to \
 fix it); 3 (--wait) the job was aborted or cancelled; 4 (--wait) the scheduler stopped or died \
-first; 1 any other error. --json prints JSON lines: the acceptance (or refusal), then with \
---wait the outcome.",
+first; 7 no scheduler at the endpoint; 1 any other error (see `spate --help` for the table). \
+--json prints JSON lines: the acceptance (or refusal), then with --wait the outcome.",
     after_help = "Examples:\n  \
 spate submit poster.toml --ready --wait\n  \
 spate submit job.toml --scheduler tcp:10.0.0.1:7070 --secret-file /etc/spate/secret --json"
@@ -59,6 +62,9 @@ pub struct Args {
     /// JSON lines output.
     #[arg(long)]
     pub json: bool,
+    /// With --wait: write the chunk latencies' percentile distribution (.hgrm) to FILE.
+    #[arg(long, value_name = "FILE", requires = "wait")]
+    pub hgrm: Option<PathBuf>,
 }
 
 /// The `spate read` command for one stream (pattern jobs get `--verify SEED:STREAM`).
@@ -146,9 +152,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         })
     });
     let inputs = plan.as_ref().map(|p| p.inputs.clone()).unwrap_or_default();
-    let secret = load_secret(a.secret_file.as_deref(), &a.scheduler)
-        .context("cannot load the cluster secret")?;
-    let mut user = User::connect(&a.scheduler, &secret, Duration::from_secs(10))?;
+    let mut user = super::connect_user(&a.scheduler, a.secret_file.as_deref())?;
     let answer = user.request(
         &Message::Submit {
             spec_toml: text,
@@ -224,7 +228,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     if !a.wait {
         return Ok(0);
     }
-    follow(&mut user, job, a.json)
+    follow(&mut user, job, a.json, a.hgrm.as_deref())
 }
 
 /// Sends a request and waits for its Ack (an Error fails).
@@ -237,7 +241,12 @@ fn ack(user: &mut User, msg: &Message, job: JobId, what: &str) -> anyhow::Result
     r.map_err(|m| anyhow::anyhow!("{what} for job {} refused: {m}", job.0))
 }
 
-fn follow(user: &mut User, job: JobId, json_out: bool) -> anyhow::Result<i32> {
+fn follow(
+    user: &mut User,
+    job: JobId,
+    json_out: bool,
+    hgrm: Option<&std::path::Path>,
+) -> anyhow::Result<i32> {
     let (outcome, latency) = match watch(user, job, json_out) {
         Ok(o) => o,
         Err(e @ (UserError::Lost | UserError::Shutdown(_))) => {
@@ -257,7 +266,24 @@ fn follow(user: &mut User, job: JobId, json_out: bool) -> anyhow::Result<i32> {
         JobOutcome::Cancelled => ("cancelled", None),
         JobOutcome::Aborted { reason } => ("aborted", Some(reason.clone())),
     };
-    let latency = latency.as_deref().and_then(latency_summary);
+    if let (Some(path), Some(h)) = (hgrm, &latency) {
+        let text = spate_netlib::hist::hgrm_text(
+            h,
+            &format!(
+                "chunk latency (us), task created -> released in order, job {}",
+                job.0
+            ),
+        );
+        std::fs::write(path, text)
+            .with_context(|| format!("cannot write the latency file {}", path.display()))?;
+    } else if let Some(path) = hgrm {
+        eprintln!(
+            "spate submit: no chunk latencies for job {} (it did not complete); {} not written",
+            job.0,
+            path.display()
+        );
+    }
+    let latency = latency.as_ref().and_then(latency_summary);
     if json_out {
         println!(
             "{}",
@@ -284,16 +310,14 @@ fn follow(user: &mut User, job: JobId, json_out: bool) -> anyhow::Result<i32> {
 }
 
 /// Count, p50, p90, p99, p99.9 and max of chunk latencies (microseconds), or None when empty.
-fn latency_summary(v: &[u32]) -> Option<serde_json::Value> {
-    if v.is_empty() {
+fn latency_summary(h: &Histogram<u64>) -> Option<serde_json::Value> {
+    if h.is_empty() {
         return None;
     }
-    let mut s = v.to_vec();
-    s.sort_unstable();
-    let q = |p: f64| s[((s.len() as f64 * p).ceil() as usize).clamp(1, s.len()) - 1];
+    let q = |p: f64| h.value_at_quantile(p);
     Some(json!({
-        "count": s.len(), "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
-        "max": s[s.len() - 1],
+        "count": h.len(), "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
+        "max": h.max(),
     }))
 }
 
@@ -303,7 +327,7 @@ fn watch(
     user: &mut User,
     job: JobId,
     json_out: bool,
-) -> Result<(JobOutcome, Option<Vec<u32>>), UserError> {
+) -> Result<(JobOutcome, Option<Histogram<u64>>), UserError> {
     user.send(&Message::Watch { job })?;
     let mut last_state = None;
     let mut latency = None;
@@ -312,8 +336,12 @@ fn watch(
             Message::JobEnded { job: j, outcome } if j == job => return Ok((outcome, latency)),
             Message::JobStats {
                 job: j,
-                chunk_latency_us,
-            } if j == job => latency = Some(chunk_latency_us),
+                chunk_latency_hdr,
+                ..
+            } if j == job => match spate_netlib::hist::decode(&chunk_latency_hdr) {
+                Ok(h) => latency = Some(h),
+                Err(e) => eprintln!("spate submit: the chunk latencies: {e}"),
+            },
             Message::JobUpdate(s) if s.job == job => {
                 if last_state.as_ref() != Some(&s.state) && !json_out {
                     eprintln!("job {}: {}", job.0, state_name(&s.state));

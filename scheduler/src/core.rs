@@ -1193,7 +1193,7 @@ impl Scheduler {
     }
 
     /// Ended jobs, oldest first (at most [`ENDED_HISTORY`]).
-    pub fn ended_jobs(&self) -> impl Iterator<Item = &EndedJob> {
+    pub fn ended_jobs(&self) -> impl DoubleEndedIterator<Item = &EndedJob> {
         self.ended.iter()
     }
 

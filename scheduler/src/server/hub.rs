@@ -1412,7 +1412,7 @@ impl Hub {
             duration_ms: e.ended.saturating_sub(e.submitted),
             read: e.read,
             total: e.total,
-        })
+        }
     }
 
     /// The answer to a Status request.
@@ -1435,7 +1435,11 @@ impl Hub {
                     .filter_map(|id| self.job_status(id))
                     .collect(),
                 // Newest first.
-                self.core.ended_jobs().rev().map(Self::ended_entry).collect(),
+                self.core
+                    .ended_jobs()
+                    .rev()
+                    .map(Self::ended_entry)
+                    .collect(),
             ),
         };
         let all: Vec<core::JobStatus> = self

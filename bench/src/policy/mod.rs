@@ -37,7 +37,7 @@ use spate_scheduler::server::user::{User, load_secret};
 use crate::cluster::report::{LinkFigure, Progress};
 use crate::cluster::{INPUT, Proc, ReaderReport, RemoveDir, emu, parse_link_rate, wait_for};
 use cgroup::{CpuController, CpuGroup, Limit};
-use report::{Calibration, ProducerSetup, Refusal, Report, Run, Setup, Slowdown};
+use report::{Calibration, Estimate, ProducerSetup, Refusal, Report, Run, Setup, Slowdown};
 use scenario::JobAsk;
 
 /// Arguments of `spate bench policy`.
@@ -191,6 +191,31 @@ impl Bench {
             .collect())
     }
 
+    /// The scheduler's estimates of every producer now.
+    fn estimates(&mut self) -> anyhow::Result<Vec<Estimate>> {
+        let (_, nodes) = self.status()?;
+        Ok(nodes
+            .iter()
+            .filter(|n| n.roles.producer)
+            .map(|n| {
+                let c = n.capacity.compute.iter().find(|c| c.kernel == "rip");
+                Estimate {
+                    node: n.name.clone(),
+                    compute_gbit_per_s: c.map_or(0.0, |c| c.bytes_per_sec as f64 * 8.0 / 1e9),
+                    compute_overhead_ms: c.map_or(0.0, |c| c.overhead_us as f64 / 1e3),
+                    samples: c.map_or(0, |c| c.samples),
+                    source: c.map_or("none".into(), |c| c.source.clone()),
+                    link_gbit_per_s: n
+                        .capacity
+                        .links
+                        .iter()
+                        .find(|l| l.consumer == node_name(CONSUMER))
+                        .map(|l| l.bytes_per_sec as f64 * 8.0 / 1e9),
+                }
+            })
+            .collect())
+    }
+
     /// What the scheduler would plan for `ask` now.
     fn plan(
         &mut self,
@@ -251,6 +276,7 @@ impl Bench {
             Err((reason, message)) => return Ok(Answer::Refused(reason, message)),
         };
         let mut readers = Vec::new();
+        let block = reader_block(&plan.ring_bytes);
         for s in &streams {
             let mut c = self.cluster.command(CONSUMER, &self.exe);
             c.args([
@@ -263,6 +289,7 @@ impl Bench {
             ])
             .arg(&s.handoff)
             .args(["--key", &s.key.to_string()])
+            .args(["--block", &block.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -403,6 +430,16 @@ impl Bench {
     }
 }
 
+/// The readers' block (their pacing step): 1 MiB, or half the smallest ring when that is less.
+/// `spate read` caps its block at the ring's capacity, and a paced reader waits for a whole
+/// block; a ring of whole pieces may never be entirely full (the writer lands only pieces that
+/// fit), so a block of the whole ring can wait forever. Half a ring is always reached: no piece
+/// is larger than the ring.
+fn reader_block(rings: &[u64]) -> u64 {
+    let ring = rings.iter().copied().min().unwrap_or(1 << 20);
+    (ring / 2).clamp(1, 1 << 20)
+}
+
 /// Fills a run from the plan its job got.
 fn apply_plan(run: &mut Run, p: &PlanInfo) {
     let pos = |v: u64| (v > 0).then_some(v);
@@ -462,7 +499,9 @@ fn apply_finished(run: &mut Run, f: Finished, submitted: Instant, digests: &[Str
     run.latency_p99_ms = pct_ms(&lat, 0.99);
     run.latency_max_ms = lat.last().map(|&m| f64::from(m) / 1e3);
     run.chunks = (!lat.is_empty()).then_some(lat.len() as u64);
+    run.warnings_total = f.warnings.len();
     run.warnings = f.warnings;
+    run.warnings.truncate(report::MAX_WARNINGS);
     run.duplicated = f.duplicated;
     run.seconds = Some(f.last_read.duration_since(submitted).as_secs_f64());
     run.outcome = f.outcome.as_ref().map(|o| match o {
@@ -739,6 +778,18 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     drop(procs);
     drop(groups);
     drop(cluster);
+    // The daemons' logs, to look into what a run did.
+    let mut logs = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(run_dir.join("logs")) {
+        std::fs::create_dir_all(out.join("logs"))?;
+        for e in entries.flatten() {
+            let to = out.join("logs").join(e.file_name());
+            if std::fs::copy(e.path(), &to).is_ok() {
+                logs.push(to.display().to_string());
+            }
+        }
+    }
+    logs.sort();
     let (calibration, runs) = res?;
 
     let mut rep = Report {
@@ -772,6 +823,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     for f in report::write_plots(&rep, &out)? {
         rep.files.push(f.display().to_string());
     }
+    rep.files.extend(logs);
     rep.files
         .push(out.join("report.json").display().to_string());
     rep.seconds = t0.elapsed().as_secs_f64();
@@ -876,6 +928,7 @@ fn scenarios(
         scheduler_vs_measured: sched_max.map(|m| m / t_gbit),
         latency_p50_ms: cal_run.latency_p50_ms,
         latency_p99_ms: cal_run.latency_p99_ms,
+        estimates_after: b.estimates()?,
     };
     b.progress.done();
     b.progress.println(&format!(
@@ -1009,43 +1062,62 @@ fn single(
     let (id, submitted, plan, bytes, h) = Bench::follow(*live);
     apply_plan(run, &plan);
     if let Some(k) = slow {
-        // Wait for the cut point, then cut (the job may end first on a fast machine).
-        let cut = wait_read(b, id, scenario::S5_CUT_AT, &h)?;
-        let (g, base) = &mut b.groups[k];
-        let after = cgroup::limit_for(base.cpus() * scenario::S5_SLOWDOWN, base.period_us)?;
-        g.set(after)?;
-        run.slowed = Some(Slowdown {
-            node: node_name(k + 1),
-            cpus_before: base.cpus(),
-            cpus_after: after.cpus(),
-            at_read_fraction: cut,
-            at_seconds: submitted.elapsed().as_secs_f64(),
-        });
+        // Wait for the cut point, then cut; a job that ends (or fails) first is not slowed,
+        // and the run says so.
+        match wait_read(b, id, scenario::S5_CUT_AT, &h)? {
+            Some(cut) => {
+                let (g, base) = &mut b.groups[k];
+                let after = cgroup::limit_for(base.cpus() * scenario::S5_SLOWDOWN, base.period_us)?;
+                g.set(after)?;
+                run.slowed = Some(Slowdown {
+                    node: node_name(k + 1),
+                    cpus_before: base.cpus(),
+                    cpus_after: after.cpus(),
+                    at_read_fraction: cut,
+                    at_seconds: submitted.elapsed().as_secs_f64(),
+                });
+            }
+            None => {
+                run.error = Some(format!(
+                    "the job ended before {:.0} % of it was read: {} was not slowed",
+                    100.0 * scenario::S5_CUT_AT,
+                    node_name(k + 1)
+                ))
+            }
+        }
     }
     let rate = j.job_rate().unwrap_or(t_gbit * 1e9 / 8.0);
     let f = b.join(id, h, job_limit(bytes, rate));
     apply_finished(run, f, submitted, &digests);
     let after = b.task_counts()?;
     run.producers_used = used(&before, &after);
+    run.estimates_after = b.estimates()?;
     Ok(())
 }
 
-/// Polls the job until `fraction` of its bytes were read (or its follower ended); returns the
-/// fraction read then.
+/// Polls the job until `fraction` of its bytes were read; returns the fraction read then, or
+/// None when the job ended (or its follower did) first.
 fn wait_read(
     b: &mut Bench,
     id: JobId,
     fraction: f64,
     h: &JoinHandle<Finished>,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Option<f64>> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let (jobs, _) = b.status()?;
-        let read = jobs.iter().find(|s| s.job == id).map_or(1.0, |s| {
-            s.progress.read as f64 / s.progress.total.max(1) as f64
-        });
-        if read >= fraction || h.is_finished() || Instant::now() > deadline {
-            return Ok(read);
+        let Some(read) = jobs
+            .iter()
+            .find(|s| s.job == id)
+            .map(|s| s.progress.read as f64 / s.progress.total.max(1) as f64)
+        else {
+            return Ok(None);
+        };
+        if read >= fraction {
+            return Ok(Some(read));
+        }
+        if h.is_finished() || Instant::now() > deadline {
+            return Ok(None);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -1099,8 +1171,10 @@ fn parallel(
     }
     let after = b.task_counts()?;
     let u = used(&before, &after);
+    let est = b.estimates()?;
     for r in runs.iter_mut().filter(|r| r.admitted) {
         r.producers_used = u.clone();
+        r.estimates_after = est.clone();
     }
     Ok(runs)
 }
@@ -1108,6 +1182,14 @@ fn parallel(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reader_blocks_are_half_the_smallest_ring_at_most_a_mib() {
+        assert_eq!(reader_block(&[330_454, 1 << 30]), 165_227);
+        assert_eq!(reader_block(&[64 << 20]), 1 << 20);
+        assert_eq!(reader_block(&[1000]), 500);
+        assert_eq!(reader_block(&[]), 1 << 20);
+    }
 
     #[test]
     fn percentiles_are_nearest_rank_in_ms() {

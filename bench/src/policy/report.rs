@@ -103,7 +103,12 @@ pub struct Calibration {
     pub latency_p50_ms: Option<f64>,
     /// p99 (ms).
     pub latency_p99_ms: Option<f64>,
+    /// The scheduler's estimates of the producers right after it.
+    pub estimates_after: Vec<Estimate>,
 }
+
+/// Warnings kept per run (a re-planning job may warn every few hundred ms).
+pub const MAX_WARNINGS: usize = 10;
 
 /// Why a job was refused.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -118,6 +123,23 @@ pub struct Refusal {
     pub max_feasible_vs_calibration: Option<f64>,
     /// The scheduler's message.
     pub message: String,
+}
+
+/// What the scheduler estimated of a producer after a run (`spate status`'s capacities).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Estimate {
+    /// The producer.
+    pub node: String,
+    /// RIP output rate while computing, Gbit/s.
+    pub compute_gbit_per_s: f64,
+    /// Fixed cost per chunk, ms.
+    pub compute_overhead_ms: f64,
+    /// Tasks measured.
+    pub samples: u64,
+    /// "measured", "announced" or "default".
+    pub source: String,
+    /// Its link estimate to the consumer, Gbit/s (none before a piece was measured).
+    pub link_gbit_per_s: Option<f64>,
 }
 
 /// A producer slowed mid-job (S5).
@@ -195,12 +217,16 @@ pub struct Run {
     pub chunks: Option<u64>,
     /// How the job ended (`completed`, `aborted: ...`, `cancelled`).
     pub outcome: Option<String>,
-    /// Warnings the scheduler sent (the promise at risk).
+    /// Warnings the scheduler sent (the promise at risk): the first [`MAX_WARNINGS`].
     pub warnings: Vec<String>,
+    /// How many warnings it sent in all.
+    pub warnings_total: usize,
     /// Straggling tasks redone elsewhere.
     pub duplicated: u64,
     /// S5: the producer slowed mid-job.
     pub slowed: Option<Slowdown>,
+    /// The scheduler's estimates of the producers after the run.
+    pub estimates_after: Vec<Estimate>,
     /// Why the run failed (a bench or cluster error, not a refusal).
     pub error: Option<String>,
 }
@@ -237,8 +263,10 @@ impl Run {
             chunks: None,
             outcome: None,
             warnings: vec![],
+            warnings_total: 0,
             duplicated: 0,
             slowed: None,
+            estimates_after: vec![],
             error: None,
         }
     }
@@ -399,8 +427,16 @@ pub fn print_table(r: &Report, out: &mut dyn Write) -> io::Result<()> {
                 sd.at_seconds
             ));
         }
-        for w in &run.warnings {
-            notes.push(format!("{}: warning: {w}", run.label()));
+        if let Some(w) = run.warnings.first() {
+            let more = match run.warnings_total {
+                0 | 1 => String::new(),
+                n => format!(
+                    " ({} warnings in all, the last kept: {})",
+                    n,
+                    run.warnings.last().map_or("", String::as_str)
+                ),
+            };
+            notes.push(format!("{}: warning: {w}{more}", run.label()));
         }
         if let Some(e) = &run.error {
             notes.push(format!("{}: error: {e}", run.label()));
@@ -567,7 +603,8 @@ mod tests {
         s4.delivered_gbit_per_s = Some(0.2);
         s4.requested_gbit_per_s = Some(0.25);
         s4.delivered_pct = Some(80.0);
-        s4.warnings = vec!["n1 slowed".into()];
+        s4.warnings = vec!["n1 slowed".into(), "n1 slower".into()];
+        s4.warnings_total = 7;
         Report {
             quick: true,
             nodes: 3,
@@ -606,6 +643,14 @@ mod tests {
                 scheduler_vs_measured: Some(0.97),
                 latency_p50_ms: Some(100.0),
                 latency_p99_ms: Some(300.0),
+                estimates_after: vec![Estimate {
+                    node: "n1".into(),
+                    compute_gbit_per_s: 0.41,
+                    compute_overhead_ms: 0.2,
+                    samples: 40,
+                    source: "measured".into(),
+                    link_gbit_per_s: Some(0.9),
+                }],
             },
             runs: vec![s1, s2, s4],
             out_dir: "/tmp/x".into(),
@@ -676,7 +721,9 @@ mod tests {
         assert!(line("S4 lb #3").contains("✗"));
         assert!(t.contains("S2 tclo: refused: cannot promise"));
         assert!(t.contains("(at most 0.600 Gbit/s, 0.97 of the calibration)"));
-        assert!(t.contains("S4 lb #3: warning: n1 slowed"));
+        assert!(t.contains(
+            "S4 lb #3: warning: n1 slowed (7 warnings in all, the last kept: n1 slower)"
+        ));
         assert!(t.contains("producer n1: 0.0600 CPU (1200 us per 20000 us)"));
 
         let dir = tempfile::tempdir().unwrap();

@@ -84,6 +84,15 @@ pub struct Args {
     pub lb_own_chunk: bool,
 }
 
+/// The run directory (sockets, logs, input), removed on interrupt too.
+static RUN_DIR: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// Removes the run directory (the interrupt clean-up; destructors do not run then).
+fn remove_run_dir() -> usize {
+    let dir = RUN_DIR.lock().unwrap_or_else(|e| e.into_inner()).take();
+    dir.map_or(0, |d| usize::from(std::fs::remove_dir_all(d).is_ok()))
+}
+
 /// Tool name in messages.
 const TOOL: &str = "spate bench policy";
 /// The calibration job's chunk: 29 lines of 36000 bytes, about 1 MiB per channel.
@@ -622,6 +631,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         .map_err(|e| anyhow!("writing the input image: {e}"))?;
     emu::install_interrupt_cleanup_for(TOOL).context("installing the Ctrl-C clean-up")?;
     emu::on_cleanup("cgroups", cgroup::remove_registered);
+    *RUN_DIR.lock().unwrap_or_else(|e| e.into_inner()) = Some(dir.clone());
+    emu::on_cleanup("temporary directories", remove_run_dir);
     match emu::remove_stale() {
         Ok(gone) if !gone.is_empty() => progress.println(&format!(
             "{TOOL}: removed namespaces of earlier runs: {gone:?}"

@@ -445,7 +445,7 @@ impl Bench {
 /// fit), so a block of the whole ring can wait forever. Half a ring is always reached: no piece
 /// is larger than the ring.
 fn reader_block(rings: &[u64]) -> u64 {
-    let ring = rings.iter().copied().min().unwrap_or(1 << 20);
+    let ring = rings.iter().copied().min().unwrap_or(2 << 20);
     (ring / 2).clamp(1, 1 << 20)
 }
 

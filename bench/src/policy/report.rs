@@ -317,8 +317,15 @@ pub fn print_table(r: &Report, out: &mut dyn Write) -> io::Result<()> {
     let s = &r.setup;
     writeln!(
         out,
-        "consumer {} (ingress {:.3} Gbit/s measured); RIP {:.0} MB per CPU-second; cgroup {:?} at {}",
-        s.consumer, s.consumer_ingress_gbit_per_s, s.rip_mb_per_cpu_second, s.cgroup, s.cgroup_root
+        "consumer {} (ingress {:.3} Gbit/s measured); RIP {:.0} MB per CPU-second; cgroup {} at {}",
+        s.consumer,
+        s.consumer_ingress_gbit_per_s,
+        s.rip_mb_per_cpu_second,
+        match s.cgroup {
+            Version::V1 => "v1",
+            Version::V2 => "v2",
+        },
+        s.cgroup_root
     )?;
     for p in &s.producers {
         writeln!(

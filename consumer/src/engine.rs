@@ -359,13 +359,22 @@ impl ConsumerEngine {
     /// Drop every ring of `job` (aborting those not finished: their readers see why).
     /// Returns how many were released.
     pub fn release(&self, job: u64, reason: AbortReason) -> usize {
+        self.release_with(job, reason, "")
+    }
+
+    /// [`ConsumerEngine::release`], telling readers of streams not finished why in words.
+    pub fn release_with(&self, job: u64, reason: AbortReason, message: &str) -> usize {
         let gone: Vec<Arc<Entry>> = {
             let mut t = lock(&self.table);
             let keys: Vec<(u64, u32)> = t.keys().filter(|k| k.0 == job).copied().collect();
             keys.iter().filter_map(|k| t.remove(k)).collect()
         };
         for e in &gone {
-            e.writer.abort(reason);
+            if message.is_empty() {
+                e.writer.abort(reason);
+            } else {
+                e.writer.abort_with(reason, message);
+            }
             self.handoff.unpublish(&e.key);
         }
         // Offers waiting for room in these rings are refused now rather than at the next retry.

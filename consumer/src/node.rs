@@ -122,10 +122,16 @@ impl ConsumerNode {
                     }
                 }
             }]),
-            Message::Release { job } => {
+            Message::Release { job, ref reason } => {
                 // Report the final state first, so the scheduler sees the last progress.
                 let out = self.tick_job(Some(job.0));
-                let n = self.engine.release(job.0, AbortReason::Cancelled);
+                // Finished streams are only dropped; readers of the others learn why.
+                let n = if reason.is_empty() {
+                    self.engine.release(job.0, AbortReason::Cancelled)
+                } else {
+                    self.engine
+                        .release_with(job.0, AbortReason::JobAborted, reason)
+                };
                 self.reported.retain(|k, _| k.0 != job.0);
                 tracing::info!(%job, streams = n, "job released");
                 Some(out)

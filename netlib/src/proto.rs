@@ -397,6 +397,8 @@ pub struct JobStatus {
     pub warning: Option<String>,
     /// Straggling tasks redone on another producer so far.
     pub duplicated: u64,
+    /// Milliseconds since it started (Ready) until now, or until it ended.
+    pub duration_ms: u64,
 }
 
 /// Honest report of how a stream ring is backed (DESIGN.md §4: never silent).
@@ -683,6 +685,9 @@ pub enum Message {
     Release {
         /// Job id.
         job: JobId,
+        /// Why, for the readers of streams not read to their end (empty: the user is done
+        /// with the job).
+        reason: String,
     },
     /// C→S: In-order frontier and reader position of a stream advanced.
     StreamProgress {

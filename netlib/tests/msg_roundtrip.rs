@@ -198,10 +198,18 @@ fn job_status() -> impl Strategy<Value = JobStatus> {
         any::<(u64, u64, u64)>(),
         proptest::option::of(plan_info()),
         proptest::option::of(text()),
-        any::<u64>(),
+        any::<(u64, u64)>(),
     )
         .prop_map(
-            |(job, name, state, (delivered, read, total), plan, warning, duplicated)| JobStatus {
+            |(
+                job,
+                name,
+                state,
+                (delivered, read, total),
+                plan,
+                warning,
+                (duplicated, duration_ms),
+            )| JobStatus {
                 job,
                 name,
                 state,
@@ -213,6 +221,7 @@ fn job_status() -> impl Strategy<Value = JobStatus> {
                 plan: plan.map(Box::new),
                 warning,
                 duplicated,
+                duration_ms,
             },
         )
 }
@@ -436,7 +445,7 @@ fn message() -> impl Strategy<Value = Message> {
             stream,
             reason
         }),
-        job().prop_map(|job| Message::Release { job }),
+        (job(), text()).prop_map(|(job, reason)| Message::Release { job, reason }),
         (job(), stream(), any::<u64>(), any::<u64>()).prop_map(
             |(job, stream, frontier, read_pos)| Message::StreamProgress {
                 job,

@@ -35,6 +35,24 @@ pub fn build_with_threads(
     }
 }
 
+/// What building kernel `name` would find wrong with a job, before it is admitted (its
+/// parameters; for `rip`, its image among `inputs`, read with `read`). Cheap: nothing is
+/// rendered.
+pub fn check(
+    name: &str,
+    params: &Value,
+    geometry: &JobGeometry,
+    inputs: &[String],
+    read: &dyn Fn(&str) -> Result<Vec<u8>, String>,
+) -> Result<(), KernelError> {
+    match name {
+        "pattern" => Pattern::from_params(params).map(|_| ()),
+        "null" => Ok(()),
+        "rip" => crate::rip_kernel::check_rip(params, geometry, inputs, read),
+        other => Err(KernelError::Unknown(other.to_string())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

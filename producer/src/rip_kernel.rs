@@ -362,6 +362,52 @@ fn pick_image<'a>(
     }
 }
 
+/// What preload would find wrong with a rip job, checked before it is admitted: its
+/// parameters, and that its image is among the inputs and is an image (its header decodes);
+/// `read` gives an input's bytes.
+pub fn check_rip(
+    params: &Value,
+    geometry: &JobGeometry,
+    inputs: &[String],
+    read: &dyn Fn(&str) -> Result<Vec<u8>, String>,
+) -> Result<(), KernelError> {
+    let (_, image) = rip_params(params, geometry, None)?;
+    let name = match (image, inputs) {
+        (Some(n), _) if inputs.contains(&n) => n,
+        (Some(n), _) => {
+            return Err(param(
+                IMAGE_PARAM,
+                format!("{n:?} is not one of the job's inputs: add it to `inputs`"),
+            ));
+        }
+        (None, [only]) => only.clone(),
+        (None, []) => {
+            return Err(param(
+                "inputs",
+                "the rip kernel needs the input image: inputs = [\"image.png\"] in the job spec",
+            ));
+        }
+        (None, _) => {
+            return Err(param(
+                IMAGE_PARAM,
+                "the job has several inputs: name the image with [params] image = \"...\"",
+            ));
+        }
+    };
+    let bytes = read(&name).map_err(|e| param("inputs", format!("{name:?}: {e}")))?;
+    image::ImageReader::new(std::io::Cursor::new(&bytes))
+        .with_guessed_format()
+        .map_err(|e| param("inputs", format!("{name:?}: {e}")))?
+        .into_dimensions()
+        .map_err(|e| {
+            param(
+                "inputs",
+                format!("{name:?} is not an image the rip kernel reads (PNG, TIFF, JPEG): {e}"),
+            )
+        })?;
+    Ok(())
+}
+
 /// Builds the [`Rip`] a job describes (see [`rip_params`]) and checks that its output is
 /// exactly the geometry's.
 pub fn build_rip(

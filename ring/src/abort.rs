@@ -15,6 +15,8 @@ pub enum AbortReason {
     WriterGone,
     /// The reader went away before the end.
     ReaderGone,
+    /// The scheduler aborted the job (the abort message says why).
+    JobAborted,
     /// Any other code (application defined, >= 100 by convention).
     Other(u32),
 }
@@ -28,6 +30,7 @@ impl AbortReason {
             AbortReason::ConsumerShutdown => 3,
             AbortReason::WriterGone => 4,
             AbortReason::ReaderGone => 5,
+            AbortReason::JobAborted => 6,
             AbortReason::Other(c) => c,
         }
     }
@@ -40,6 +43,7 @@ impl AbortReason {
             3 => AbortReason::ConsumerShutdown,
             4 => AbortReason::WriterGone,
             5 => AbortReason::ReaderGone,
+            6 => AbortReason::JobAborted,
             c => AbortReason::Other(c),
         }
     }
@@ -53,6 +57,7 @@ impl fmt::Display for AbortReason {
             AbortReason::ConsumerShutdown => write!(f, "the consumer is shutting down"),
             AbortReason::WriterGone => write!(f, "the writer closed without finishing"),
             AbortReason::ReaderGone => write!(f, "the reader went away"),
+            AbortReason::JobAborted => write!(f, "the job was aborted"),
             AbortReason::Other(c) => write!(f, "reason code {c}"),
         }
     }

@@ -12,6 +12,8 @@
 //! | 32 | pace rate `u64` | bits/s a constant-rate reader reads at (0: none) |
 //! | 40 | prefill `u64` | bytes such a reader waits for before it starts |
 //! | 64 | [`Ctl`] | 128 bytes |
+//! | 1024 | abort message length `u32` | 0: none |
+//! | 1028 | abort message | UTF-8, at most [`MESSAGE_MAX`] bytes, written before the abort |
 //!
 //! The pacing fields were added within layout version 1: older writers leave them zero
 //! (no pacing), older readers ignore them.
@@ -46,6 +48,45 @@ pub mod off {
     pub const RATE_BPS: usize = 32;
     /// prefill (bytes)
     pub const PREFILL: usize = 40;
+    /// abort message length
+    pub const MESSAGE_LEN: usize = 1024;
+    /// abort message bytes
+    pub const MESSAGE: usize = 1028;
+}
+
+/// Longest abort message kept in the header.
+pub const MESSAGE_MAX: usize = CONTROL_LEN - off::MESSAGE;
+
+/// Writes the abort message (cut at a character boundary to [`MESSAGE_MAX`] bytes). The
+/// writer calls it before it publishes the abort, which orders it before the reader's load.
+pub(crate) fn write_message(map: &Mapping, msg: &str) {
+    let mut n = msg.len().min(MESSAGE_MAX);
+    while !msg.is_char_boundary(n) {
+        n -= 1;
+    }
+    let p = map.as_ptr();
+    // SAFETY: the mapping is writable and CONTROL_LEN long (checked at init); MESSAGE + n is
+    // at most CONTROL_LEN; the reader reads these bytes only after it saw the abort state
+    // (stored with Release after this).
+    unsafe {
+        std::ptr::copy_nonoverlapping(msg.as_ptr(), p.add(off::MESSAGE), n);
+        (p.add(off::MESSAGE_LEN) as *mut u32).write_volatile(n as u32);
+    }
+}
+
+/// The abort message, if the writer left one (read it after seeing the abort state).
+pub(crate) fn read_message(map: &Mapping) -> Option<String> {
+    if map.len() < CONTROL_LEN {
+        return None;
+    }
+    let p = map.as_ptr();
+    // SAFETY: in bounds (checked above), aligned (page-aligned mapping); the length is
+    // clamped, so the slice stays inside the mapping whatever the writer wrote there.
+    let bytes = unsafe {
+        let n = ((p.add(off::MESSAGE_LEN) as *const u32).read_volatile() as usize).min(MESSAGE_MAX);
+        std::slice::from_raw_parts(p.add(off::MESSAGE), n).to_vec()
+    };
+    (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// How the job wants its stream read: at `rate_bps` bits per second, starting once `prefill`

@@ -225,6 +225,13 @@ impl Reader {
         self.fixed.capacity
     }
 
+    /// Why the stream was aborted, in the writer's words, when it was and it said.
+    pub fn abort_message(&self) -> Option<String> {
+        (self.ctl().state() == ctl::STATE_ABORTED)
+            .then(|| header::read_message(&self.ctl_map))
+            .flatten()
+    }
+
     /// How the job wants its stream read (its rate and prefill), when it has a rate.
     pub fn pacing(&self) -> Option<crate::header::Pacing> {
         self.fixed.pacing

@@ -459,6 +459,20 @@ impl Writer {
             .close(ctl::STATE_ABORTED, reason.code(), None);
     }
 
+    /// Abort the stream and tell its reader why in words (kept in the header, cut to
+    /// [`crate::header::MESSAGE_MAX`] bytes); idempotent, no effect after `finish`.
+    pub fn abort_with(&self, reason: AbortReason, message: &str) {
+        let mut st = self.inner.lock();
+        if st.stage != Stage::Open {
+            return;
+        }
+        st.stage = Stage::Aborted;
+        header::write_message(&self.inner.ctl_map, message);
+        self.inner
+            .ctl()
+            .close(ctl::STATE_ABORTED, reason.code(), None);
+    }
+
     /// Whether `finish` or `abort` was called.
     pub fn is_closed(&self) -> bool {
         self.inner.lock().stage != Stage::Open

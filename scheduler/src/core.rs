@@ -52,6 +52,10 @@ use crate::spec::{Chunk, JobPlan, Layout, Piece, ReaderDeath, SpecError};
 /// Milliseconds on the server's monotonic clock.
 pub type Millis = u64;
 
+/// A running job that delivered no chunk for this long, with a stream whose ring is full, is
+/// reported stalled (status, and the submitter).
+pub const STALL_MS: Millis = 5_000;
+
 /// A dealt task is late at its expected time × (1 + slack) plus this (control-plane jitter).
 pub const STRAGGLER_FLOOR_MS: u64 = 100;
 
@@ -518,6 +522,19 @@ pub enum AbortReason {
         /// The consumer.
         node: String,
     },
+    /// The job waited past its `reader_timeout` on a full ring whose reader read nothing.
+    #[error(
+        "stream {stream} on {}: its ring was full and its reader read nothing for {secs} s (reader_timeout)",
+        spate_netlib::text::quote(node)
+    )]
+    ReaderTimeout {
+        /// The stream.
+        stream: u32,
+        /// The consumer.
+        node: String,
+        /// Seconds waited.
+        secs: u64,
+    },
 }
 
 /// How a job ended.
@@ -727,6 +744,34 @@ pub enum JobState {
     Delivered,
 }
 
+/// How many ended jobs the scheduler remembers (the oldest are forgotten first).
+pub const ENDED_HISTORY: usize = 256;
+
+/// A job that ended, as status shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndedJob {
+    /// The job.
+    pub id: JobId,
+    /// Its name in the spec, if any.
+    pub name: Option<String>,
+    /// How it ended.
+    pub end: JobEnd,
+    /// Its policy.
+    pub policy: &'static str,
+    /// Output bytes in all.
+    pub total: u64,
+    /// Bytes delivered in order at the consumers when it ended.
+    pub delivered: u64,
+    /// Bytes its readers released when it ended.
+    pub read: u64,
+    /// When it was submitted, started (Ready) and ended.
+    pub submitted: Millis,
+    /// When it started (None: it never ran).
+    pub started: Option<Millis>,
+    /// When it ended.
+    pub ended: Millis,
+}
+
 /// A snapshot of a job, for status and tests.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobStatus {
@@ -754,6 +799,8 @@ pub struct JobStatus {
     pub warning: Option<String>,
     /// Straggling tasks duplicated on another producer so far.
     pub duplicated: u64,
+    /// When it started running (Ready).
+    pub started: Option<Millis>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -814,6 +861,13 @@ struct Job {
     duplicated: u64,
     /// Tasks finished since its plan was last made.
     done_since_plan: u32,
+    /// When it was submitted and when it started running.
+    submitted: Millis,
+    started: Option<Millis>,
+    /// When it last delivered a chunk (or started).
+    progressed: Millis,
+    /// Why it is stalled, when it is.
+    stall: Option<String>,
 }
 
 /// A dealt job is re-planned on today's estimates every this many finished tasks per
@@ -967,6 +1021,8 @@ pub struct Scheduler {
     nodes: BTreeMap<NodeId, Node>,
     jobs: BTreeMap<JobId, Job>,
     tasks: BTreeMap<TaskId, Task>,
+    /// Ended jobs, oldest first (at most [`ENDED_HISTORY`]).
+    ended: std::collections::VecDeque<EndedJob>,
     /// Dealt tasks by deadline.
     deadlines: BTreeSet<(Millis, TaskId)>,
     next_job: u64,
@@ -1002,6 +1058,7 @@ impl Scheduler {
             nodes: BTreeMap::new(),
             jobs: BTreeMap::new(),
             tasks: BTreeMap::new(),
+            ended: std::collections::VecDeque::new(),
             deadlines: BTreeSet::new(),
             next_job: 1,
             next_task: 1,
@@ -1068,11 +1125,12 @@ impl Scheduler {
                     }
                     s.read = s.read.max(read);
                 }
+                self.complete_if_read(job, &mut out);
             }
             Event::ReaderGone { node, job, stream } => {
                 self.on_reader_gone(node, job, stream, &mut out)
             }
-            Event::Tick => {}
+            Event::Tick => self.check_stalls(&mut out),
         }
         self.check_timeouts(&mut out);
         self.dispatch(&mut out);
@@ -1132,6 +1190,26 @@ impl Scheduler {
         self.nodes.keys().copied().collect()
     }
 
+    /// Ended jobs, oldest first (at most [`ENDED_HISTORY`]).
+    pub fn ended_jobs(&self) -> impl Iterator<Item = &EndedJob> {
+        self.ended.iter()
+    }
+
+    /// An ended job, if still remembered.
+    pub fn ended_job(&self, job: JobId) -> Option<&EndedJob> {
+        self.ended.iter().rev().find(|e| e.id == job)
+    }
+
+    /// The id the next job gets.
+    pub fn next_job_id(&self) -> u64 {
+        self.next_job
+    }
+
+    /// Numbers new jobs from `next` on (at least): ids never repeat across restarts.
+    pub fn continue_job_ids(&mut self, next: u64) {
+        self.next_job = self.next_job.max(next);
+    }
+
     /// Live jobs.
     pub fn jobs(&self) -> Vec<JobId> {
         self.jobs.keys().copied().collect()
@@ -1164,8 +1242,9 @@ impl Scheduler {
         Some(JobStatus {
             policy: self.policies[j.policy].name(),
             plan: j.summary.clone(),
-            warning: j.warning.clone(),
+            warning: j.stall.clone().or_else(|| j.warning.clone()),
             duplicated: j.duplicated,
+            started: j.started,
             id: j.id,
             client: j.client,
             state: j.state,
@@ -1746,6 +1825,10 @@ impl Scheduler {
             warning: None,
             duplicated: 0,
             done_since_plan: 0,
+            submitted: self.now,
+            started: None,
+            progressed: self.now,
+            stall: None,
         };
         self.jobs.insert(id, job);
     }
@@ -1883,6 +1966,8 @@ impl Scheduler {
         let now = self.now;
         if let Some(j) = self.jobs.get_mut(&job) {
             j.state = JobState::Running;
+            j.started = Some(now);
+            j.progressed = now;
             if let Some(d) = j.dealer.as_mut() {
                 // The first window goes out at once; then the pace holds.
                 d.filled_at = now;
@@ -1897,10 +1982,16 @@ impl Scheduler {
 
     fn on_done(&mut self, client: ClientId, job: JobId, out: &mut Vec<Command>) {
         let Some(j) = self.jobs.get(&job) else {
-            out.push(Command::Reply {
-                client,
-                reply: Reply::Error(ClientError::UnknownJob(job)),
-            });
+            // Done again for a job that completed (its readers read everything) is fine.
+            let reply = if self
+                .ended_job(job)
+                .is_some_and(|e| e.end == JobEnd::Completed)
+            {
+                Reply::Ok(job)
+            } else {
+                Reply::Error(ClientError::UnknownJob(job))
+            };
+            out.push(Command::Reply { client, reply });
             return;
         };
         if j.state != JobState::Delivered {
@@ -1985,8 +2076,11 @@ impl Scheduler {
                 (REPLAN_TASKS_PER_PRODUCER * d.plan.shares.len() as u32).max(REPLAN_MIN_TASKS);
             replan = j.done_since_plan >= every;
         }
-        if let Some((part, rank)) = j.layout.locate(t.chunk) {
-            j.deliver(part, rank);
+        if let Some((part, rank)) = j.layout.locate(t.chunk)
+            && j.deliver(part, rank)
+        {
+            j.progressed = self.now;
+            j.stall = None;
         }
         if j.delivered == j.layout.chunk_count() && j.state == JobState::Running {
             j.state = JobState::Delivered;
@@ -2002,6 +2096,7 @@ impl Scheduler {
                 client: j.client,
                 job: t.job,
             });
+            self.complete_if_read(t.job, out);
         } else if replan {
             // Measured rates fed back: the shares, window and deadlines follow them.
             self.replan(t.job, out);
@@ -2118,6 +2213,75 @@ impl Scheduler {
         self.check_stragglers(out);
     }
 
+    /// Running jobs that delivered nothing for [`STALL_MS`] while a stream's ring is full (its
+    /// reader not reading, or too slowly): reported once per stall; with a `reader_timeout`,
+    /// aborted once it has passed.
+    fn check_stalls(&mut self, out: &mut Vec<Command>) {
+        let now = self.now;
+        let mut warn = Vec::new();
+        let mut abort = Vec::new();
+        for j in self.jobs.values_mut() {
+            if j.state != JobState::Running || now.saturating_sub(j.progressed) < STALL_MS {
+                continue;
+            }
+            let piece = j.layout.max_piece_bytes();
+            let full = j.streams.iter().enumerate().find(|(i, s)| {
+                let len = j.plan.streams[*i].len;
+                s.read < len && s.frontier.saturating_sub(s.read) + piece > s.ring
+            });
+            let Some((i, s)) = full else {
+                continue;
+            };
+            let idle_ms = now.saturating_sub(s.read_at.max(j.progressed));
+            let node = self
+                .nodes
+                .get(&s.node)
+                .map_or_else(String::new, |n| n.info.name.clone());
+            if let Some(limit) = j.plan.reader_timeout
+                && idle_ms >= limit.as_millis() as u64
+            {
+                abort.push((
+                    j.id,
+                    AbortReason::ReaderTimeout {
+                        stream: i as u32,
+                        node,
+                        secs: limit.as_secs(),
+                    },
+                ));
+                continue;
+            }
+            if j.stall.is_none() {
+                let why = if s.read == 0 {
+                    "no reader has read from it yet".to_string()
+                } else {
+                    format!(
+                        "its reader has read nothing for {:.1} s",
+                        idle_ms as f64 / 1000.0
+                    )
+                };
+                let msg = format!(
+                    "stalled: stream {i} on {} has a full ring ({} of {} bytes read) and {why}; \
+                     the job waits for it",
+                    spate_netlib::text::quote(&node),
+                    s.read,
+                    j.plan.streams[i].len
+                );
+                j.stall = Some(msg.clone());
+                warn.push((j.client, j.id, msg));
+            }
+        }
+        for (client, job, message) in warn {
+            out.push(Command::JobWarning {
+                client,
+                job,
+                message,
+            });
+        }
+        for (id, r) in abort {
+            self.end_job(id, JobEnd::Aborted(r), out);
+        }
+    }
+
     /// Refuses a job that is still allocating: releases what was asked for.
     fn refuse_job(&mut self, id: JobId, refusal: Refusal, out: &mut Vec<Command>) {
         let Some(j) = self.jobs.remove(&id) else {
@@ -2152,6 +2316,7 @@ impl Scheduler {
         let Some(j) = self.jobs.remove(&id) else {
             return;
         };
+        self.remember(&j, &end);
         if j.state == JobState::Allocating {
             let why = match &end {
                 JobEnd::Aborted(r) => ReleaseWhy::Aborted(r.clone()),
@@ -2194,6 +2359,54 @@ impl Scheduler {
             job: id,
             end,
         });
+    }
+
+    /// Keeps an ended job in the bounded history.
+    fn remember(&mut self, j: &Job, end: &JobEnd) {
+        let lb = j.plan.geometry.line_bytes;
+        let cl = j.layout.chunk_lines();
+        let delivered = if j.state == JobState::Delivered || *end == JobEnd::Completed {
+            j.plan.total_bytes()
+        } else {
+            // Whole chunks delivered in order, per part, times the channels.
+            (0..j.layout.parts())
+                .map(|p| {
+                    let lines = j.plan.part_lines(p);
+                    (j.frontier[p as usize] * cl).min(lines.end - lines.start) * lb
+                })
+                .sum::<u64>()
+                * u64::from(j.plan.geometry.channels)
+        };
+        if self.ended.len() >= ENDED_HISTORY {
+            self.ended.pop_front();
+        }
+        self.ended.push_back(EndedJob {
+            id: j.id,
+            name: j.plan.name.clone(),
+            end: end.clone(),
+            policy: self.policies[j.policy].name(),
+            total: j.plan.total_bytes(),
+            delivered,
+            read: j.streams.iter().map(|s| s.read).sum(),
+            submitted: j.submitted,
+            started: j.started,
+            ended: self.now,
+        });
+    }
+
+    /// A delivered job whose every stream was read to its end completes by itself (its rings
+    /// are freed; no Done needed).
+    fn complete_if_read(&mut self, id: JobId, out: &mut Vec<Command>) {
+        let done = self.jobs.get(&id).is_some_and(|j| {
+            j.state == JobState::Delivered
+                && j.streams
+                    .iter()
+                    .zip(&j.plan.streams)
+                    .all(|(s, p)| s.read >= p.len)
+        });
+        if done {
+            self.end_job(id, JobEnd::Completed, out);
+        }
     }
 
     // -- dispatch -----------------------------------------------------------------------------

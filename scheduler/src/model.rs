@@ -122,6 +122,12 @@ pub struct JobShape {
     /// The window is this many times Little's `W` (1 in the formulas; a policy may ask
     /// for more so that a latency above the prediction does not throttle the job).
     pub window_factor: f64,
+    /// Chunks per second the control plane may hand out for the job (every chunk is a task:
+    /// messages, a report): capacity at size `s` is at most this × `s` (∞ in the formulas).
+    pub max_chunk_rate: f64,
+    /// Seconds of reading added to the prefill so that control-plane jitter does not starve
+    /// a constant-rate reader (0 in the formulas).
+    pub jitter: f64,
 }
 
 impl JobShape {
@@ -384,7 +390,9 @@ impl<'a> Ctx<'a> {
             return None;
         }
         let st = self.stages(s, set)?;
-        let cap = self.capacity(set, &st);
+        let cap = self
+            .capacity(set, &st)
+            .min(shape.max_chunk_rate * s.bytes as f64);
         let latency = st.iter().map(|x| x.latency + x.period).fold(0.0, f64::max);
         let min_latency = st.iter().map(|x| x.latency).fold(f64::INFINITY, f64::min);
         let planned = rate.unwrap_or(cap);
@@ -392,7 +400,7 @@ impl<'a> Ctx<'a> {
         let little = ((planned / sb) * latency).ceil() as u64 + set.len() as u64;
         let window = ((little as f64) * shape.window_factor.max(1.0)).ceil() as u64;
         let throughput = cap.min(window as f64 * sb / latency.max(1e-12));
-        let prefill_job = planned * (latency - min_latency).max(0.0) + sb;
+        let prefill_job = planned * ((latency - min_latency).max(0.0) + shape.jitter) + sb;
         let mut rings = Vec::with_capacity(shape.streams.len());
         let mut prefill = Vec::with_capacity(shape.streams.len());
         for st in &shape.streams {
@@ -759,6 +767,8 @@ mod tests {
             sizes,
             total: 1 << 40,
             window_factor: 1.0,
+            max_chunk_rate: f64::INFINITY,
+            jitter: 0.0,
         };
         (cluster, shape)
     }

@@ -481,6 +481,12 @@ pub struct TcloConfig {
     /// Deal in plain strict turns instead of by weight (the baseline that shows what the
     /// weights are worth).
     pub round_robin: bool,
+    /// Chunks per second one job may cost the control plane (each chunk is a task with its
+    /// messages and report): a job's chunks are at least its rate over this.
+    pub max_chunk_rate: f64,
+    /// Seconds of reading a constant-rate reader's prefill holds beyond the model's
+    /// `R (L − min l)`, for control-plane and scheduling jitter.
+    pub jitter: f64,
 }
 
 impl Default for TcloConfig {
@@ -498,6 +504,8 @@ impl Default for TcloConfig {
             alloc_timeout_ms: 10_000,
             max_attempts: 3,
             round_robin: false,
+            max_chunk_rate: 500.0,
+            jitter: 0.05,
         }
     }
 }
@@ -576,6 +584,13 @@ impl Tclo {
             sizes,
             total,
             window_factor: self.config.window_factor,
+            // A chunk size the spec fixed is the user's choice; the budget only steers ours.
+            max_chunk_rate: if plan.chunk_lines.is_some() {
+                f64::INFINITY
+            } else {
+                self.config.max_chunk_rate
+            },
+            jitter: self.config.jitter,
         }
     }
 

@@ -41,6 +41,8 @@
 //!                                  # in order); with a rate both must hold, else refused
 //! policy = "tclo"                  # optional: "tclo" (default) | "load-balance"
 //! on_reader_death = "abort"        # "abort" (default) | "keep"
+//! reader_timeout = "30s"           # optional: abort when the job waits this long on a
+//!                                  # stream whose ring is full and whose reader reads nothing
 //!
 //! [[stream]]                       # optional, in stream order: overrides for stream 0, 1, ...
 //! node = "printer-cyan"            # (TOML: tables come after the top-level keys)
@@ -134,6 +136,13 @@ pub enum SpecErrorKind {
         value: String,
         /// Why, and where possible how to fix it.
         reason: String,
+    },
+    /// The job's kernel refuses its parameters or inputs (checked at submit, as a producer's
+    /// preload would).
+    #[error("{}", spate_netlib::text::Quoted::new(problem).bare().max(400))]
+    Kernel {
+        /// What the kernel says.
+        problem: String,
     },
 }
 
@@ -282,6 +291,8 @@ pub struct JobPlan {
     pub policy: Option<String>,
     /// What to do when a reader dies.
     pub on_reader_death: ReaderDeath,
+    /// Abort the job when it has waited this long on a full ring whose reader reads nothing.
+    pub reader_timeout: Option<Duration>,
 }
 
 /// One stream's share of a chunk: `len` bytes at `offset` of stream `stream`.
@@ -484,6 +495,7 @@ struct RawSpec {
     latency: Option<toml::Value>,
     policy: Option<String>,
     on_reader_death: Option<String>,
+    reader_timeout: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -956,6 +968,24 @@ fn validate(raw: RawSpec) -> Result<JobPlan, SpecError> {
             "write a policy name, e.g. \"tclo\" or \"load-balance\"",
         ));
     }
+    let reader_timeout = match &raw.reader_timeout {
+        None => None,
+        Some(toml::Value::String(s)) => {
+            let d = parse_duration(s)
+                .map_err(|e| SpecError::new("reader_timeout", SpecErrorKind::Unit(e)))?;
+            if d.is_zero() {
+                return Err(SpecError::not_positive("reader_timeout", s));
+            }
+            Some(d)
+        }
+        Some(other) => {
+            return Err(SpecError::invalid(
+                "reader_timeout",
+                other,
+                "write a duration with a unit, e.g. \"30s\"",
+            ));
+        }
+    };
     let on_reader_death = match raw.on_reader_death.as_deref() {
         None | Some("abort") => ReaderDeath::Abort,
         Some("keep") => ReaderDeath::Keep,
@@ -981,6 +1011,7 @@ fn validate(raw: RawSpec) -> Result<JobPlan, SpecError> {
         latency,
         policy: raw.policy,
         on_reader_death,
+        reader_timeout,
     })
 }
 

@@ -73,6 +73,8 @@ fn shape(consumers: &[ConsumerCap], k0: u32, k1: u32) -> JobShape {
             .collect(),
         total: 1 << 40,
         window_factor: 1.0,
+        max_chunk_rate: f64::INFINITY,
+        jitter: 0.0,
     }
 }
 

@@ -208,7 +208,7 @@ fn fake_consumer(mut c: Conn, released: mpsc::Sender<JobId>) -> JoinHandle<()> {
                         return;
                     }
                 }
-                Message::Release { job } => {
+                Message::Release { job, .. } => {
                     let _ = released.send(job);
                 }
                 Message::Shutdown { .. } => return,

@@ -256,7 +256,11 @@ fn a_producer_and_a_consumer_process_deliver_a_pattern_stream_byte_exact() {
     assert!(out.contains("\"verified\":true"), "{out}");
 
     // Release, then shut both down: they exit 0 and say why.
-    cc.send(&Message::Release { job }).unwrap();
+    cc.send(&Message::Release {
+        job,
+        reason: String::new(),
+    })
+    .unwrap();
     pc.send(&Message::Unload { job }).unwrap();
     for c in [&mut cc, &mut pc] {
         c.send(&Message::Shutdown {

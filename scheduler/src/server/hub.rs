@@ -17,7 +17,7 @@ use spate_netlib::proto::{
 
 use crate::core::{
     self, ClientError, ClientId, Command, Event, JobEnd, JobId, Leave, Millis, NodeId, Refusal,
-    Reply, Scheduler, Submission, Target, TaskId, TaskReport,
+    ReleaseWhy, Reply, Scheduler, Submission, Target, TaskId, TaskReport,
 };
 use crate::files::{FileService, check_name};
 use crate::policy::PlanSummary;
@@ -96,6 +96,23 @@ struct JobInfo {
     sent_at: Millis,
 }
 
+/// Checks a job's kernel parameters and inputs at submit, as a producer's preload would
+/// (`read` gives an input's bytes from the file service); the binary that runs the server
+/// wires the kernels' checks in (the scheduler knows no kernel).
+#[derive(Clone)]
+pub struct Validator(pub std::sync::Arc<CheckFn>);
+
+/// See [`Validator`].
+pub type CheckFn = dyn Fn(&JobPlan, &dyn Fn(&str) -> Result<Vec<u8>, String>) -> Result<(), SpecError>
+    + Send
+    + Sync;
+
+impl std::fmt::Debug for Validator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Validator")
+    }
+}
+
 /// The translation layer. See the module docs.
 pub struct Hub {
     core: Scheduler,
@@ -113,6 +130,8 @@ pub struct Hub {
     latency: ChunkLatency,
     /// The job and chunk of every task handed out and not finished.
     task_chunks: BTreeMap<TaskId, (JobId, u64)>,
+    /// Kernel checks at submit.
+    validator: Option<Validator>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -142,7 +161,13 @@ impl Hub {
             micros: None,
             latency: ChunkLatency::default(),
             task_chunks: BTreeMap::new(),
+            validator: None,
         }
+    }
+
+    /// Checks jobs' kernel parameters and inputs at submit with `v`.
+    pub fn set_validator(&mut self, v: Option<Validator>) {
+        self.validator = v;
     }
 
     /// Sets the clock used for latency figures (microseconds, monotonic); call it before
@@ -536,11 +561,23 @@ impl Hub {
                             self.send(conn, Message::JobUpdate(s));
                         }
                     }
-                    None => self.error(
-                        conn,
-                        ErrorKind::UnknownJob,
-                        ClientError::UnknownJob(id).to_string(),
-                    ),
+                    None => match self.ended_status(id) {
+                        // It ended already (say while the watcher reconnected): how.
+                        Some(s) => {
+                            self.send(conn, Message::Ack { job });
+                            let outcome = match &s.state {
+                                proto::JobState::Ended(o) => o.clone(),
+                                _ => JobOutcome::Completed,
+                            };
+                            self.send(conn, Message::JobUpdate(s));
+                            self.send(conn, Message::JobEnded { job, outcome });
+                        }
+                        None => self.error(
+                            conn,
+                            ErrorKind::UnknownJob,
+                            ClientError::UnknownJob(id).to_string(),
+                        ),
+                    },
                 }
             }
             Message::Heartbeat => {}
@@ -630,6 +667,18 @@ impl Hub {
             };
             if let Err(e) = checked {
                 return Err((RefuseReason::InputUnavailable { name }, format!("{e}")));
+            }
+        }
+        if let Some(v) = &self.validator {
+            let files = self.files.clone();
+            let read = |name: &str| -> Result<Vec<u8>, String> {
+                let f = files.as_ref().ok_or("no file service (--files DIR)")?;
+                let size = f.size(name).map_err(|e| e.to_string())?;
+                f.read(name, 0, size).map_err(|e| e.to_string())
+            };
+            if let Err(e) = (v.0)(&plan, &read) {
+                let r = Refusal::InvalidSpec(e);
+                return Err((refuse_reason(&r), r.to_string()));
             }
         }
         Ok(plan)
@@ -911,10 +960,17 @@ impl Hub {
                 }
                 Command::Release { node, job, why, .. } => {
                     tracing::debug!(conn = node.0, %job, ?why, "release");
+                    let reason = match why {
+                        ReleaseWhy::Done => String::new(),
+                        ReleaseWhy::Refused => format!("{job} was refused"),
+                        ReleaseWhy::Cancelled => format!("{job} was cancelled by its user"),
+                        ReleaseWhy::Aborted(r) => format!("{job} was aborted: {r}"),
+                    };
                     self.send(
                         node.0,
                         Message::Release {
                             job: proto::JobId(job.0),
+                            reason,
                         },
                     );
                 }
@@ -996,13 +1052,7 @@ impl Hub {
                     }
                 }
                 Command::JobEnded { client, job, end } => {
-                    let outcome = match &end {
-                        JobEnd::Completed => JobOutcome::Completed,
-                        JobEnd::Cancelled => JobOutcome::Cancelled,
-                        JobEnd::Aborted(r) => JobOutcome::Aborted {
-                            reason: r.to_string(),
-                        },
-                    };
+                    let outcome = outcome_of(&end);
                     tracing::info!(%job, ?outcome, "job ended");
                     let samples = self.latency.take(job);
                     self.task_chunks.retain(|_, (j, _)| *j != job);
@@ -1239,22 +1289,54 @@ impl Hub {
             plan: Some(Box::new(self.plan_info(st.policy, &st.plan))),
             warning: st.warning.clone(),
             duplicated: st.duplicated,
+            duration_ms: st.started.map_or(0, |t| self.now.saturating_sub(t)),
+        })
+    }
+
+    /// An ended job's status (outcome, bytes, duration), while the core remembers it.
+    fn ended_status(&self, job: JobId) -> Option<proto::JobStatus> {
+        let e = self.core.ended_job(job)?;
+        Some(proto::JobStatus {
+            job: proto::JobId(job.0),
+            name: e.name.clone().unwrap_or_default(),
+            state: proto::JobState::Ended(outcome_of(&e.end)),
+            progress: Progress {
+                delivered: e.delivered,
+                read: e.read,
+                total: e.total,
+            },
+            plan: None,
+            warning: None,
+            duplicated: 0,
+            duration_ms: e.started.map_or(0, |t| e.ended.saturating_sub(t)),
         })
     }
 
     /// The answer to a Status request.
     pub fn status(&self, job: Option<JobId>) -> Message {
-        let ids = match job {
-            Some(id) if self.core.plan(id).is_none() => {
-                return Message::Error {
-                    kind: ErrorKind::UnknownJob,
-                    message: ClientError::UnknownJob(id).to_string(),
-                };
-            }
-            Some(id) => vec![id],
-            None => self.core.jobs(),
+        let jobs: Vec<proto::JobStatus> = match job {
+            Some(id) => match self.job_status(id).or_else(|| self.ended_status(id)) {
+                Some(s) => vec![s],
+                None => {
+                    return Message::Error {
+                        kind: ErrorKind::UnknownJob,
+                        message: ClientError::UnknownJob(id).to_string(),
+                    };
+                }
+            },
+            // Ended jobs (oldest first), then the live ones.
+            None => self
+                .core
+                .ended_jobs()
+                .filter_map(|e| self.ended_status(e.id))
+                .chain(
+                    self.core
+                        .jobs()
+                        .into_iter()
+                        .filter_map(|id| self.job_status(id)),
+                )
+                .collect(),
         };
-        let jobs = ids.iter().filter_map(|id| self.job_status(*id)).collect();
         let all: Vec<core::JobStatus> = self
             .core
             .jobs()
@@ -1320,6 +1402,17 @@ impl Hub {
                 self.send(c, Message::JobUpdate(s.clone()));
             }
         }
+    }
+}
+
+/// A core job end as the protocol says it.
+fn outcome_of(end: &JobEnd) -> JobOutcome {
+    match end {
+        JobEnd::Completed => JobOutcome::Completed,
+        JobEnd::Cancelled => JobOutcome::Cancelled,
+        JobEnd::Aborted(r) => JobOutcome::Aborted {
+            reason: r.to_string(),
+        },
     }
 }
 

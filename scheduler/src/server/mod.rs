@@ -39,7 +39,7 @@ use spate_netlib::proto::{ErrorKind, Message};
 use spate_runtime::{Completion, Driver, DriverConfig, Notifier, Op, OpId, Output, RuntimeError};
 
 pub use hub::{
-    Action, ConnId, Hub, MISSED_HEARTBEATS, UPDATE_INTERVAL_MS, compute_pair, core_info,
+    Action, ConnId, Hub, MISSED_HEARTBEATS, UPDATE_INTERVAL_MS, Validator, compute_pair, core_info,
     job_geometry, refuse_reason, route, table_to_value,
 };
 
@@ -81,6 +81,8 @@ pub struct ServerConfig {
     pub tclo: TcloConfig,
     /// The policy of jobs that name none: "tclo" or "load-balance".
     pub default_policy: String,
+    /// Kernel checks of submitted jobs (parameters, inputs), as preload would do them.
+    pub validator: Option<hub::Validator>,
 }
 
 /// The policies a server offers, and the index of `default` among them (None: unknown name).
@@ -111,6 +113,7 @@ impl ServerConfig {
             policy: LoadBalanceConfig::default(),
             tclo: TcloConfig::default(),
             default_policy: "tclo".into(),
+            validator: None,
         }
     }
 }
@@ -223,7 +226,8 @@ impl Server {
         let (all, default) =
             policies(&cfg).ok_or_else(|| ServerError::UnknownPolicy(cfg.default_policy.clone()))?;
         let core = Scheduler::with_policies(all, default);
-        let hub = Hub::new(core, files, cfg.heartbeat_ms);
+        let mut hub = Hub::new(core, files, cfg.heartbeat_ms);
+        hub.set_validator(cfg.validator.clone());
         let mut lp = Loop {
             start: Instant::now(),
             encoder: Encoder::new(cfg.max_frame),

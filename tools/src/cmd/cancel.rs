@@ -1,43 +1,18 @@
 //! `spate cancel`: stop a job now (its rings are released, readers see it cancelled).
 
-use std::path::PathBuf;
-use std::time::Duration;
+use spate_netlib::proto::Message;
 
-use anyhow::Context as _;
-use spate_netlib::endpoint::Endpoint;
-use spate_netlib::proto::{JobId, Message};
-use spate_scheduler::server::user::{DEFAULT_ENDPOINT, User, load_secret};
+use super::jobctl::{JobArgs, request};
 
 #[derive(clap::Args, Debug)]
 #[command(about = "Cancel a job (any state); its stream rings are released")]
 pub struct Args {
-    /// The job id (as printed by `spate submit`).
-    #[arg(value_name = "JOB")]
-    pub job: u64,
-    /// The scheduler: unix:PATH or tcp:HOST:PORT.
-    #[arg(long, env = "SPATE_SCHEDULER", value_name = "ENDPOINT", default_value = DEFAULT_ENDPOINT)]
-    pub scheduler: Endpoint,
-    /// File holding the cluster secret (default: $SPATE_SECRET, or PATH.secret beside a UNIX
-    /// scheduler socket).
-    #[arg(long, value_name = "PATH")]
-    pub secret_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub job: JobArgs,
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
-    let secret = load_secret(a.secret_file.as_deref(), &a.scheduler)
-        .context("cannot load the cluster secret")?;
-    let mut user = User::connect(&a.scheduler, &secret, Duration::from_secs(10))?;
-    let job = JobId(a.job);
-    let r = user.request(&Message::Cancel { job }, |m| match m {
-        Message::Ack { job: j } if j == job => Some(Ok(())),
-        Message::Error { message, .. } => Some(Err(message)),
-        _ => None,
-    })?;
-    match r {
-        Ok(()) => {
-            println!("job {} cancelled", a.job);
-            Ok(0)
-        }
-        Err(m) => anyhow::bail!("cannot cancel job {}: {m}", a.job),
-    }
+    request(&a.job, |job| Message::Cancel { job }, "cancel")?;
+    println!("job {} cancelled", a.job.job);
+    Ok(0)
 }

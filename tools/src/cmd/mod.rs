@@ -6,6 +6,7 @@ pub mod bench;
 pub mod cancel;
 pub mod demo;
 pub mod doctor;
+pub mod jobctl;
 pub mod node;
 pub mod plan;
 pub mod read;
@@ -25,6 +26,8 @@ pub enum Cmd {
     Submit(submit::Args),
     Plan(plan::Args),
     Status(status::Args),
+    Ready(jobctl::ReadyArgs),
+    Done(jobctl::DoneArgs),
     Cancel(cancel::Args),
     Read(read::Args),
     /// Check what this node offers spate (io_uring, hugepages, memlock, congestion control).
@@ -45,6 +48,8 @@ pub fn run(cmd: Cmd) -> anyhow::Result<i32> {
         Cmd::Submit(a) => submit::run(a),
         Cmd::Plan(a) => plan::run(a),
         Cmd::Status(a) => status::run(a),
+        Cmd::Ready(a) => jobctl::ready(a),
+        Cmd::Done(a) => jobctl::done(a),
         Cmd::Cancel(a) => cancel::run(a),
         Cmd::Read(a) => read::run(a),
         Cmd::Doctor(a) => doctor::run(a),

@@ -394,7 +394,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
         Err(Fail::Read(e @ ReadError::Aborted(_))) => {
             rep.outcome = "aborted";
-            rep.error = Some(e.to_string());
+            // The consumer says why in words when the scheduler told it (the job's reason).
+            rep.error = Some(match reader.abort_message() {
+                Some(m) => format!("stream aborted: {}", Quoted::new(&m).bare()),
+                None => e.to_string(),
+            });
             EXIT_ABORTED
         }
         Err(Fail::Read(e @ ReadError::WriterDead { .. })) => {

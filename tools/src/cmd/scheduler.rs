@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use spate_netlib::endpoint::Endpoint;
 use spate_scheduler::server::user::{DEFAULT_ENDPOINT, SecretOrigin, server_secret};
-use spate_scheduler::server::{Server, ServerConfig, stop_on_signals};
+use spate_scheduler::server::{Server, ServerConfig, Validator, stop_on_signals};
 
 #[derive(clap::Args, Debug)]
 #[command(
@@ -59,6 +59,35 @@ fn parse_size(s: &str) -> Result<u64, String> {
     spate_scheduler::spec::parse_size(s).map_err(|e| e.to_string())
 }
 
+/// The kernels' own checks of a job's parameters and inputs, run at submit (the scheduler
+/// crate knows no kernel; the producer's factory does).
+pub fn kernel_checks() -> Validator {
+    Validator(std::sync::Arc::new(|plan, read| {
+        use spate_producer::kernel::KernelError;
+        use spate_scheduler::spec::{SpecError, SpecErrorKind};
+        let params = spate_scheduler::server::table_to_value(&plan.params);
+        let geometry = spate_scheduler::server::job_geometry(plan);
+        spate_producer::factory::check(plan.kernel.name(), &params, &geometry, &plan.inputs, read)
+            .map_err(|e| {
+                let (field, problem) = match e {
+                    KernelError::Param { name, problem } => {
+                        let top =
+                            ["inputs", "sheet", "bits", "line_bytes"].contains(&name.as_str());
+                        (if top { name } else { format!("params.{name}") }, problem)
+                    }
+                    KernelError::Unknown(k) => {
+                        ("kernel".to_string(), format!("unknown kernel {k:?}"))
+                    }
+                    KernelError::Shape(s) => ("(spec)".to_string(), s),
+                };
+                SpecError {
+                    field,
+                    kind: SpecErrorKind::Kernel { problem },
+                }
+            })
+    }))
+}
+
 pub fn run(a: Args) -> anyhow::Result<i32> {
     for ep in &a.listen {
         if let Endpoint::Unix(p) = ep
@@ -90,6 +119,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
     cfg.tclo.headroom = a.headroom / 100.0;
     cfg.default_policy = a.policy.clone();
+    cfg.validator = Some(kernel_checks());
     let server = Server::bind(cfg)?;
     stop_on_signals(server.stop_handle()).context("cannot set up SIGINT/SIGTERM handling")?;
     let eps: Vec<String> = server.endpoints().iter().map(|e| e.to_string()).collect();

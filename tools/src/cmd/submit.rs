@@ -26,9 +26,11 @@ has the consumers allocate the stream rings. On acceptance this prints the job i
 stream, its node and the `spate read` command to run ON THAT NODE to read it.\n\n\
 The job starts when the scheduler gets Ready: --ready sends it at once (readers attached \
 already, or started right after; a ring never overwrites unread data, so late readers only \
-slow the job down). --wait then follows the job to its end: when it is delivered and every \
-stream has been read to its end, it sends Done (freeing the rings) and exits 0 once the job \
-completed. Without --wait the job goes on after this command exits.\n\n\
+slow the job down); else `spate ready JOB` starts it later. A delivered job whose every \
+stream was read to its end completes by itself and frees its rings (`spate done JOB` ends \
+one whose readers stopped early). --wait follows the job to its end, printing warnings (a \
+promise at risk, a stall naming the stream), and exits 0 once it completed. Without --wait \
+the job goes on after this command exits.\n\n\
 Exit status: 0 accepted (with --wait: completed); 2 refused (the message says why and how to \
 fix it); 3 (--wait) the job was aborted or cancelled; 4 (--wait) the scheduler stopped or died \
 first; 1 any other error. --json prints JSON lines: the acceptance (or refusal), then with \
@@ -51,7 +53,7 @@ pub struct Args {
     /// Send Ready right after acceptance: the job starts at once.
     #[arg(long)]
     pub ready: bool,
-    /// Follow the job to its end (sends Done once every stream was read).
+    /// Follow the job to its end (it completes once every stream was read).
     #[arg(long)]
     pub wait: bool,
     /// JSON lines output.
@@ -295,15 +297,14 @@ fn latency_summary(v: &[u32]) -> Option<serde_json::Value> {
     }))
 }
 
-/// Follows a job to JobEnded (with the chunk latencies of a completed job); sends Done once it
-/// is delivered and fully read.
+/// Follows a job to JobEnded (with the chunk latencies of a completed job). The scheduler
+/// completes a delivered job by itself once every stream was read to its end.
 fn watch(
     user: &mut User,
     job: JobId,
     json_out: bool,
 ) -> Result<(JobOutcome, Option<Vec<u32>>), UserError> {
     user.send(&Message::Watch { job })?;
-    let mut done_sent = false;
     let mut last_state = None;
     let mut latency = None;
     loop {
@@ -318,13 +319,6 @@ fn watch(
                     eprintln!("job {}: {}", job.0, state_name(&s.state));
                 }
                 last_state = Some(s.state.clone());
-                if s.state == JobState::Delivered
-                    && s.progress.read >= s.progress.total
-                    && !done_sent
-                {
-                    user.send(&Message::Done { job })?;
-                    done_sent = true;
-                }
             }
             Message::JobWarning { job: j, message } if j == job => {
                 if json_out {

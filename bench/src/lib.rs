@@ -43,6 +43,7 @@ pub fn unpin() {
 
 pub mod cluster;
 pub mod net;
+pub mod policy;
 pub mod ring;
 pub mod rip;
 

@@ -71,7 +71,7 @@ fn thread_cpu_ns() -> Option<u64> {
 }
 
 /// Nanoseconds on a CPU of every thread of this process.
-fn process_cpu_ns() -> Option<u64> {
+pub(crate) fn process_cpu_ns() -> Option<u64> {
     let mut total = 0;
     for task in std::fs::read_dir("/proc/self/task").ok()? {
         let s = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;

@@ -277,12 +277,36 @@ fn stop_processes(pids: &[u32]) {
     }
 }
 
+/// Clean-ups that need the children stopped first (e.g. removing cgroups): see
+/// [`on_cleanup`].
+static EXTRA_CLEANUPS: Mutex<Vec<Cleanup>> = Mutex::new(Vec::new());
+
+/// What a clean-up removes ("cgroups"), and the function that removes them (returns how many).
+type Cleanup = (&'static str, fn() -> usize);
+
+/// Registers `f` to run in [`cleanup_registered`] after the children were stopped and before
+/// the namespaces go; it returns how many `what` (e.g. "cgroups") it removed, which the
+/// interrupt message reports. Registering the same function again is a no-op.
+pub fn on_cleanup(what: &'static str, f: fn() -> usize) {
+    let mut v = lock(&EXTRA_CLEANUPS);
+    if !v.iter().any(|(_, g)| std::ptr::fn_addr_eq(*g, f)) {
+        v.push((what, f));
+    }
+}
+
 /// Stops every registered child and deletes every namespace of this process's live clusters;
 /// returns how many namespaces it removed. The interrupt handler's work; callable on other
 /// abnormal exits too.
 pub fn cleanup_registered() -> usize {
+    cleanup_all().0
+}
+
+/// [`cleanup_registered`], also returning what each [`on_cleanup`] function removed.
+fn cleanup_all() -> (usize, Vec<(&'static str, usize)>) {
     let children = std::mem::take(&mut *lock(&CHILDREN));
     stop_processes(&children);
+    let extra: Vec<Cleanup> = lock(&EXTRA_CLEANUPS).clone();
+    let extras = extra.into_iter().map(|(what, f)| (what, f())).collect();
     let names = std::mem::take(&mut *lock(&NAMESPACES));
     let mut n = 0;
     for name in &names {
@@ -292,20 +316,31 @@ pub fn cleanup_registered() -> usize {
         }
     }
     let _ = std::fs::remove_dir("/etc/netns");
-    n
+    (n, extras)
 }
 
 /// Installs a Ctrl-C / SIGTERM / SIGHUP handler that runs [`cleanup_registered`], prints
 /// "spate bench cluster: interrupted; removed N namespaces" and exits with code 130. Calling it
 /// again is a no-op.
 pub fn install_interrupt_cleanup() -> Result<()> {
+    install_interrupt_cleanup_for("spate bench cluster")
+}
+
+/// [`install_interrupt_cleanup`] for the benchmark `tool` (the start of its message), which
+/// also names what each [`on_cleanup`] function removed ("...; removed 4 namespaces, 2
+/// cgroups").
+pub fn install_interrupt_cleanup_for(tool: &'static str) -> Result<()> {
     static INSTALLED: AtomicBool = AtomicBool::new(false);
     if INSTALLED.swap(true, Ordering::SeqCst) {
         return Ok(());
     }
-    ctrlc::set_handler(|| {
-        let n = cleanup_registered();
-        eprintln!("spate bench cluster: interrupted; removed {n} namespaces");
+    ctrlc::set_handler(move || {
+        let (n, extras) = cleanup_all();
+        let mut msg = format!("{tool}: interrupted; removed {n} namespaces");
+        for (what, k) in extras {
+            msg.push_str(&format!(", {k} {what}"));
+        }
+        eprintln!("{msg}");
         std::process::exit(130);
     })
     .map_err(|e| {

@@ -113,20 +113,22 @@ impl JobShape {
     }
 }
 
-const CHANNELS: usize = 4;
+pub(crate) const CHANNELS: usize = 4;
 /// The smallest job a run moves (unless the whole reference job is smaller).
 const MIN_JOB_BYTES: u64 = 64 << 20;
 const PATTERN_SEED: u64 = 42;
-const INPUT: &str = "sheet.png";
+pub(crate) const INPUT: &str = "sheet.png";
 
 /// A `spate` daemon or reader process; stopped (SIGTERM, then SIGKILL) when dropped.
-struct Proc {
-    name: String,
-    child: Child,
+pub(crate) struct Proc {
+    pub(crate) name: String,
+    pub(crate) child: Child,
 }
 
 impl Proc {
-    fn spawn(name: &str, mut cmd: Command, log: &Path) -> anyhow::Result<Proc> {
+    /// Starts `cmd` with stdout and stderr to the file `log`; registered to be stopped on
+    /// interrupt.
+    pub(crate) fn spawn(name: &str, mut cmd: Command, log: &Path) -> anyhow::Result<Proc> {
         let f = std::fs::File::create(log)
             .with_context(|| format!("creating the log {}", log.display()))?;
         cmd.stdout(f.try_clone()?).stderr(f).stdin(Stdio::null());
@@ -138,11 +140,13 @@ impl Proc {
         })
     }
 
-    fn alive(&mut self) -> bool {
+    /// Whether it still runs.
+    pub(crate) fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    fn stop(&mut self) {
+    /// SIGTERM, up to 5 s to exit, then SIGKILL; reaped.
+    pub(crate) fn stop(&mut self) {
         if self.alive() {
             let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
@@ -384,38 +388,7 @@ impl Bench {
         if let Some(d) = self.rip_digests.get(&key) {
             return Ok(d.clone());
         }
-        let plan = spate_scheduler::spec::JobPlan::parse(spec)
-            .map_err(|e| anyhow!("the bench's own job spec is invalid: {e}"))?;
-        let geometry = spate_scheduler::server::job_geometry(&plan);
-        let mut inputs = HashMap::new();
-        inputs.insert(
-            INPUT.to_string(),
-            std::fs::read(self.dir.join("files").join(INPUT))?,
-        );
-        let params = spate_scheduler::server::table_to_value(&plan.params);
-        let rip = spate_producer::rip_kernel::build_rip(&params, &geometry, &inputs, None)
-            .map_err(|e| anyhow!("building the reference RIP: {e}"))?;
-        let mut hashers: Vec<_> = (0..CHANNELS)
-            .map(|_| xxhash_rust::xxh3::Xxh3Default::new())
-            .collect();
-        let batch = ((16u64 << 20) / job.width).max(1) as u32;
-        let height = u32::try_from(job.height)?;
-        let mut line = 0;
-        while line < height {
-            let end = (line + batch).min(height);
-            let bufs = rip
-                .render_to_vecs(line..end)
-                .map_err(|e| anyhow!("reference render: {e}"))?;
-            for (h, b) in hashers.iter_mut().zip(&bufs) {
-                h.update(b);
-            }
-            line = end;
-        }
-        // Stream i carries channel i (split = "channel").
-        let d: Vec<String> = hashers
-            .iter()
-            .map(|h| format!("{:032x}", h.digest128()))
-            .collect();
+        let d = rip_reference_digests(&self.dir.join("files").join(INPUT), spec)?;
         self.rip_digests.insert(key, d.clone());
         Ok(d)
     }
@@ -630,13 +603,50 @@ impl Bench {
     }
 }
 
+/// The XXH3-128 digest (32 hex digits) of every stream of the rip job `spec` (split by
+/// channel: stream i is channel i), from a sequential run of the same RIP in this process on
+/// the input image at `input`.
+pub(crate) fn rip_reference_digests(input: &Path, spec: &str) -> anyhow::Result<Vec<String>> {
+    let plan = spate_scheduler::spec::JobPlan::parse(spec)
+        .map_err(|e| anyhow!("the bench's own job spec is invalid: {e}"))?;
+    let geometry = spate_scheduler::server::job_geometry(&plan);
+    let mut inputs = HashMap::new();
+    inputs.insert(
+        INPUT.to_string(),
+        std::fs::read(input).with_context(|| format!("reading {}", input.display()))?,
+    );
+    let params = spate_scheduler::server::table_to_value(&plan.params);
+    let rip = spate_producer::rip_kernel::build_rip(&params, &geometry, &inputs, None)
+        .map_err(|e| anyhow!("building the reference RIP: {e}"))?;
+    let mut hashers: Vec<_> = (0..geometry.channels)
+        .map(|_| xxhash_rust::xxh3::Xxh3Default::new())
+        .collect();
+    let batch = ((16u64 << 20) / geometry.line_bytes.max(1)).max(1) as u32;
+    let height = u32::try_from(geometry.lines)?;
+    let mut line = 0;
+    while line < height {
+        let end = (line + batch).min(height);
+        let bufs = rip
+            .render_to_vecs(line..end)
+            .map_err(|e| anyhow!("reference render: {e}"))?;
+        for (h, b) in hashers.iter_mut().zip(&bufs) {
+            h.update(b);
+        }
+        line = end;
+    }
+    Ok(hashers
+        .iter()
+        .map(|h| format!("{:032x}", h.digest128()))
+        .collect())
+}
+
 /// How a kernel's streams are verified (the `verification` of a run):
 /// - `pattern`: every byte checked against the test pattern by the reader;
 /// - `xxh3-128`: the XXH3-128 of every stream, computed by its reader, equals that of a
 ///   sequential run of the same RIP in the bench process;
 /// - `length`: every stream complete, in order, with exactly its length (the null kernel
 ///   computes nothing, so its bytes are not defined and cannot be checked).
-fn method(kernel: &str) -> &'static str {
+pub(crate) fn method(kernel: &str) -> &'static str {
     match kernel {
         "pattern" => "pattern",
         "rip" => "xxh3-128",
@@ -646,21 +656,25 @@ fn method(kernel: &str) -> &'static str {
 
 /// What one `spate read --json` reported.
 #[derive(Debug, Clone)]
-struct ReaderReport {
-    stream: usize,
-    length: u64,
-    outcome: String,
-    bytes: u64,
-    verified: bool,
-    digest: Option<String>,
-    error: Option<String>,
-    active_gbit: f64,
-    starvations: u64,
-    starvation_seconds: f64,
+pub(crate) struct ReaderReport {
+    pub(crate) stream: usize,
+    pub(crate) length: u64,
+    pub(crate) outcome: String,
+    pub(crate) bytes: u64,
+    pub(crate) verified: bool,
+    pub(crate) digest: Option<String>,
+    pub(crate) error: Option<String>,
+    pub(crate) active_gbit: f64,
+    pub(crate) starvations: u64,
+    pub(crate) starvation_seconds: f64,
 }
 
 impl ReaderReport {
-    fn parse(s: &StreamPlacement, out: &std::process::Output) -> anyhow::Result<ReaderReport> {
+    /// The report a reader of stream `s` printed (`spate read --json`).
+    pub(crate) fn parse(
+        s: &StreamPlacement,
+        out: &std::process::Output,
+    ) -> anyhow::Result<ReaderReport> {
         let text = String::from_utf8_lossy(&out.stdout);
         let v: serde_json::Value = serde_json::from_str(text.trim()).with_context(|| {
             format!(
@@ -686,7 +700,7 @@ impl ReaderReport {
 }
 
 /// Polls `cond` every 10 ms until it holds or `limit` passes.
-fn wait_for(
+pub(crate) fn wait_for(
     limit: Duration,
     what: &str,
     mut cond: impl FnMut() -> anyhow::Result<bool>,
@@ -1023,7 +1037,7 @@ fn failed_run(topo: Topology, shape: &JobShape, kernel: &str, limit: f64, e: any
 }
 
 /// `500Mbit`, `1Gbit`, `0` (unshaped) → Mbit/s.
-fn parse_link_rate(s: &str) -> anyhow::Result<Option<u32>> {
+pub(crate) fn parse_link_rate(s: &str) -> anyhow::Result<Option<u32>> {
     if s.trim() == "0" {
         return Ok(None);
     }
@@ -1039,7 +1053,7 @@ fn parse_link_rate(s: &str) -> anyhow::Result<Option<u32>> {
 }
 
 /// Removes the run directory (sockets, logs, input) at the end.
-struct RemoveDir(PathBuf);
+pub(crate) struct RemoveDir(pub(crate) PathBuf);
 
 impl Drop for RemoveDir {
     fn drop(&mut self) {

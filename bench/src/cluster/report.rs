@@ -255,7 +255,11 @@ fn ms(us: u64) -> String {
 }
 
 /// Rows of cells printed with each column padded to its widest cell (by characters).
-fn print_rows(out: &mut dyn Write, rows: &[Vec<String>], right: &[bool]) -> io::Result<()> {
+pub(crate) fn print_rows(
+    out: &mut dyn Write,
+    rows: &[Vec<String>],
+    right: &[bool],
+) -> io::Result<()> {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {
@@ -446,24 +450,28 @@ pub fn print_table(r: &Report, out: &mut dyn Write) -> io::Result<()> {
 
 /// One group of two bars side by side: a filled one (`value`), a light one (`reference`, not
 /// drawn when not finite), and a note above them.
-struct BarGroup {
-    label: String,
-    value: f64,
-    reference: f64,
-    note: String,
+pub(crate) struct BarGroup {
+    pub(crate) label: String,
+    pub(crate) value: f64,
+    pub(crate) reference: f64,
+    pub(crate) note: String,
 }
 
 /// Legend names and title of a two-bar chart.
-struct BarChart<'a> {
-    title: String,
-    value_name: &'a str,
-    reference_name: &'a str,
-    y_desc: &'a str,
+pub(crate) struct BarChart<'a> {
+    pub(crate) title: String,
+    pub(crate) value_name: &'a str,
+    pub(crate) reference_name: &'a str,
+    pub(crate) y_desc: &'a str,
 }
 
 /// Draw `groups` as grouped bars into the SVG file `path`. The y axis is logarithmic when the
 /// values span more than [`LOG_SPAN`] (local runs are tens of times faster than shaped links).
-fn draw_bars(path: &Path, chart_text: &BarChart<'_>, groups: &[BarGroup]) -> anyhow::Result<()> {
+pub(crate) fn draw_bars(
+    path: &Path,
+    chart_text: &BarChart<'_>,
+    groups: &[BarGroup],
+) -> anyhow::Result<()> {
     use plotters::prelude::*;
 
     let positive: Vec<f64> = groups

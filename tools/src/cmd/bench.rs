@@ -13,6 +13,10 @@ pub enum BenchCmd {
     /// The reference experiments on an emulated cluster: throughput vs limits, constant
     /// speed, latency histograms, plots (root for the network namespaces).
     Cluster(spate_bench::cluster::Args),
+    /// The scheduling policies under constraints (rates, latency bounds, parallel jobs, a
+    /// producer slowed mid-job), tclo beside load-balance, on an emulated cluster with
+    /// unequal producers (root: network namespaces and cgroup CPU quotas).
+    Policy(spate_bench::policy::Args),
 }
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<i32> {
@@ -21,5 +25,6 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<i32> {
         BenchCmd::Net(a) => spate_bench::net::run(a),
         BenchCmd::Rip(a) => spate_bench::rip::run(a),
         BenchCmd::Cluster(a) => spate_bench::cluster::run(a),
+        BenchCmd::Policy(a) => spate_bench::policy::run(a),
     }
 }

@@ -21,7 +21,7 @@ use spate_netlib::raw::{
     ChunkKey, ClientEvent, DEFAULT_MAX_CHUNK, RawClient, RawConfig, RefuseReason,
 };
 use spate_ring::BackingPref;
-use spate_runtime::{Arena, ArenaBuf, FixedBuf, FrozenBuf, Op, QueueRx, QueueTx, RuntimeError};
+use spate_runtime::{Arena, ArenaBuf, FixedBuf, FrozenBuf, QueueRx, QueueTx, RuntimeError};
 
 use crate::kernel::{Kernel, Output};
 
@@ -560,9 +560,14 @@ fn expel_loop(client: RawClient, rx: QueueRx<ExpelMsg>, out: Outbox, freed: Send
         running: HashMap::new(),
         keys: HashMap::new(),
     };
-    let mut armed = false;
+    // Queue messages wake the client's io_uring through the queue's eventfd, watched by the
+    // client: one wait covers the network and the queue.
+    x.client.watch(rx.notifier().fd());
     let mut events = Vec::new();
     loop {
+        // Drain the eventfd before reading the queue: a message sent after this wakes the
+        // next turn.
+        rx.notifier().drain();
         while let Some(m) = rx.try_recv() {
             match m {
                 ExpelMsg::Task(j) => x.start(j),
@@ -572,27 +577,10 @@ fn expel_loop(client: RawClient, rx: QueueRx<ExpelMsg>, out: Outbox, freed: Send
                 }
             }
         }
-        // Queue messages wake the client's io_uring through the queue's eventfd. The poll's
-        // completion carries tag 0, which names no connection, so the client ignores it.
-        if !armed {
-            match x.client.driver().push(
-                0,
-                Op::PollIn {
-                    fd: rx.notifier().fd(),
-                },
-            ) {
-                Ok(_) => armed = true,
-                Err(e) => tracing::warn!(error = %e, "arming the queue wake-up failed"),
-            }
-        }
-        let timeout = Duration::from_millis(if armed { 500 } else { 1 });
-        if let Err(e) = x.client.turn(Some(timeout), &mut events) {
+        if let Err(e) = x.client.turn(Some(Duration::from_millis(500)), &mut events) {
             tracing::error!(error = %e, "expel engine failed; stopping it");
             x.fail_all(&format!("the expel engine failed: {e}"));
             return;
-        }
-        if rx.notifier().drain() > 0 {
-            armed = false;
         }
         for e in events.drain(..) {
             x.on_event(e);

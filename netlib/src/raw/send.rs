@@ -1,0 +1,400 @@
+//! The sender (producer side) of one raw connection, sans-IO: it owns every bit of protocol
+//! state (chunks offered, granted, being written, waiting for their ack; pulls; the segments
+//! shared on this connection; the control block being written and its short-write cursor;
+//! the answer being read) and says through [`SendMachine::poll`] which I/O to start next.
+//!
+//! `S` is a payload source handle (e.g. a registered buffer and the chunk's place in it).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use super::error::ProtocolError;
+use super::wire::{ChunkKey, HEADER_LEN, Malformed, Msg, SegmentFrame, encode_pull_tail};
+
+/// The next I/O a sender wants started.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendIo<S> {
+    /// Receive up to `want` bytes of answers; feed them to [`SendMachine::on_read`] (or
+    /// [`SendMachine::on_eof`] for none).
+    Read {
+        /// Buffer size to offer the kernel.
+        want: usize,
+    },
+    /// Write control bytes (offers, pulls, data headers); report [`SendMachine::on_written`].
+    Write(Vec<u8>),
+    /// Write a `Share` frame with the descriptor of segment `seg` attached; report
+    /// [`SendMachine::on_written`].
+    Share {
+        /// Segment id.
+        seg: u32,
+        /// The frame.
+        frame: Vec<u8>,
+    },
+    /// Write payload bytes of `key` from `src`: `len` bytes from offset `at` of the chunk;
+    /// report [`SendMachine::on_payload_written`].
+    Payload {
+        /// The chunk.
+        key: ChunkKey,
+        /// Its source (lent until the completion).
+        src: S,
+        /// Offset within the chunk (resumes after a short write).
+        at: usize,
+        /// Bytes left.
+        len: usize,
+    },
+}
+
+/// What the sender learned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendEvent<S> {
+    /// The consumer landed the chunk; the source comes back.
+    Acked(ChunkKey, S),
+    /// The consumer refused the chunk.
+    Refused(ChunkKey, super::wire::RefuseReason, S),
+}
+
+struct Payload<S> {
+    key: ChunkKey,
+    /// None while lent to a write.
+    src: Option<S>,
+    done: u64,
+}
+
+/// Sender-side protocol state of one raw connection (see the module docs).
+pub struct SendMachine<S> {
+    max_len: u64,
+    offered: HashMap<ChunkKey, S>,
+    /// Granted: a Data header and the payload are to go out.
+    ready: VecDeque<(ChunkKey, S)>,
+    /// Pulled chunks not yet acked or refused.
+    pulled: HashMap<ChunkKey, S>,
+    /// The control block to write next (taken by a write; its unwritten rest comes back).
+    ctl: Vec<u8>,
+    /// `ctl` starts with the Share frame of this segment (its descriptor goes with it).
+    ctl_share: Option<u32>,
+    /// Control bytes queued while `ctl` is being written.
+    ctl_next: Vec<u8>,
+    /// Share frames to send before the next control block.
+    shares: VecDeque<SegmentFrame>,
+    /// Segments shared on this connection.
+    shared: HashSet<u32>,
+    /// Payload to send once `ctl` (ending with its Data header) is written.
+    after_ctl: Option<(ChunkKey, S)>,
+    payload: Option<Payload<S>>,
+    unacked: HashMap<ChunkKey, S>,
+    hdr: [u8; HEADER_LEN],
+    have: usize,
+    reading: bool,
+    writing: bool,
+    closing: bool,
+}
+
+impl<S> std::fmt::Debug for SendMachine<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendMachine")
+            .field("in_flight", &self.in_flight())
+            .field("shared", &self.shared.len())
+            .field("closing", &self.closing)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> SendMachine<S> {
+    /// A sender (chunks up to `max_len` bytes).
+    pub fn new(max_len: u64) -> Self {
+        SendMachine {
+            max_len,
+            offered: HashMap::new(),
+            ready: VecDeque::new(),
+            pulled: HashMap::new(),
+            ctl: Vec::new(),
+            ctl_share: None,
+            ctl_next: Vec::new(),
+            shares: VecDeque::new(),
+            shared: HashSet::new(),
+            after_ctl: None,
+            payload: None,
+            unacked: HashMap::new(),
+            hdr: [0; HEADER_LEN],
+            have: 0,
+            reading: false,
+            writing: false,
+            closing: false,
+        }
+    }
+
+    /// Queue an offer of `key` whose payload is `src`.
+    pub fn offer(&mut self, key: ChunkKey, src: S) -> Result<(), (ProtocolError, S)> {
+        let src = self.check_new(key, src)?;
+        self.ctl_next.extend_from_slice(&Msg::Offer(key).encode());
+        self.offered.insert(key, src);
+        Ok(())
+    }
+
+    /// Share segment `seg` of `len` bytes (local connections): the frame goes out with its
+    /// descriptor before any control bytes queued later. Returns false if it is shared already.
+    pub fn share(&mut self, seg: u32, len: u64) -> bool {
+        if !self.shared.insert(seg) {
+            return false;
+        }
+        self.shares.push_back(SegmentFrame { seg, len });
+        true
+    }
+
+    /// Retire segment `seg` (no chunk of it may be in flight); nothing if it is not shared.
+    pub fn unshare(&mut self, seg: u32, len: u64) {
+        if self.shared.remove(&seg) {
+            self.ctl_next
+                .extend_from_slice(&Msg::Unshare(SegmentFrame { seg, len }).encode());
+        }
+    }
+
+    /// Whether segment `seg` is shared on this connection.
+    pub fn is_shared(&self, seg: u32) -> bool {
+        self.shared.contains(&seg)
+    }
+
+    /// Segments shared on this connection.
+    pub fn shared_segments(&self) -> usize {
+        self.shared.len()
+    }
+
+    /// Queue a pull of `key`: its bytes lie at `at` of shared segment `seg` (share it first),
+    /// and `src` (the buffer holding them) comes back with the ack or refusal.
+    pub fn pull(
+        &mut self,
+        key: ChunkKey,
+        src: S,
+        seg: u32,
+        at: u64,
+    ) -> Result<(), (ProtocolError, S)> {
+        let src = self.check_new(key, src)?;
+        self.ctl_next.extend_from_slice(&Msg::Pull(key).encode());
+        self.ctl_next.extend_from_slice(&encode_pull_tail(seg, at));
+        self.pulled.insert(key, src);
+        Ok(())
+    }
+
+    fn check_new(&self, key: ChunkKey, src: S) -> Result<S, (ProtocolError, S)> {
+        if key.len == 0 || key.len > self.max_len {
+            let m = if key.len == 0 {
+                Malformed::ZeroLength
+            } else {
+                Malformed::TooLong {
+                    len: key.len,
+                    max: self.max_len,
+                }
+            };
+            return Err((m.into(), src));
+        }
+        let busy = self.offered.contains_key(&key)
+            || self.pulled.contains_key(&key)
+            || self.unacked.contains_key(&key)
+            || self.ready.iter().any(|(k, _)| *k == key)
+            || self.payload.as_ref().is_some_and(|p| p.key == key)
+            || self.after_ctl.as_ref().is_some_and(|p| p.0 == key);
+        if busy {
+            let e = ProtocolError::chunk("chunk already in flight on this connection", key);
+            return Err((e, src));
+        }
+        Ok(src)
+    }
+
+    /// Chunks not yet acked or refused.
+    pub fn in_flight(&self) -> usize {
+        self.offered.len()
+            + self.pulled.len()
+            + self.ready.len()
+            + self.unacked.len()
+            + usize::from(self.payload.is_some())
+            + usize::from(self.after_ctl.is_some())
+    }
+
+    /// The next I/O to start (call until None). Nothing once [`SendMachine::close`]d.
+    pub fn poll(&mut self) -> Option<SendIo<S>> {
+        if self.closing {
+            return None;
+        }
+        if !self.writing {
+            if let Some(p) = &mut self.payload {
+                if let Some(src) = p.src.take() {
+                    self.writing = true;
+                    return Some(SendIo::Payload {
+                        key: p.key,
+                        src,
+                        at: p.done as usize,
+                        len: (p.key.len - p.done) as usize,
+                    });
+                }
+            } else {
+                if self.ctl.is_empty() {
+                    self.next_block();
+                }
+                if !self.ctl.is_empty() {
+                    self.writing = true;
+                    let bytes = std::mem::take(&mut self.ctl);
+                    return Some(match self.ctl_share.take() {
+                        Some(seg) => SendIo::Share { seg, frame: bytes },
+                        None => SendIo::Write(bytes),
+                    });
+                }
+            }
+        }
+        if !self.reading && self.in_flight() > 0 {
+            self.reading = true;
+            return Some(SendIo::Read {
+                want: HEADER_LEN * 16,
+            });
+        }
+        None
+    }
+
+    /// Build the next control block: a Share frame alone (its descriptor travels with exactly
+    /// that frame), else the queued control bytes and the Data header of the next granted
+    /// chunk (its payload follows right after).
+    fn next_block(&mut self) {
+        if let Some(s) = self.shares.pop_front() {
+            self.ctl.extend_from_slice(&Msg::Share(s).encode());
+            self.ctl_share = Some(s.seg);
+            return;
+        }
+        std::mem::swap(&mut self.ctl, &mut self.ctl_next);
+        if let Some((key, src)) = self.ready.pop_front() {
+            self.ctl.extend_from_slice(&Msg::Data(key).encode());
+            self.after_ctl = Some((key, src));
+        }
+    }
+
+    /// A control write finished: `n` of `buf`'s bytes went out; the rest goes first next time.
+    pub fn on_written(&mut self, buf: Vec<u8>, n: usize) {
+        self.writing = false;
+        if self.closing {
+            return;
+        }
+        if n < buf.len() {
+            let mut rest = buf;
+            rest.drain(..n);
+            self.ctl = rest;
+            return;
+        }
+        if let Some((key, src)) = self.after_ctl.take() {
+            self.payload = Some(Payload {
+                key,
+                src: Some(src),
+                done: 0,
+            });
+        }
+    }
+
+    /// A payload write of `n` bytes finished; `src` comes back. Short writes resume at the new
+    /// position.
+    pub fn on_payload_written(&mut self, src: S, n: usize) -> Result<(), ProtocolError> {
+        self.writing = false;
+        let Some(p) = self.payload.as_mut().filter(|p| p.src.is_none()) else {
+            return Err(ProtocolError::Misuse("payload write out of turn"));
+        };
+        p.src = Some(src);
+        if self.closing {
+            return Ok(());
+        }
+        p.done += n as u64;
+        if p.done >= p.key.len
+            && let Some(Payload {
+                key, src: Some(s), ..
+            }) = self.payload.take()
+        {
+            self.unacked.insert(key, s);
+        }
+        Ok(())
+    }
+
+    /// The peer closed the connection: an error if chunks were still in flight.
+    pub fn on_eof(&mut self) -> Result<(), ProtocolError> {
+        self.reading = false;
+        if self.in_flight() > 0 || self.have > 0 {
+            return Err(ProtocolError::Closed {
+                mid_frame: self.have > 0,
+            });
+        }
+        Ok(())
+    }
+
+    /// Bytes read from the peer (any amount); returns the events they complete.
+    pub fn on_read(&mut self, mut bytes: &[u8]) -> Result<Vec<SendEvent<S>>, ProtocolError> {
+        self.reading = false;
+        let mut ev = Vec::new();
+        if bytes.is_empty() {
+            self.on_eof()?;
+            return Ok(ev);
+        }
+        while !bytes.is_empty() {
+            let n = (HEADER_LEN - self.have).min(bytes.len());
+            self.hdr[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have < HEADER_LEN {
+                break;
+            }
+            self.have = 0;
+            match Msg::decode(&self.hdr, self.max_len)? {
+                Msg::Grant(key) => {
+                    let s = self.offered.remove(&key).ok_or(ProtocolError::chunk(
+                        "grant for a chunk that was not offered",
+                        key,
+                    ))?;
+                    self.ready.push_back((key, s));
+                }
+                Msg::Refuse(key, reason) => {
+                    let s = self
+                        .offered
+                        .remove(&key)
+                        .or_else(|| self.pulled.remove(&key))
+                        .ok_or(ProtocolError::chunk(
+                            "refusal of a chunk that was not offered",
+                            key,
+                        ))?;
+                    ev.push(SendEvent::Refused(key, reason, s));
+                }
+                Msg::Ack(key) => {
+                    let s = self
+                        .unacked
+                        .remove(&key)
+                        .or_else(|| self.pulled.remove(&key))
+                        .ok_or(ProtocolError::chunk(
+                            "ack for a chunk that was not sent",
+                            key,
+                        ))?;
+                    ev.push(SendEvent::Acked(key, s));
+                }
+                m => return Err(Malformed::WrongDirection(m.kind()).into()),
+            }
+        }
+        Ok(ev)
+    }
+
+    /// Stop: no new I/O; completions still due only hand their buffers back.
+    pub fn close(&mut self) {
+        self.closing = true;
+    }
+
+    /// Whether I/O is outstanding.
+    pub fn busy(&self) -> bool {
+        self.reading || self.writing
+    }
+
+    /// On close: every chunk not acked or refused, with its source. Call when not
+    /// [`SendMachine::busy`].
+    pub fn abandon(&mut self) -> Vec<(ChunkKey, S)> {
+        let mut v: Vec<(ChunkKey, S)> = self.offered.drain().collect();
+        v.extend(self.pulled.drain());
+        v.extend(self.ready.drain(..));
+        v.extend(self.unacked.drain());
+        v.extend(self.after_ctl.take());
+        if let Some(Payload {
+            key, src: Some(s), ..
+        }) = self.payload.take()
+        {
+            v.push((key, s));
+        }
+        v
+    }
+}

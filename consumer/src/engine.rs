@@ -6,13 +6,18 @@
 //! capacity` ([`Writer::try_reserve`]); otherwise the raw server asks again later (every
 //! `RawConfig::retry`, and at once when the engine is woken), so unread bytes are never
 //! overwritten and the producer simply waits for its grant.
+//!
+//! Admission: with `RawConfig::auth` set, every raw connection authenticates with the cluster
+//! secret and the producer names itself; a chunk is then taken only for a stream allocated
+//! here and only from a producer the scheduler assigned to its job
+//! ([`ConsumerEngine::set_producers`]). Everything else is refused, and logged.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use spate_netlib::endpoint::Endpoint;
 use spate_netlib::raw::{ChunkKey, ConnId, Landing, Offered, RawConfig, RawError, RawServer};
@@ -163,6 +168,13 @@ struct Entry {
 }
 
 type Table = Arc<Mutex<HashMap<(u64, u32), Arc<Entry>>>>;
+/// The producers (node names) the scheduler assigned to each job.
+type Assigned = Arc<Mutex<HashMap<u64, HashSet<String>>>>;
+
+/// How long offers for a job whose producer set has not arrived yet wait for it (the
+/// scheduler sends it before any producer gets work; this only covers the two messages
+/// crossing on different connections).
+const ASSIGN_GRACE: Duration = Duration::from_secs(2);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -172,6 +184,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// stops the thread and removes the sockets.
 pub struct ConsumerEngine {
     table: Table,
+    assigned: Assigned,
     handoff: HandoffServer,
     endpoints: Vec<Endpoint>,
     waker: Notifier,
@@ -200,9 +213,11 @@ impl ConsumerEngine {
             },
         )?;
         let table: Table = Arc::new(Mutex::new(HashMap::new()));
+        let assigned: Assigned = Arc::new(Mutex::new(HashMap::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::sync_channel::<Result<(Vec<Endpoint>, Notifier), ConsumerError>>(1);
-        let (t2, s2) = (table.clone(), stop.clone());
+        let (t2, a2, s2) = (table.clone(), assigned.clone(), stop.clone());
+        let check = cfg.raw.auth.is_some();
         let (listen, raw, core) = (cfg.listen.clone(), cfg.raw.clone(), cfg.core);
         let thread = std::thread::Builder::new()
             .name("spate-recv".into())
@@ -224,7 +239,7 @@ impl ConsumerEngine {
                 match setup() {
                     Ok((server, eps)) => {
                         let _ = tx.send(Ok((eps, server.waker())));
-                        serve(server, t2, s2);
+                        serve(server, t2, check.then_some(a2), s2);
                     }
                     Err(e) => {
                         let _ = tx.send(Err(e));
@@ -245,6 +260,7 @@ impl ConsumerEngine {
         };
         Ok(ConsumerEngine {
             table,
+            assigned,
             handoff,
             endpoints,
             waker,
@@ -342,9 +358,18 @@ impl ConsumerEngine {
         Ok(alloc)
     }
 
+    /// The producers (node names) the scheduler assigned to `job`: only they may land its
+    /// chunks (when connections are authenticated). Replaces the previous set.
+    pub fn set_producers(&self, job: u64, producers: &[String]) {
+        lock(&self.assigned).insert(job, producers.iter().cloned().collect());
+        // Offers waiting for the set are answered now.
+        self.waker.notify();
+    }
+
     /// Drop every ring of `job` (aborting those not finished: their readers see why).
     /// Returns how many were released.
     pub fn release(&self, job: u64, reason: AbortReason) -> usize {
+        lock(&self.assigned).remove(&job);
         let gone: Vec<Arc<Entry>> = {
             let mut t = lock(&self.table);
             let keys: Vec<(u64, u32)> = t.keys().filter(|k| k.0 == job).copied().collect();
@@ -402,9 +427,14 @@ impl Drop for ConsumerEngine {
     }
 }
 
-fn serve(mut server: RawServer, table: Table, stop: Arc<AtomicBool>) {
+/// `assigned` is None when connections are not authenticated: producers have no names then,
+/// and any producer may land any chunk of a stream allocated here.
+fn serve(mut server: RawServer, table: Table, assigned: Option<Assigned>, stop: Arc<AtomicBool>) {
     let mut landing = RingLanding {
         table,
+        assigned,
+        names: HashMap::new(),
+        unassigned_since: HashMap::new(),
         pending: HashMap::new(),
     };
     while !stop.load(Ordering::SeqCst) {
@@ -428,10 +458,50 @@ struct Pending {
 
 struct RingLanding {
     table: Table,
+    assigned: Option<Assigned>,
+    /// The node name each authenticated producer connection gave.
+    names: HashMap<ConnId, String>,
+    /// Jobs with offers waiting for their producer set, since when.
+    unassigned_since: HashMap<u64, Instant>,
     pending: HashMap<(ConnId, ChunkKey), Pending>,
 }
 
 impl RingLanding {
+    /// Whether the producer on `conn` may land chunks of `job`: Some(refusal) if not, None if
+    /// it may, or `Wait` while the job's producer set has not arrived (for a short grace).
+    fn admit(&mut self, conn: ConnId, key: &ChunkKey) -> Option<Offered> {
+        use spate_netlib::raw::RefuseReason as R;
+        let assigned = self.assigned.as_ref()?;
+        let name = self.names.get(&conn).map(String::as_str).unwrap_or("");
+        let ok = match lock(assigned).get(&key.job) {
+            Some(set) => {
+                self.unassigned_since.remove(&key.job);
+                set.contains(name)
+            }
+            None => {
+                let since = *self
+                    .unassigned_since
+                    .entry(key.job)
+                    .or_insert_with(Instant::now);
+                if since.elapsed() < ASSIGN_GRACE {
+                    return Some(Offered::Wait);
+                }
+                false
+            }
+        };
+        if ok {
+            return None;
+        }
+        tracing::warn!(
+            producer = name,
+            job = key.job,
+            stream = key.stream,
+            offset = key.offset,
+            "refusing a chunk from a producer the scheduler did not assign to its job"
+        );
+        Some(Offered::Refuse(R::NotAssigned))
+    }
+
     /// A throw-away registered buffer for a chunk that (partly) landed already: its bytes
     /// below the frontier may be being read and must not be written again.
     fn scratch(
@@ -468,8 +538,12 @@ impl Landing for RingLanding {
     fn offer(&mut self, conn: ConnId, key: &ChunkKey) -> Offered {
         use spate_netlib::raw::RefuseReason as R;
         let Some(entry) = lock(&self.table).get(&(key.job, key.stream)).cloned() else {
+            tracing::debug!(?key, "refusing a chunk of a stream not allocated here");
             return Offered::Refuse(R::UnknownStream);
         };
+        if let Some(no) = self.admit(conn, key) {
+            return no;
+        }
         let Ok(len) = usize::try_from(key.len) else {
             return Offered::Refuse(R::TooLarge);
         };
@@ -539,9 +613,25 @@ impl Landing for RingLanding {
         self.pending.remove(&(conn, *key));
     }
 
+    fn identified(&mut self, conn: ConnId, name: &str) {
+        tracing::debug!(
+            conn = conn.0,
+            producer = name,
+            "raw connection authenticated"
+        );
+        self.names.insert(conn, name.to_string());
+    }
+
     fn closed(&mut self, conn: ConnId, error: Option<&RawError>) {
-        if let Some(e) = error {
-            tracing::info!(conn = conn.0, error = %e, "raw connection closed");
+        let name = self.names.remove(&conn);
+        match (error, &name) {
+            (Some(e), None) if self.assigned.is_some() => {
+                tracing::warn!(conn = conn.0, error = %e, "refused a raw connection that did not authenticate");
+            }
+            (Some(e), _) => {
+                tracing::info!(conn = conn.0, producer = name.as_deref(), error = %e, "raw connection closed");
+            }
+            (None, _) => {}
         }
         self.pending.retain(|(c, _), _| *c != conn);
     }

@@ -116,6 +116,11 @@ impl ConsumerNode {
                     }
                 },
             ]),
+            Message::JobProducers { job, ref producers } => {
+                tracing::debug!(%job, ?producers, "producers assigned");
+                self.engine.set_producers(job.0, producers);
+                Some(Vec::new())
+            }
             Message::Release { job } => {
                 // Report the final state first, so the scheduler sees the last progress.
                 let out = self.tick_job(Some(job.0));

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// Version of the control protocol, carried in every frame header and checked in the handshake.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Most chunk latencies one [`Message::JobStats`] carries (keeps it well inside a frame).
 pub const MAX_LATENCY_SAMPLES: usize = 100_000;
@@ -718,6 +718,17 @@ pub enum Message {
         /// Human-readable detail.
         message: String,
     },
+
+    // --- appended in version 3 ---------------------------------------------------------------
+    /// S→C: The producers assigned to a job (node names), the whole set each time it changes.
+    /// A consumer lands a job's chunks only from these producers (raw connections say who they
+    /// are after authenticating).
+    JobProducers {
+        /// Job id.
+        job: JobId,
+        /// Node names of the producers that may send the job's chunks.
+        producers: Vec<String>,
+    },
 }
 
 impl Message {
@@ -761,6 +772,7 @@ impl Message {
             Message::TaskFailed { .. } => "TaskFailed",
             Message::Unload { .. } => "Unload",
             Message::Error { .. } => "Error",
+            Message::JobProducers { .. } => "JobProducers",
         }
     }
 }

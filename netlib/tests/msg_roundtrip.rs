@@ -436,6 +436,8 @@ fn message() -> impl Strategy<Value = Message> {
             text()
         )
             .prop_map(|(kind, message)| Message::Error { kind, message }),
+        (job(), prop::collection::vec(name(), 0..4))
+            .prop_map(|(job, producers)| Message::JobProducers { job, producers }),
     ]
 }
 
@@ -479,10 +481,11 @@ fn variant_name(m: &Message) -> &'static str {
         | Message::TaskDone { .. }
         | Message::TaskFailed { .. }
         | Message::Unload { .. }
-        | Message::Error { .. } => m.name(),
+        | Message::Error { .. }
+        | Message::JobProducers { .. } => m.name(),
     }
 }
-const VARIANTS: usize = 37;
+const VARIANTS: usize = 38;
 
 /// Decode everything in `stream`, fed in pieces cut at `cuts` (sorted, deduplicated positions).
 fn decode_split(stream: &[u8], cuts: &[usize]) -> Vec<Message> {
@@ -561,19 +564,19 @@ fn one_byte_at_a_time() {
 
 #[test]
 fn exact_bytes_of_a_heartbeat_and_a_ready() {
-    // Version 2 (JobStats was inserted after JobEnded). Heartbeat is variant 3 of Message;
-    // Ready is variant 8 with JobId(300) as varint ac 02.
+    // Version 3 (JobProducers appended). Heartbeat is variant 3 of Message; Ready is
+    // variant 8 with JobId(300) as varint ac 02.
     assert_eq!(
         encode_message(&Message::Heartbeat).unwrap(),
-        [b'S', b'P', b'A', b'T', 0, 2, 2, 0, 0, 0, 0, 1, 3]
+        [b'S', b'P', b'A', b'T', 0, 3, 2, 0, 0, 0, 0, 1, 3]
     );
     assert_eq!(
         encode_message(&Message::Ready { job: JobId(300) }).unwrap(),
         [
-            b'S', b'P', b'A', b'T', 0, 2, 2, 0, 0, 0, 0, 3, 8, 0xac, 0x02
+            b'S', b'P', b'A', b'T', 0, 3, 2, 0, 0, 0, 0, 3, 8, 0xac, 0x02
         ]
     );
-    assert_eq!(PROTOCOL_VERSION, 2);
+    assert_eq!(PROTOCOL_VERSION, 3);
 }
 
 #[test]

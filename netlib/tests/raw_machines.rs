@@ -7,10 +7,12 @@ use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::{AsRawFd, RawFd};
 
 use proptest::prelude::*;
+use spate_netlib::auth::{AuthError, Secret};
+use spate_netlib::frame::FrameError;
 use spate_netlib::raw::{
-    ChunkKey, HEADER_LEN, Kind, Malformed, Msg, PULL_TAIL_LEN, ProtocolError, RecvEvent, RecvIo,
-    RecvMachine, RefuseReason, SegmentFrame, SendEvent, SendIo, SendMachine, Subject, decode,
-    encode, encode_pull_tail,
+    ChunkKey, Gate, HEADER_LEN, Kind, Malformed, Msg, PULL_TAIL_LEN, ProtocolError, RecvEvent,
+    RecvIo, RecvMachine, RefuseReason, SegmentFrame, SendEvent, SendIo, SendMachine, Subject,
+    decode, encode, encode_pull_tail,
 };
 
 /// A descriptor that is never used (the machines only hold descriptors).
@@ -47,11 +49,11 @@ fn drain_ctl<S>(s: &mut SendMachine<S>) -> Vec<(Vec<u8>, bool)> {
     loop {
         match s.poll() {
             Some(SendIo::Write(b)) => {
-                s.on_written(b.clone(), b.len());
+                s.on_written(b.clone(), b.len()).unwrap();
                 out.push((b, false));
             }
             Some(SendIo::Share { frame, .. }) => {
-                s.on_written(frame.clone(), frame.len());
+                s.on_written(frame.clone(), frame.len()).unwrap();
                 out.push((frame, true));
             }
             Some(SendIo::Read { .. }) | None => return out,
@@ -82,7 +84,7 @@ impl Rx {
             match self.m.poll() {
                 Some(RecvIo::Header { want }) => self.want = Some(want),
                 Some(RecvIo::Write(b)) => {
-                    self.m.on_written(b.clone(), b.len());
+                    self.m.on_written(b.clone(), b.len()).unwrap();
                     self.answers.extend_from_slice(&b);
                 }
                 other => panic!("receiver wants {other:?} while control is pending"),
@@ -117,7 +119,7 @@ impl Rx {
         if self.want.is_none() {
             self.arm();
         } else if let Some(RecvIo::Write(b)) = self.m.poll() {
-            self.m.on_written(b.clone(), b.len());
+            self.m.on_written(b.clone(), b.len()).unwrap();
             self.answers.extend_from_slice(&b);
         }
         std::mem::take(&mut self.answers)
@@ -145,7 +147,7 @@ fn offer_grant_data_ack_with_short_reads_and_writes_resumed() {
         panic!()
     };
     assert_eq!(b.len(), 2 * HEADER_LEN);
-    s.on_written(b.clone(), 7);
+    s.on_written(b.clone(), 7).unwrap();
     let mut ev = r.feed(&b[..7], false);
     ev.extend(pump(&mut s, &mut r));
     assert_eq!(ev, vec![RecvEvent::Offer(k1), RecvEvent::Offer(k2)]);
@@ -177,7 +179,7 @@ fn offer_grant_data_ack_with_short_reads_and_writes_resumed() {
     // The Data header of k2 goes out, then the payload in two short writes / reads.
     let hdr = Msg::Data(k2).encode();
     assert_eq!(s.poll(), Some(SendIo::Write(hdr.to_vec())));
-    s.on_written(hdr.to_vec(), HEADER_LEN);
+    s.on_written(hdr.to_vec(), HEADER_LEN).unwrap();
     assert!(r.feed(&hdr, false).is_empty());
     let Some(SendIo::Payload {
         key: pk,
@@ -318,7 +320,7 @@ fn eof_mid_payload_and_abandon_return_every_destination() {
         let Some(SendIo::Write(b)) = s.poll() else {
             panic!()
         };
-        s.on_written(b.clone(), b.len());
+        s.on_written(b.clone(), b.len()).unwrap();
         assert_eq!(r.poll(), Some(RecvIo::Header { want: HEADER_LEN }));
         assert_eq!(r.on_header_bytes(&b).unwrap(), Some(RecvEvent::Offer(k)));
     }
@@ -327,7 +329,7 @@ fn eof_mid_payload_and_abandon_return_every_destination() {
     let Some(RecvIo::Write(g)) = r.poll() else {
         panic!()
     };
-    r.on_written(g.clone(), g.len());
+    r.on_written(g.clone(), g.len()).unwrap();
     assert_eq!(r.poll(), Some(RecvIo::Header { want: HEADER_LEN }));
     r.on_header_bytes(&encode(Kind::Data, &k1, None)).unwrap();
     let Some(RecvIo::Payload { dest, .. }) = r.poll() else {
@@ -369,7 +371,7 @@ fn offers_queued_while_a_data_header_is_pending_go_after_its_payload() {
     );
     // ...an offer made now must not slip between header and payload.
     s.offer(k2, 2).unwrap();
-    s.on_written(b, HEADER_LEN);
+    s.on_written(b, HEADER_LEN).unwrap();
     let Some(SendIo::Payload {
         key: k,
         src,
@@ -627,11 +629,23 @@ enum ROut {
 }
 
 /// One run: `chunks` (stream offset, len, pulled?) sent and answered in random order.
-fn simulate(seed: u64, chunks: &[(u64, u64, bool)], corrupt: bool) -> Result<(), String> {
+/// `secrets`: authenticate, the producer with the first, the consumer with the second.
+fn simulate(
+    seed: u64,
+    chunks: &[(u64, u64, bool)],
+    corrupt: bool,
+    secrets: Option<(&Secret, &Secret)>,
+) -> Result<(), String> {
     let mut corrupt = corrupt;
     let mut rng = Rng(seed | 1);
-    let mut s: SendMachine<usize> = SendMachine::new(1 << 16);
-    let mut r: RecvMachine<Vec<u8>, NoFd> = RecvMachine::new(1 << 16);
+    let (mut s, mut r): (SendMachine<usize>, RecvMachine<Vec<u8>, NoFd>) = match secrets {
+        None => (SendMachine::new(1 << 16), RecvMachine::new(1 << 16)),
+        Some((p, c)) => (
+            SendMachine::with_auth(1 << 16, Gate::client(p).unwrap(), "producer-1"),
+            RecvMachine::with_auth(1 << 16, Gate::server(c).unwrap()),
+        ),
+    };
+    let mut named = secrets.is_none();
     let stream = 3u32;
     let keys: Vec<ChunkKey> = chunks
         .iter()
@@ -695,7 +709,7 @@ fn simulate(seed: u64, chunks: &[(u64, u64, bool)], corrupt: bool) -> Result<(),
                     }
                     to_r.extend(&b[..n]);
                     sent_total += n;
-                    s.on_written(b, n);
+                    s.on_written(b, n).map_err(|e| e.to_string())?;
                 }
                 SOut::Payload(k, src, at, len) => {
                     let n = 1 + rng.below(len as u64) as usize;
@@ -783,12 +797,15 @@ fn simulate(seed: u64, chunks: &[(u64, u64, bool)], corrupt: bool) -> Result<(),
                     ROut::Write(b) => {
                         let n = 1 + rng.below(b.len() as u64) as usize;
                         to_s.extend(&b[..n]);
-                        r.on_written(b, n);
+                        r.on_written(b, n).map_err(|e| e.to_string())?;
                         None
                     }
                 };
                 match ev {
-                    Some(RecvEvent::Offer(k)) => offers.push(k),
+                    Some(RecvEvent::Peer { name }) if !named && name == "producer-1" => {
+                        named = true;
+                    }
+                    Some(RecvEvent::Offer(k)) if named => offers.push(k),
                     Some(RecvEvent::Landed(k, d)) => {
                         if landed.insert(k, d).is_some() {
                             return Err(format!("{k:?} landed twice"));
@@ -851,7 +868,9 @@ proptest! {
 
     #[test]
     fn sender_and_receiver_agree_through_random_short_io(seed in any::<u64>(), chunks in chunk_plan()) {
-        prop_assert_eq!(simulate(seed, &chunks, false), Ok(()));
+        let secret = Secret::from_bytes(b"a cluster secret for the test", "test").unwrap();
+        let auth = (seed % 2 == 0).then_some((&secret, &secret));
+        prop_assert_eq!(simulate(seed, &chunks, false, auth), Ok(()));
     }
 }
 
@@ -859,7 +878,112 @@ proptest! {
 fn the_simulation_catches_a_wrong_byte() {
     // The checker is not vacuous: the same run passes clean and fails with one flipped bit.
     let plan: Vec<(u64, u64, bool)> = (0..8).map(|i| (i * 100, 100, i % 2 == 1)).collect();
-    assert_eq!(simulate(42, &plan, false), Ok(()));
-    let e = simulate(42, &plan, true).unwrap_err();
+    assert_eq!(simulate(42, &plan, false, None), Ok(()));
+    let e = simulate(42, &plan, true, None).unwrap_err();
     assert!(e.ends_with("landed wrong bytes"), "{e}");
+}
+
+#[test]
+fn a_wrong_secret_lands_nothing_and_both_ends_say_why() {
+    let plan: Vec<(u64, u64, bool)> = (0..4).map(|i| (i * 100, 100, i % 2 == 1)).collect();
+    let a = Secret::from_bytes(b"the cluster secret of the producer", "a").unwrap();
+    let b = Secret::from_bytes(b"another secret of the consumer!!", "b").unwrap();
+    for seed in 1..20 {
+        let e = simulate(seed, &plan, false, Some((&a, &b))).unwrap_err();
+        assert!(
+            e.starts_with(
+                "raw connection authentication: authentication failed: the peer does not share"
+            ),
+            "{e}"
+        );
+    }
+}
+
+/// A consumer machine with authentication, its opening frame written; returns it.
+fn authenticating_consumer(secret: &Secret) -> Rx {
+    let mut r = Rx {
+        m: RecvMachine::with_auth(1 << 20, Gate::server(secret).unwrap()),
+        want: None,
+        answers: Vec::new(),
+    };
+    let hello = r.take_answers();
+    assert_eq!(&hello[..4], b"SPAT", "the consumer speaks first");
+    r
+}
+
+#[test]
+fn raw_frames_without_a_handshake_and_garbage_are_refused_before_anything_lands() {
+    let secret = Secret::from_bytes(b"a cluster secret for the test", "t").unwrap();
+    // A producer that does not authenticate: its first raw frame is not a handshake frame.
+    let mut r = authenticating_consumer(&secret);
+    let want = r.arm();
+    assert_eq!(want, 12, "a control frame header");
+    r.want = None;
+    let e =
+        r.m.on_header_bytes(&encode(Kind::Offer, &key(0, 5), None)[..want]);
+    assert!(
+        matches!(
+            &e,
+            Err(ProtocolError::Auth(AuthError::Frame(
+                FrameError::BadMagic { .. }
+            )))
+        ),
+        "{e:?}"
+    );
+    // Garbage.
+    let mut r = authenticating_consumer(&secret);
+    r.arm();
+    r.want = None;
+    let e = r.m.on_header_bytes(&[0xff; 12]);
+    assert!(matches!(e, Err(ProtocolError::Auth(_))), "{e:?}");
+    // Hanging up before authenticating is reported too.
+    let mut r = authenticating_consumer(&secret);
+    r.arm();
+    r.want = None;
+    assert!(matches!(r.m.on_eof(), Err(ProtocolError::Auth(_))));
+    assert!(!r.m.authenticated());
+}
+
+#[test]
+fn an_authenticated_producer_must_say_who_it_is_first() {
+    let secret = Secret::from_bytes(b"a cluster secret for the test", "t").unwrap();
+    let mut s: SendMachine<u8> =
+        SendMachine::with_auth(1 << 20, Gate::client(&secret).unwrap(), "p");
+    let mut r = Rx {
+        m: RecvMachine::with_auth(1 << 20, Gate::server(&secret).unwrap()),
+        want: None,
+        answers: Vec::new(),
+    };
+    // The consumer's hello, the producer's answer (in the exact sizes the consumer asks for),
+    // the consumer's proof.
+    let server_hello = r.take_answers();
+    assert!(matches!(s.poll(), Some(SendIo::Read { .. })));
+    assert!(s.on_read(&server_hello).unwrap().is_empty());
+    let answer: Vec<u8> = drain_ctl(&mut s).into_iter().flat_map(|c| c.0).collect();
+    let mut rest = &answer[..];
+    while !rest.is_empty() {
+        let want = r.arm();
+        r.want = None;
+        let n = want.min(rest.len());
+        assert_eq!(r.m.on_header_bytes(&rest[..n]).unwrap(), None);
+        rest = &rest[n..];
+    }
+    let proof = r.take_answers();
+    assert!(r.m.peer_name().is_none() && !r.m.authenticated());
+    // Authenticated, but no offer is taken before the hello.
+    r.arm();
+    r.want = None;
+    assert_eq!(
+        r.m.on_header_bytes(&encode(Kind::Offer, &key(0, 5), None)),
+        Err(ProtocolError::NoHello(Kind::Offer))
+    );
+    // The producer, given the proof, says who it is before anything else.
+    s.offer(key(0, 5), 1).unwrap();
+    assert!(s.on_read(&proof).unwrap().is_empty());
+    assert!(s.authenticated());
+    let ctl = drain_ctl(&mut s);
+    assert_eq!(&ctl[0].0[..HEADER_LEN], &Msg::Hello { len: 1 }.encode());
+    assert_eq!(&ctl[0].0[HEADER_LEN..], b"p");
+    let f = decode(ctl[1].0[..].try_into().unwrap(), 1 << 20).unwrap();
+    assert_eq!((f.kind, f.key), (Kind::Offer, key(0, 5)));
 }

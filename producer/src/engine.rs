@@ -415,6 +415,8 @@ struct Expeller {
     freed: Sender<()>,
     running: HashMap<TaskId, Running>,
     keys: HashMap<ChunkKey, TaskId>,
+    /// The error of the connection that closed last (its failed chunks come right after).
+    last_closed: Option<(spate_netlib::raw::ConnId, String)>,
 }
 
 fn refusal_retryable(r: RefuseReason) -> bool {
@@ -517,20 +519,28 @@ impl Expeller {
                     refusal_retryable(reason),
                 )),
             ),
-            ClientEvent::Failed { key, .. } => (
-                key,
-                Err((
-                    format!(
-                        "connection to the consumer of stream {} lost before [{}, +{}) was acked",
-                        key.stream, key.offset, key.len
-                    ),
-                    true,
-                )),
-            ),
+            ClientEvent::Failed { key, conn, .. } => {
+                let why = match &self.last_closed {
+                    Some((c, e)) if *c == conn => format!(": {e}"),
+                    _ => String::new(),
+                };
+                (
+                    key,
+                    Err((
+                        format!(
+                            "connection to the consumer of stream {} lost before [{}, +{}) was \
+                             acked{why}",
+                            key.stream, key.offset, key.len
+                        ),
+                        true,
+                    )),
+                )
+            }
             ClientEvent::Closed { conn, error } => {
-                if let Some(e) = error {
+                if let Some(e) = &error {
                     tracing::info!(conn = conn.0, error = %e, "raw connection closed");
                 }
+                self.last_closed = error.map(|e| (conn, e));
                 return;
             }
         };
@@ -559,6 +569,7 @@ fn expel_loop(client: RawClient, rx: QueueRx<ExpelMsg>, out: Outbox, freed: Send
         freed,
         running: HashMap::new(),
         keys: HashMap::new(),
+        last_closed: None,
     };
     // Queue messages wake the client's io_uring through the queue's eventfd, watched by the
     // client: one wait covers the network and the queue.

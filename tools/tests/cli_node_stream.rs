@@ -178,6 +178,13 @@ fn a_producer_and_a_consumer_process_deliver_a_pattern_stream_byte_exact() {
         Message::ReaderAttached { job: JobId(1), .. }
     ));
 
+    // As the scheduler does with every Preload: tell the consumer who may send this job's
+    // chunks (it refuses chunks from any other producer).
+    cc.send(&Message::JobProducers {
+        job,
+        producers: vec![pi.name.clone()],
+    })
+    .unwrap();
     let mut params = std::collections::BTreeMap::new();
     params.insert("seed".to_string(), Value::Int(5));
     pc.send(&Message::Preload {

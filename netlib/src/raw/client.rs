@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use spate_runtime::{Completion, Driver, FixedBuf, Op, Output, RuntimeError};
 
+use super::auth::Gate;
 use super::error::{ProtocolError, RawError};
 use super::send::{SendEvent, SendIo, SendMachine};
 use super::share::{Exports, Route};
@@ -104,6 +105,8 @@ struct Side {
     local: bool,
     /// Base offset (`Src::at`) of the payload source lent to the write in flight.
     lent_at: usize,
+    /// When it was opened (for the handshake deadline).
+    opened: Instant,
 }
 
 /// Sends chunks to many consumers from one thread: offers, waits for grants, writes payloads
@@ -163,8 +166,14 @@ impl RawClient {
             endpoint,
             last_used: Instant::now(),
             lent_at: 0,
+            opened: Instant::now(),
         };
-        let m = SendMachine::new(self.cfg.max_chunk);
+        let m = match &self.cfg.auth {
+            Some(a) => {
+                SendMachine::with_auth(self.cfg.max_chunk, Gate::client(&a.secret)?, &a.name)
+            }
+            None => SendMachine::new(self.cfg.max_chunk),
+        };
         Ok(ConnId(self.conns.insert(stream, m, side)))
     }
 
@@ -320,11 +329,19 @@ impl RawClient {
                 w.armed = true;
             }
         }
+        let now = Instant::now();
+        let limit = self.cfg.handshake_timeout;
         for id in self.conns.ids() {
+            let late = self
+                .conns
+                .live(id)
+                .is_some_and(|c| !c.m.authenticated() && now.duration_since(c.x.opened) >= limit);
+            if late {
+                self.conns.kill(id, Some(RawError::HandshakeTimeout(limit)));
+            }
             self.kick(id)?;
             self.finish_if_dead(id);
         }
-        let now = Instant::now();
         let idle: Vec<u32> = self
             .conns
             .map
@@ -341,6 +358,16 @@ impl RawClient {
             self.finish_if_dead(id);
         }
         if self.events.is_empty() {
+            // Wake up in time for the next handshake deadline.
+            let pending = self.conns.map.values().filter(|c| !c.m.authenticated());
+            let next = pending
+                .map(|c| (c.x.opened + limit).saturating_duration_since(now))
+                .min();
+            let timeout = match (timeout, next) {
+                (Some(t), Some(n)) => Some(t.min(n)),
+                (None, n) => n,
+                (t, None) => t,
+            };
             let mut comps = std::mem::take(&mut self.comps);
             self.driver.wait(timeout, &mut comps)?;
             for c in comps.drain(..) {
@@ -381,7 +408,7 @@ impl RawClient {
                                 "a shared segment vanished before its share frame went out",
                             )),
                         };
-                        c.m.on_written(frame, 0);
+                        let _ = c.m.on_written(frame, 0);
                         self.conns.kill(id, Some(e));
                         return Ok(());
                     }
@@ -406,13 +433,6 @@ impl RawClient {
         let Some(mut c) = self.conns.take_finished(id) else {
             return;
         };
-        for (key, s) in c.m.abandon() {
-            self.events.push(ClientEvent::Failed {
-                conn: ConnId(id),
-                key,
-                buf: s.buf,
-            });
-        }
         let err = c.dead.take().flatten();
         if let Some(ep) = &c.x.endpoint {
             if err.is_some() {
@@ -421,10 +441,18 @@ impl RawClient {
                 self.pool.remove(ep);
             }
         }
+        // Closed first, so that whoever resends the failed chunks knows why they failed.
         self.events.push(ClientEvent::Closed {
             conn: ConnId(id),
             error: err.map(|e| e.to_string()),
         });
+        for (key, s) in c.m.abandon() {
+            self.events.push(ClientEvent::Failed {
+                conn: ConnId(id),
+                key,
+                buf: s.buf,
+            });
+        }
     }
 
     fn on_completion(&mut self, comp: Completion) -> Result<(), RawError> {
@@ -498,9 +526,13 @@ impl RawClient {
             return;
         };
         match (comp.result, comp.output) {
-            (Ok(n), Output::Vec(v)) => c.m.on_written(v, n as usize),
+            (Ok(n), Output::Vec(v)) => {
+                if let Err(e) = c.m.on_written(v, n as usize) {
+                    self.conns.kill(id, Some(e.into()));
+                }
+            }
             (Err(e), Output::Vec(v)) => {
-                c.m.on_written(v, 0);
+                let _ = c.m.on_written(v, 0);
                 self.conns.kill(id, Some(e.into()));
             }
             (r, Output::Fixed(buf)) => {

@@ -53,6 +53,26 @@ pub enum ProtocolError {
     /// The peer passed more descriptors than its frames declare.
     #[error("the peer passed more descriptors than its frames declare")]
     ExtraDescriptors,
+    /// The handshake with the cluster secret failed (wrong secret, versions, garbage).
+    #[error("raw connection authentication: {0}")]
+    Auth(crate::auth::AuthError),
+    /// The peer authenticated in another role than this end talks to.
+    #[error("the peer authenticated as a {got:?}, not as a {want:?}")]
+    UnexpectedRole {
+        /// The peer's role.
+        got: crate::auth::Role,
+        /// The role expected.
+        want: crate::auth::Role,
+    },
+    /// An authenticated producer sent a frame before its `Hello`.
+    #[error("a {0:?} frame before the producer said who it is")]
+    NoHello(super::wire::Kind),
+    /// A second `Hello`.
+    #[error("the producer said who it is twice")]
+    HelloTwice,
+    /// The peer's `Hello` name is not UTF-8.
+    #[error("the peer's node name is not UTF-8")]
+    BadName,
     /// The caller fed the machine a completion it did not ask for (a bug in the shell).
     #[error("raw connection state misused: {0}")]
     Misuse(&'static str),
@@ -97,6 +117,12 @@ pub enum RawError {
     /// The connection is unknown or already closed.
     #[error("no such raw connection {0:?}")]
     NoConnection(ConnId),
+    /// The peer did not complete the authentication in time.
+    #[error(
+        "no authenticated hello within {0:?}: the peer does not speak spate's authenticated raw \
+         protocol (run the same spate version with the cluster secret on both nodes)"
+    )]
+    HandshakeTimeout(Duration),
     /// The pool is waiting before reconnecting.
     #[error("{endpoint} failed recently; next reconnect attempt in {retry_in:?}")]
     Backoff {

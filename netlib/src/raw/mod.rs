@@ -36,6 +36,7 @@ use spate_runtime::{DriverConfig, FixedBuf};
 use crate::endpoint::Stream;
 use crate::sockopt::Tuning;
 
+pub mod auth;
 pub mod client;
 pub mod error;
 pub mod recv;
@@ -45,13 +46,14 @@ pub mod share;
 pub mod tag;
 pub mod wire;
 
+pub use auth::{Gate, RawAuth};
 pub use client::{ClientEvent, RawClient, RawStats, Rejected, WatchId};
 pub use error::{ProtocolError, RawError, Subject};
 pub use recv::{RecvEvent, RecvIo, RecvMachine};
 pub use send::{SendEvent, SendIo, SendMachine};
 pub use server::RawServer;
 pub use wire::{
-    ChunkKey, DEFAULT_MAX_CHUNK, Frame, HEADER_LEN, Kind, Malformed, Msg, PULL_TAIL_LEN,
+    ChunkKey, DEFAULT_MAX_CHUNK, Frame, HEADER_LEN, Kind, MAX_NAME, Malformed, Msg, PULL_TAIL_LEN,
     RefuseReason, SegmentFrame, decode, decode_pull_tail, encode, encode_pull_tail,
 };
 
@@ -83,6 +85,12 @@ pub struct RawConfig {
     /// Clients: on local (UNIX) connections, let the consumer copy chunks straight from our
     /// buffer memory (`Share`/`Pull`) instead of sending them through the socket.
     pub share_local: bool,
+    /// Authenticate every connection with the cluster secret before any frame (and, as a
+    /// client, say our node name). None: connections are not authenticated (tests and
+    /// benchmarks of the bare transport only; daemons always set it).
+    pub auth: Option<RawAuth>,
+    /// How long a peer has to authenticate (and, as a producer, say who it is).
+    pub handshake_timeout: Duration,
 }
 
 impl Default for RawConfig {
@@ -95,6 +103,8 @@ impl Default for RawConfig {
             connect_timeout: Duration::from_secs(5),
             idle_close: Duration::from_secs(60),
             share_local: true,
+            auth: None,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -120,6 +130,9 @@ pub trait Landing {
     fn abandoned(&mut self, _conn: ConnId, _key: &ChunkKey, _dest: FixedBuf) {}
     /// A connection was accepted.
     fn opened(&mut self, _conn: ConnId) {}
+    /// The producer on `conn` authenticated and said who it is (its node name): only then do
+    /// its offers come (when the server authenticates connections).
+    fn identified(&mut self, _conn: ConnId, _name: &str) {}
     /// A connection closed (`error` is None for a clean close by the peer).
     fn closed(&mut self, _conn: ConnId, _error: Option<&RawError>) {}
 }

@@ -10,9 +10,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
+use super::auth::Gate;
 use super::error::ProtocolError;
 use super::wire::{
-    ChunkKey, HEADER_LEN, Malformed, Msg, PULL_TAIL_LEN, RefuseReason, SegmentFrame,
+    ChunkKey, HEADER_LEN, MAX_TAIL, Malformed, Msg, PULL_TAIL_LEN, RefuseReason, SegmentFrame,
     decode_pull_tail,
 };
 use super::{MAX_OFFERS, MAX_SEGMENTS};
@@ -83,6 +84,12 @@ pub enum RecvEvent<D> {
         /// Segment id.
         seg: u32,
     },
+    /// The producer said who it is (after authenticating, when the connection is
+    /// authenticated): its node name.
+    Peer {
+        /// Node name.
+        name: String,
+    },
 }
 
 struct Payload<D> {
@@ -109,7 +116,15 @@ struct Seg<F> {
 /// Receiver-side protocol state of one raw connection (see the module docs).
 pub struct RecvMachine<D, F = OwnedFd> {
     max_len: u64,
-    hdr: [u8; HEADER_LEN + PULL_TAIL_LEN],
+    /// The handshake, while the peer is not authenticated.
+    gate: Option<Gate>,
+    /// Authenticated: the first raw frame must be the producer's `Hello`.
+    need_hello: bool,
+    /// The producer's name, once it said it.
+    peer: Option<String>,
+    /// A failure whose last words (a handshake Reject) are being written.
+    failing: Option<ProtocolError>,
+    hdr: [u8; HEADER_LEN + MAX_TAIL],
     have: usize,
     /// Bytes of the frame being read (HEADER_LEN, or more for a Pull).
     frame_len: usize,
@@ -150,7 +165,11 @@ impl<D, F: AsRawFd> RecvMachine<D, F> {
     pub fn new(max_len: u64) -> Self {
         RecvMachine {
             max_len,
-            hdr: [0; HEADER_LEN + PULL_TAIL_LEN],
+            gate: None,
+            need_hello: false,
+            peer: None,
+            failing: None,
+            hdr: [0; HEADER_LEN + MAX_TAIL],
             have: 0,
             frame_len: HEADER_LEN,
             reading: false,
@@ -169,6 +188,25 @@ impl<D, F: AsRawFd> RecvMachine<D, F> {
         }
     }
 
+    /// A receiver that first authenticates its peer through `gate` (its opening frame is
+    /// queued at once), then expects the producer's `Hello` before any other frame.
+    pub fn with_auth(max_len: u64, mut gate: Gate) -> Self {
+        let mut m = RecvMachine::new(max_len);
+        m.out = gate.take_output();
+        m.gate = Some(gate);
+        m
+    }
+
+    /// Whether the peer is authenticated and named (always, without authentication).
+    pub fn authenticated(&self) -> bool {
+        self.gate.is_none() && !self.need_hello
+    }
+
+    /// The producer's node name, once it said it.
+    pub fn peer_name(&self) -> Option<&str> {
+        self.peer.as_deref()
+    }
+
     /// The next I/O to start (call until None). Nothing once [`RecvMachine::close`]d.
     pub fn poll(&mut self) -> Option<RecvIo<D>> {
         if self.closing {
@@ -177,6 +215,16 @@ impl<D, F: AsRawFd> RecvMachine<D, F> {
         if !self.writing && !self.out.is_empty() {
             self.writing = true;
             return Some(RecvIo::Write(std::mem::take(&mut self.out)));
+        }
+        if self.failing.is_some() {
+            return None;
+        }
+        if let Some(g) = &self.gate {
+            if self.reading {
+                return None;
+            }
+            self.reading = true;
+            return Some(RecvIo::Header { want: g.want() });
         }
         while let Some(id) = self.ready.pop_front() {
             let Some(c) = self.copies.get_mut(&id) else {
@@ -251,20 +299,58 @@ impl<D, F: AsRawFd> RecvMachine<D, F> {
     /// The peer closed the connection while a header was to be read.
     pub fn on_eof(&mut self) -> Result<(), ProtocolError> {
         self.reading = false;
+        if self.gate.is_some() || self.need_hello {
+            return Err(ProtocolError::Auth(crate::auth::AuthError::Protocol(
+                "the peer closed the connection before authenticating".into(),
+            )));
+        }
         if self.have > 0 {
             return Err(ProtocolError::Closed { mid_frame: true });
         }
         Ok(())
     }
 
+    /// Fail with `e`, after writing what the handshake still has to say (a Reject).
+    fn fail(&mut self, e: ProtocolError) -> Result<Option<RecvEvent<D>>, ProtocolError> {
+        if let Some(g) = &mut self.gate {
+            self.out.extend(g.take_output());
+        }
+        if self.out.is_empty() && !self.writing {
+            return Err(e);
+        }
+        self.failing = Some(e);
+        Ok(None)
+    }
+
+    fn on_gate_bytes(&mut self, bytes: &[u8]) -> Result<Option<RecvEvent<D>>, ProtocolError> {
+        let Some(g) = &mut self.gate else {
+            return Ok(None);
+        };
+        if bytes.len() > g.want() {
+            return Err(ProtocolError::Misuse("handshake bytes fed out of turn"));
+        }
+        if let Err(e) = g.feed(bytes) {
+            return self.fail(e);
+        }
+        self.out.extend(g.take_output());
+        if g.peer().is_some() {
+            self.gate = None;
+            self.need_hello = true;
+        }
+        Ok(None)
+    }
+
     /// Header bytes came in (at most what [`RecvIo::Header`] asked for).
     pub fn on_header_bytes(&mut self, bytes: &[u8]) -> Result<Option<RecvEvent<D>>, ProtocolError> {
         self.reading = false;
-        if self.payload.is_some() || bytes.len() > self.frame_len - self.have {
-            return Err(ProtocolError::Misuse("header bytes fed out of turn"));
-        }
         if bytes.is_empty() {
             return self.on_eof().map(|()| None);
+        }
+        if self.gate.is_some() {
+            return self.on_gate_bytes(bytes);
+        }
+        if self.payload.is_some() || bytes.len() > self.frame_len - self.have {
+            return Err(ProtocolError::Misuse("header bytes fed out of turn"));
         }
         self.hdr[self.have..self.have + bytes.len()].copy_from_slice(bytes);
         self.have += bytes.len();
@@ -274,13 +360,29 @@ impl<D, F: AsRawFd> RecvMachine<D, F> {
         let mut h = [0u8; HEADER_LEN];
         h.copy_from_slice(&self.hdr[..HEADER_LEN]);
         let msg = Msg::decode(&h, self.max_len)?;
-        if matches!(msg, Msg::Pull(_)) && self.have < HEADER_LEN + PULL_TAIL_LEN {
-            self.frame_len = HEADER_LEN + PULL_TAIL_LEN;
+        let tail = msg.tail_len();
+        if tail > 0 && self.have < HEADER_LEN + tail {
+            self.frame_len = HEADER_LEN + tail;
             return Ok(None);
         }
         self.have = 0;
         self.frame_len = HEADER_LEN;
+        if self.need_hello && !matches!(msg, Msg::Hello { .. }) {
+            return Err(ProtocolError::NoHello(msg.kind()));
+        }
         match msg {
+            Msg::Hello { len } => {
+                if self.peer.is_some() {
+                    return Err(ProtocolError::HelloTwice);
+                }
+                let name = &self.hdr[HEADER_LEN..HEADER_LEN + len as usize];
+                let name = std::str::from_utf8(name).map_err(|_| ProtocolError::BadName)?;
+                self.need_hello = false;
+                self.peer = Some(name.to_string());
+                Ok(Some(RecvEvent::Peer {
+                    name: name.to_string(),
+                }))
+            }
             Msg::Offer(key) => {
                 self.outstanding(&key)?;
                 self.offered.push(key);
@@ -288,7 +390,7 @@ impl<D, F: AsRawFd> RecvMachine<D, F> {
             }
             Msg::Pull(key) => {
                 let mut t = [0u8; PULL_TAIL_LEN];
-                t.copy_from_slice(&self.hdr[HEADER_LEN..]);
+                t.copy_from_slice(&self.hdr[HEADER_LEN..HEADER_LEN + PULL_TAIL_LEN]);
                 let (seg, at) = decode_pull_tail(&t)?;
                 let Some(s) = self.segments.get(&seg) else {
                     return Err(ProtocolError::chunk(
@@ -475,8 +577,9 @@ impl<D, F: AsRawFd> RecvMachine<D, F> {
         }
     }
 
-    /// A write finished: `n` of `buf`'s bytes went out; the rest goes first next time.
-    pub fn on_written(&mut self, buf: Vec<u8>, n: usize) {
+    /// A write finished: `n` of `buf`'s bytes went out; the rest goes first next time. Once
+    /// the last words of a failed handshake are out, this returns its error.
+    pub fn on_written(&mut self, buf: Vec<u8>, n: usize) -> Result<(), ProtocolError> {
         self.writing = false;
         if n < buf.len() && !self.closing {
             let mut rest = buf;
@@ -484,6 +587,12 @@ impl<D, F: AsRawFd> RecvMachine<D, F> {
             rest.extend_from_slice(&self.out);
             self.out = rest;
         }
+        if self.out.is_empty()
+            && let Some(e) = self.failing.take()
+        {
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Stop: no new I/O; completions still due only hand their buffers back.

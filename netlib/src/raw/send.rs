@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
+use super::auth::Gate;
 use super::error::ProtocolError;
 use super::wire::{ChunkKey, HEADER_LEN, Malformed, Msg, SegmentFrame, encode_pull_tail};
 
@@ -62,6 +63,12 @@ struct Payload<S> {
 /// Sender-side protocol state of one raw connection (see the module docs).
 pub struct SendMachine<S> {
     max_len: u64,
+    /// The handshake, while the consumer is not authenticated.
+    gate: Option<Gate>,
+    /// Our name, to say once authenticated.
+    hello: Option<String>,
+    /// A failure whose last words (a handshake Reject) are being written.
+    failing: Option<ProtocolError>,
     offered: HashMap<ChunkKey, S>,
     /// Granted: a Data header and the payload are to go out.
     ready: VecDeque<(ChunkKey, S)>,
@@ -103,6 +110,9 @@ impl<S> SendMachine<S> {
     pub fn new(max_len: u64) -> Self {
         SendMachine {
             max_len,
+            gate: None,
+            hello: None,
+            failing: None,
             offered: HashMap::new(),
             ready: VecDeque::new(),
             pulled: HashMap::new(),
@@ -120,6 +130,20 @@ impl<S> SendMachine<S> {
             writing: false,
             closing: false,
         }
+    }
+
+    /// A sender that first authenticates the consumer through `gate` and then says who it is
+    /// (`name`, 1..=255 bytes) before any other frame. Chunks queued meanwhile wait.
+    pub fn with_auth(max_len: u64, gate: Gate, name: &str) -> Self {
+        let mut m = SendMachine::new(max_len);
+        m.gate = Some(gate);
+        m.hello = Some(name.to_string());
+        m
+    }
+
+    /// Whether the consumer is authenticated (always, without authentication).
+    pub fn authenticated(&self) -> bool {
+        self.gate.is_none()
     }
 
     /// Queue an offer of `key` whose payload is `src`.
@@ -227,7 +251,11 @@ impl<S> SendMachine<S> {
                 }
             } else {
                 if self.ctl.is_empty() {
-                    self.next_block();
+                    match &mut self.gate {
+                        Some(g) => self.ctl = g.take_output(),
+                        None if self.failing.is_none() => self.next_block(),
+                        None => {}
+                    }
                 }
                 if !self.ctl.is_empty() {
                     self.writing = true;
@@ -239,7 +267,8 @@ impl<S> SendMachine<S> {
                 }
             }
         }
-        if !self.reading && self.in_flight() > 0 {
+        let waiting = self.in_flight() > 0 || self.gate.is_some();
+        if !self.reading && waiting && self.failing.is_none() {
             self.reading = true;
             return Some(SendIo::Read {
                 want: HEADER_LEN * 16,
@@ -265,16 +294,20 @@ impl<S> SendMachine<S> {
     }
 
     /// A control write finished: `n` of `buf`'s bytes went out; the rest goes first next time.
-    pub fn on_written(&mut self, buf: Vec<u8>, n: usize) {
+    /// Once the last words of a failed handshake are out, this returns its error.
+    pub fn on_written(&mut self, buf: Vec<u8>, n: usize) -> Result<(), ProtocolError> {
         self.writing = false;
         if self.closing {
-            return;
+            return Ok(());
         }
         if n < buf.len() {
             let mut rest = buf;
             rest.drain(..n);
             self.ctl = rest;
-            return;
+            return Ok(());
+        }
+        if let Some(e) = self.failing.take() {
+            return Err(e);
         }
         if let Some((key, src)) = self.after_ctl.take() {
             self.payload = Some(Payload {
@@ -283,6 +316,7 @@ impl<S> SendMachine<S> {
                 done: 0,
             });
         }
+        Ok(())
     }
 
     /// A payload write of `n` bytes finished; `src` comes back. Short writes resume at the new
@@ -310,6 +344,11 @@ impl<S> SendMachine<S> {
     /// The peer closed the connection: an error if chunks were still in flight.
     pub fn on_eof(&mut self) -> Result<(), ProtocolError> {
         self.reading = false;
+        if self.gate.is_some() {
+            return Err(ProtocolError::Auth(crate::auth::AuthError::Protocol(
+                "the consumer closed the connection before authenticating".into(),
+            )));
+        }
         if self.in_flight() > 0 || self.have > 0 {
             return Err(ProtocolError::Closed {
                 mid_frame: self.have > 0,
@@ -325,6 +364,36 @@ impl<S> SendMachine<S> {
         if bytes.is_empty() {
             self.on_eof()?;
             return Ok(ev);
+        }
+        if let Some(g) = &mut self.gate {
+            match g.feed(bytes) {
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) => {
+                    let last = g.take_output();
+                    if last.is_empty() {
+                        return Err(e);
+                    }
+                    self.ctl.extend(last);
+                    self.failing = Some(e);
+                    return Ok(ev);
+                }
+            }
+            if g.peer().is_some() {
+                // Whatever the handshake still says goes first, then who we are.
+                self.ctl.extend(g.take_output());
+                self.gate = None;
+                if let Some(name) = self.hello.take() {
+                    self.ctl.extend_from_slice(
+                        &Msg::Hello {
+                            len: name.len() as u64,
+                        }
+                        .encode(),
+                    );
+                    self.ctl.extend_from_slice(name.as_bytes());
+                }
+            } else {
+                return Ok(ev);
+            }
         }
         while !bytes.is_empty() {
             let n = (HEADER_LEN - self.have).min(bytes.len());

@@ -4,10 +4,11 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use spate_runtime::{Completion, Driver, FixedBuf, Notifier, Op, Output};
 
+use super::auth::Gate;
 use super::error::{ProtocolError, RawError};
 use super::recv::{BAD_SHARE, RecvEvent, RecvIo, RecvMachine};
 use super::tag::{Tag, TagKind};
@@ -40,7 +41,8 @@ pub struct RawServer {
     driver: Driver,
     listeners: Vec<Listener>,
     accepting: Vec<bool>,
-    conns: Conns<Machine, ()>,
+    /// Connections, with when they were opened (for the handshake deadline).
+    conns: Conns<Machine, Instant>,
     /// Offers answered with [`Offered::Wait`], to ask again.
     waiting: VecDeque<(u32, ChunkKey)>,
     waker: Notifier,
@@ -78,8 +80,11 @@ impl RawServer {
     /// Serve an already connected stream.
     pub fn add(&mut self, stream: Stream) -> Result<ConnId, RawError> {
         sockopt::tune_raw(&stream, &self.cfg.tuning)?;
-        let m = RecvMachine::new(self.cfg.max_chunk);
-        Ok(ConnId(self.conns.insert(stream, m, ())))
+        let m = match &self.cfg.auth {
+            Some(a) => RecvMachine::with_auth(self.cfg.max_chunk, Gate::server(&a.secret)?),
+            None => RecvMachine::new(self.cfg.max_chunk),
+        };
+        Ok(ConnId(self.conns.insert(stream, m, Instant::now())))
     }
 
     /// A handle that wakes this server's thread (e.g. when ring space was released, so waiting
@@ -136,10 +141,29 @@ impl RawServer {
             self.driver.push(tag, Op::Timeout { after })?;
             self.timer_armed = true;
         }
+        let now = Instant::now();
+        let limit = self.cfg.handshake_timeout;
         for id in self.conns.ids() {
+            let late = self
+                .conns
+                .live(id)
+                .is_some_and(|c| !c.m.authenticated() && now.duration_since(c.x) >= limit);
+            if late {
+                self.conns.kill(id, Some(RawError::HandshakeTimeout(limit)));
+            }
             self.kick(id)?;
             self.finish_if_dead(id, landing);
         }
+        // Wake up in time for the next handshake deadline.
+        let pending = self.conns.map.values().filter(|c| !c.m.authenticated());
+        let next = pending
+            .map(|c| (c.x + limit).saturating_duration_since(now))
+            .min();
+        let timeout = match (timeout, next) {
+            (Some(t), Some(n)) => Some(t.min(n)),
+            (None, n) => n,
+            (t, None) => t,
+        };
         let mut comps = std::mem::take(&mut self.comps);
         self.driver.wait(timeout, &mut comps)?;
         for c in comps.drain(..) {
@@ -368,6 +392,7 @@ impl RawServer {
                     self.conns.kill(id, Some(e.into()));
                 }
             }
+            Ok(Some(RecvEvent::Peer { name })) => landing.identified(ConnId(id), &name),
             Ok(Some(RecvEvent::Unshare { .. })) | Ok(None) => {}
             Err(e) => self.conns.kill(id, e),
         }
@@ -381,12 +406,14 @@ impl RawServer {
             return;
         };
         match c.result {
-            Ok(n) => conn.m.on_written(v, n as usize),
-            Err(e) => {
-                self.conns.kill(id, Some(e.into()));
-                if let Some(conn) = self.conns.map.get_mut(&id) {
-                    conn.m.on_written(v, 0);
+            Ok(n) => {
+                if let Err(e) = conn.m.on_written(v, n as usize) {
+                    self.conns.kill(id, Some(e.into()));
                 }
+            }
+            Err(e) => {
+                let _ = conn.m.on_written(v, 0);
+                self.conns.kill(id, Some(e.into()));
             }
         }
     }

@@ -4,7 +4,9 @@
 //! `magic "SPRW" | kind u8 | reason u8 | 0u16 | job u64 | stream u32 | 0u32 | offset u64 | len u64`
 //! (little endian). Chunk frames carry a [`ChunkKey`]; segment frames (`Share`, `Unshare`) carry
 //! a [`SegmentFrame`] (its id where a chunk has its stream, its length in `len`, job and offset
-//! zero). `Pull` is followed by a 16-byte tail `segment u32 | 0u32 | at u64`.
+//! zero). `Pull` is followed by a 16-byte tail `segment u32 | 0u32 | at u64`. `Hello` (the
+//! producer's node name, first frame after authentication) has only `len` set, and is followed
+//! by that many bytes of UTF-8.
 //!
 //! [`Msg`] is the typed frame the machines use; [`encode`] / [`decode`] with [`Frame`] are the
 //! flat view (a segment's id shows as `key.stream`) kept for tools and tests that build raw
@@ -14,6 +16,10 @@
 pub const HEADER_LEN: usize = 40;
 /// Size of the tail that follows a `Pull` header.
 pub const PULL_TAIL_LEN: usize = 16;
+/// Longest node name a `Hello` carries.
+pub const MAX_NAME: usize = 255;
+/// Longest tail any frame has (a `Hello`'s name).
+pub const MAX_TAIL: usize = MAX_NAME;
 /// Default largest chunk accepted (1 GiB).
 pub const DEFAULT_MAX_CHUNK: u64 = 1 << 30;
 const MAGIC: [u8; 4] = *b"SPRW";
@@ -69,6 +75,8 @@ pub enum Kind {
     Unshare = 7,
     /// Producer → consumer (local): copy this chunk yourself from a shared segment.
     Pull = 8,
+    /// Producer → consumer: who I am (my node name follows); first frame after authentication.
+    Hello = 9,
 }
 
 impl Kind {
@@ -82,6 +90,7 @@ impl Kind {
             6 => Kind::Share,
             7 => Kind::Unshare,
             8 => Kind::Pull,
+            9 => Kind::Hello,
             _ => return None,
         })
     }
@@ -103,6 +112,8 @@ pub enum RefuseReason {
     Aborted,
     /// Larger than the consumer accepts.
     TooLarge,
+    /// The scheduler did not assign this producer to the chunk's job.
+    NotAssigned,
     /// Any other code.
     Other(u8),
 }
@@ -115,6 +126,7 @@ impl RefuseReason {
             RefuseReason::OutOfRange => 2,
             RefuseReason::Aborted => 3,
             RefuseReason::TooLarge => 4,
+            RefuseReason::NotAssigned => 5,
             RefuseReason::Other(c) => c,
         }
     }
@@ -125,6 +137,7 @@ impl RefuseReason {
             2 => RefuseReason::OutOfRange,
             3 => RefuseReason::Aborted,
             4 => RefuseReason::TooLarge,
+            5 => RefuseReason::NotAssigned,
             c => RefuseReason::Other(c),
         }
     }
@@ -161,6 +174,11 @@ pub enum Msg {
     /// Producer → consumer: copy this chunk from a shared segment (a [`PULL_TAIL_LEN`] tail
     /// follows).
     Pull(ChunkKey),
+    /// Producer → consumer: my node name follows (`len` bytes, 1..=[`MAX_NAME`]).
+    Hello {
+        /// Length of the name.
+        len: u64,
+    },
 }
 
 impl Msg {
@@ -175,6 +193,16 @@ impl Msg {
             Msg::Share(_) => Kind::Share,
             Msg::Unshare(_) => Kind::Unshare,
             Msg::Pull(_) => Kind::Pull,
+            Msg::Hello { .. } => Kind::Hello,
+        }
+    }
+
+    /// Bytes that follow the header.
+    pub fn tail_len(&self) -> usize {
+        match self {
+            Msg::Pull(_) => PULL_TAIL_LEN,
+            Msg::Hello { len } => *len as usize,
+            _ => 0,
         }
     }
 
@@ -186,6 +214,16 @@ impl Msg {
             Msg::Offer(k) | Msg::Data(k) | Msg::Grant(k) | Msg::Ack(k) | Msg::Pull(k) => {
                 encode(self.kind(), &k, None)
             }
+            Msg::Hello { len } => encode(
+                Kind::Hello,
+                &ChunkKey {
+                    job: 0,
+                    stream: 0,
+                    offset: 0,
+                    len,
+                },
+                None,
+            ),
         }
     }
 
@@ -206,6 +244,7 @@ impl Msg {
             Kind::Share => Msg::Share(seg),
             Kind::Unshare => Msg::Unshare(seg),
             Kind::Pull => Msg::Pull(k),
+            Kind::Hello => Msg::Hello { len: k.len },
         })
     }
 }
@@ -291,6 +330,17 @@ pub fn decode(h: &[u8; HEADER_LEN], max_len: u64) -> Result<Frame, Malformed> {
     }
     if kind.is_segment() && (key.job != 0 || key.offset != 0) {
         return Err(Malformed::Reserved);
+    }
+    if kind == Kind::Hello {
+        if key.job != 0 || key.stream != 0 || key.offset != 0 {
+            return Err(Malformed::Reserved);
+        }
+        if key.len > MAX_NAME as u64 {
+            return Err(Malformed::TooLong {
+                len: key.len,
+                max: MAX_NAME as u64,
+            });
+        }
     }
     // A segment may be larger than any chunk.
     if !kind.is_segment() && key.len > max_len {

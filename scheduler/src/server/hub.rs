@@ -93,6 +93,8 @@ struct JobInfo {
     /// Last state and progress sent to watchers, and when.
     sent: Option<(proto::JobState, Progress)>,
     sent_at: Millis,
+    /// Producers sent a Preload for this job (node names), as told to its consumers.
+    producers: BTreeSet<String>,
 }
 
 /// The translation layer. See the module docs.
@@ -776,7 +778,10 @@ impl Hub {
                     );
                 }
                 Command::Preload { node, job } => match self.preload(job) {
-                    Ok(m) => self.send(node.0, m),
+                    Ok(m) => {
+                        self.send(node.0, m);
+                        self.announce_producer(job, node);
+                    }
                     Err(reason) => {
                         self.events
                             .push_back(Event::PreloadFailed { node, job, reason })
@@ -859,6 +864,34 @@ impl Hub {
         }
     }
 
+    /// `producer` is preloading `job`: add it to the job's producer set and tell the consumers
+    /// of the job's streams the whole set (they take chunks only from these producers). Sent
+    /// with the Preload, so it reaches them before the producer can have any chunk to send.
+    fn announce_producer(&mut self, job: JobId, producer: NodeId) {
+        let Some(name) = self.daemon_info(producer).map(|i| i.name.clone()) else {
+            return;
+        };
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        j.producers.insert(name);
+        let producers: Vec<String> = j.producers.iter().cloned().collect();
+        let consumers: BTreeSet<ConnId> = self
+            .core
+            .job(job)
+            .map(|st| st.streams.iter().map(|s| s.0.0).collect())
+            .unwrap_or_default();
+        for c in consumers {
+            self.send(
+                c,
+                Message::JobProducers {
+                    job: proto::JobId(job.0),
+                    producers: producers.clone(),
+                },
+            );
+        }
+    }
+
     /// Starts tracking a job the core just created.
     fn track(&mut self, job: JobId) {
         if self.jobs.contains_key(&job) {
@@ -884,6 +917,7 @@ impl Hub {
                 watchers: BTreeSet::new(),
                 sent: None,
                 sent_at: 0,
+                producers: BTreeSet::new(),
             },
         );
     }

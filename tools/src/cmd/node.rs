@@ -323,6 +323,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
     lines.extend(memory_report(&s));
 
+    // Every raw data connection authenticates with the cluster secret; producers name
+    // themselves, consumers take chunks only from the producers assigned to each job.
+    let raw_auth = spate_netlib::raw::RawAuth::new(secret.clone(), &s.name)
+        .map_err(|e| anyhow::anyhow!("node name: {e}"))?;
     let mut data_endpoints = Vec::new();
     let mut handoff = None;
     let consumer = if s.consumer {
@@ -333,6 +337,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         let mut cfg = ConsumerConfig::new(listen, s.run_dir.join("handoff.sock"));
         cfg.core = recv_core;
         cfg.ring_budget = s.ring_budget;
+        cfg.raw.auth = Some(raw_auth.clone());
         let eng = ConsumerEngine::start(cfg).context("starting the consumer engine")?;
         for ep in eng.endpoints() {
             data_endpoints.push(data_endpoint(ep, &s.interfaces)?);
@@ -357,6 +362,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             ..ProducerConfig::default()
         };
         cfg.raw.share_local = s.local_pull;
+        cfg.raw.auth = Some(raw_auth.clone());
         let buffers = cfg.buffers;
         let eng =
             ProducerEngine::start(cfg, out_tx.clone()).context("starting the producer engines")?;

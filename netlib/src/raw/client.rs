@@ -188,6 +188,12 @@ impl RawClient {
             Ok::<u32, RawError>(0)
         });
         match r {
+            // A pooled connection that is closing (e.g. its peer just went away) is not handed
+            // out: forget it and connect afresh.
+            Ok(id) if fresh.is_none() && self.conns.live(*id).is_none() => {
+                self.pool.remove(ep);
+                self.connection(ep, via)
+            }
             Ok(id) if fresh.is_none() => Ok(ConnId(*id)),
             Ok(_) => {
                 let s = fresh.take().ok_or(RawError::NoConnection(ConnId(0)))?;
@@ -434,8 +440,13 @@ impl RawClient {
             return;
         };
         let err = c.dead.take().flatten();
-        if let Some(ep) = &c.x.endpoint {
-            if err.is_some() {
+        if let Some(ep) = &c.x.endpoint
+            && self.pool.is_current(ep, &id)
+        {
+            // Back off only from a consumer we could not establish a connection with (its
+            // handshake failed); the end of one that worked (e.g. the consumer restarted)
+            // lets the next chunk connect again at once.
+            if err.is_some() && !c.m.authenticated() {
                 self.pool.failed(ep, Instant::now());
             } else {
                 self.pool.remove(ep);

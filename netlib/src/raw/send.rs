@@ -267,8 +267,9 @@ impl<S> SendMachine<S> {
                 }
             }
         }
-        let waiting = self.in_flight() > 0 || self.gate.is_some();
-        if !self.reading && waiting && self.failing.is_none() {
+        // Always listening, also when idle: a consumer that goes away is noticed at once (its
+        // pooled connection is dropped), not when the next chunk is written into the void.
+        if !self.reading && self.failing.is_none() {
             self.reading = true;
             return Some(SendIo::Read {
                 want: HEADER_LEN * 16,

@@ -11,6 +11,13 @@
 //! secret and the producer names itself; a chunk is then taken only for a stream allocated
 //! here and only from a producer the scheduler assigned to its job
 //! ([`ConsumerEngine::set_producers`]). Everything else is refused, and logged.
+//!
+//! Zero copy: with `EngineConfig::lend_rings`, a ring's data segment (its size sealed) is lent
+//! to local producers of our own user that ask to write a chunk in place; the chunk's range is
+//! reserved exactly as for any grant (only ranges not landed, within the reader's window) and
+//! lands when the producer says it is written. A range that landed already, in part or whole,
+//! is refused with `Fallback` (the producer sends it by another path, which drops the bytes
+//! that landed), so a redone task never writes over bytes a reader may be reading.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -20,7 +27,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use spate_netlib::endpoint::Endpoint;
-use spate_netlib::raw::{ChunkKey, ConnId, Landing, Offered, RawConfig, RawError, RawServer};
+use spate_netlib::raw::{
+    ChunkKey, ConnId, Landing, Lend, Offered, RawConfig, RawError, RawServer, Reserved,
+};
 use spate_ring::handoff::{HandoffConfig, HandoffError, HandoffServer};
 use spate_ring::{
     AbortReason, Backing, BackingPref, Grant, ReaderStatus, Reserve, RingConfig, ShmError,
@@ -49,6 +58,9 @@ pub struct EngineConfig {
     pub raw: RawConfig,
     /// Uids allowed to attach as readers besides our own.
     pub allow_uids: Vec<u32>,
+    /// Lend rings to local producers that write chunks in place (zero copy); off: they fall
+    /// back to the pull path.
+    pub lend_rings: bool,
 }
 
 impl EngineConfig {
@@ -65,6 +77,7 @@ impl EngineConfig {
                 ..RawConfig::default()
             },
             allow_uids: Vec::new(),
+            lend_rings: true,
         }
     }
 }
@@ -165,6 +178,49 @@ struct Entry {
     region: Arc<Region>,
     key: String,
     capacity: u64,
+    /// The data segment as lent to local producers (None: not lent).
+    lend: Option<Lend>,
+}
+
+/// Chunks landed so far, by how their bytes came.
+#[derive(Debug, Default)]
+struct Counts {
+    /// Written in place by a local producer (zero copy).
+    in_place: std::sync::atomic::AtomicU64,
+    /// Copied in: through the socket, or pulled from a producer's memory.
+    copied: std::sync::atomic::AtomicU64,
+}
+
+/// Chunks landed so far, by how their bytes came ([`ConsumerEngine::landed`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Landed {
+    /// Written in place by a local producer (zero copy).
+    pub in_place: u64,
+    /// Copied in: through the socket, or pulled from a producer's memory.
+    pub copied: u64,
+}
+
+/// Lend ids: one per ring, unique in the process.
+static NEXT_LEND: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// The lend of a ring's data segment, when it can be lent (its size is sealed).
+fn lend_of(writer: &Writer) -> Option<Lend> {
+    let fd = match writer.dup_fds() {
+        Ok((_, data)) => data,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot lend a ring: its descriptor cannot be duplicated");
+            return None;
+        }
+    };
+    if !spate_netlib::raw::size_sealed(&fd) {
+        tracing::warn!("not lending a ring whose size is not sealed; local producers pull instead");
+        return None;
+    }
+    Some(Lend {
+        id: NEXT_LEND.fetch_add(1, Ordering::Relaxed),
+        fd: Arc::new(fd),
+        len: writer.capacity(),
+    })
 }
 
 type Table = Arc<Mutex<HashMap<(u64, u32), Arc<Entry>>>>;
@@ -185,6 +241,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct ConsumerEngine {
     table: Table,
     assigned: Assigned,
+    counts: Arc<Counts>,
     handoff: HandoffServer,
     endpoints: Vec<Endpoint>,
     waker: Notifier,
@@ -192,6 +249,7 @@ pub struct ConsumerEngine {
     thread: Option<JoinHandle<()>>,
     backing: BackingPref,
     budget: u64,
+    lend_rings: bool,
 }
 
 impl std::fmt::Debug for ConsumerEngine {
@@ -214,9 +272,11 @@ impl ConsumerEngine {
         )?;
         let table: Table = Arc::new(Mutex::new(HashMap::new()));
         let assigned: Assigned = Arc::new(Mutex::new(HashMap::new()));
+        let counts = Arc::new(Counts::default());
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::sync_channel::<Result<(Vec<Endpoint>, Notifier), ConsumerError>>(1);
         let (t2, a2, s2) = (table.clone(), assigned.clone(), stop.clone());
+        let c2 = counts.clone();
         let check = cfg.raw.auth.is_some();
         let (listen, raw, core) = (cfg.listen.clone(), cfg.raw.clone(), cfg.core);
         let thread = std::thread::Builder::new()
@@ -239,7 +299,7 @@ impl ConsumerEngine {
                 match setup() {
                     Ok((server, eps)) => {
                         let _ = tx.send(Ok((eps, server.waker())));
-                        serve(server, t2, check.then_some(a2), s2);
+                        serve(server, t2, check.then_some(a2), c2, s2);
                     }
                     Err(e) => {
                         let _ = tx.send(Err(e));
@@ -261,6 +321,7 @@ impl ConsumerEngine {
         Ok(ConsumerEngine {
             table,
             assigned,
+            counts,
             handoff,
             endpoints,
             waker,
@@ -268,6 +329,7 @@ impl ConsumerEngine {
             thread: Some(thread),
             backing: cfg.backing,
             budget: cfg.ring_budget,
+            lend_rings: cfg.lend_rings,
         })
     }
 
@@ -346,6 +408,11 @@ impl ConsumerEngine {
             tracing::warn!(job, stream, backing = ?alloc.backing, "ring not in hugetlb pages: {why}");
         }
         let capacity = writer.capacity();
+        let lend = if self.lend_rings {
+            lend_of(&writer)
+        } else {
+            None
+        };
         lock(&self.table).insert(
             (job, stream),
             Arc::new(Entry {
@@ -353,6 +420,7 @@ impl ConsumerEngine {
                 region,
                 key,
                 capacity,
+                lend,
             }),
         );
         Ok(alloc)
@@ -406,6 +474,14 @@ impl ConsumerEngine {
         v
     }
 
+    /// Chunks landed so far, by how their bytes came.
+    pub fn landed(&self) -> Landed {
+        Landed {
+            in_place: self.counts.in_place.load(Ordering::Relaxed),
+            copied: self.counts.copied.load(Ordering::Relaxed),
+        }
+    }
+
     /// Wake the receive thread (offers waiting for room are asked again at once).
     pub fn wake(&self) {
         self.waker.notify();
@@ -429,10 +505,17 @@ impl Drop for ConsumerEngine {
 
 /// `assigned` is None when connections are not authenticated: producers have no names then,
 /// and any producer may land any chunk of a stream allocated here.
-fn serve(mut server: RawServer, table: Table, assigned: Option<Assigned>, stop: Arc<AtomicBool>) {
+fn serve(
+    mut server: RawServer,
+    table: Table,
+    assigned: Option<Assigned>,
+    counts: Arc<Counts>,
+    stop: Arc<AtomicBool>,
+) {
     let mut landing = RingLanding {
         table,
         assigned,
+        counts,
         names: HashMap::new(),
         unassigned_since: HashMap::new(),
         pending: HashMap::new(),
@@ -444,6 +527,20 @@ fn serve(mut server: RawServer, table: Table, assigned: Option<Assigned>, stop: 
         }
         // Rings released (and scratch buffers dropped) since: give their registrations back.
         server.driver().release_unused();
+    }
+}
+
+/// Mark a grant landed; finish the stream when it is complete.
+fn land(entry: &Entry, g: Grant, key: &ChunkKey) {
+    match g.land() {
+        Ok(f) => {
+            if entry.writer.total_len() == Some(f)
+                && let Err(e) = entry.writer.finish()
+            {
+                tracing::warn!(?key, error = %e, "finishing the stream failed");
+            }
+        }
+        Err(e) => tracing::debug!(?key, error = %e, "landing after the stream closed"),
     }
 }
 
@@ -459,6 +556,7 @@ struct Pending {
 struct RingLanding {
     table: Table,
     assigned: Option<Assigned>,
+    counts: Arc<Counts>,
     /// The node name each authenticated producer connection gave.
     names: HashMap<ConnId, String>,
     /// Jobs with offers waiting for their producer set, since when.
@@ -596,16 +694,60 @@ impl Landing for RingLanding {
                 .copy_from_slice(&b.as_slice()[skip..skip + n]);
         }
         drop(dest);
-        match g.land() {
-            Ok(f) => {
-                if p.entry.writer.total_len() == Some(f)
-                    && let Err(e) = p.entry.writer.finish()
-                {
-                    tracing::warn!(?key, error = %e, "finishing the stream failed");
-                }
-            }
-            Err(e) => tracing::debug!(?key, error = %e, "landing after the stream closed"),
+        land(&p.entry, g, key);
+        self.counts.copied.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn reserve(&mut self, conn: ConnId, key: &ChunkKey) -> Reserved {
+        use spate_netlib::raw::RefuseReason as R;
+        let Some(entry) = lock(&self.table).get(&(key.job, key.stream)).cloned() else {
+            return Reserved::Refuse(R::UnknownStream);
+        };
+        match self.admit(conn, key) {
+            Some(Offered::Refuse(r)) => return Reserved::Refuse(r),
+            Some(_) => return Reserved::Wait,
+            None => {}
         }
+        let (Some(lend), Ok(len)) = (entry.lend.clone(), usize::try_from(key.len)) else {
+            return Reserved::Refuse(R::Fallback);
+        };
+        match entry.writer.try_reserve(key.offset, len) {
+            // Only a range of which nothing landed is placed: the producer writes all of it.
+            Ok(Reserve::Granted(g)) if g.skip() == 0 && g.len() == len => {
+                let at = g.ring_offset() as u64;
+                self.pending.insert(
+                    (conn, *key),
+                    Pending {
+                        entry,
+                        grant: Some(g),
+                        scratch_skip: None,
+                    },
+                );
+                Reserved::Place { lend, at }
+            }
+            Ok(Reserve::Granted(_)) | Ok(Reserve::AlreadyLanded) => Reserved::Refuse(R::Fallback),
+            Ok(Reserve::NoRoom) | Err(WriteError::Busy { .. }) => Reserved::Wait,
+            Err(WriteError::Closed(_)) => Reserved::Refuse(R::Aborted),
+            Err(WriteError::BadRange { .. }) => Reserved::Refuse(R::OutOfRange),
+            Err(e) => {
+                tracing::warn!(?key, error = %e, "refusing a reservation");
+                Reserved::Refuse(R::Other(REFUSE_INTERNAL))
+            }
+        }
+    }
+
+    fn written(&mut self, conn: ConnId, key: &ChunkKey) {
+        if let Some(p) = self.pending.remove(&(conn, *key))
+            && let Some(g) = p.grant
+        {
+            land(&p.entry, g, key);
+            self.counts.in_place.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn unplaced(&mut self, conn: ConnId, key: &ChunkKey) {
+        // Dropping the grant gives its range back for a later (re)send.
+        self.pending.remove(&(conn, *key));
     }
 
     fn abandoned(&mut self, conn: ConnId, key: &ChunkKey, _dest: FixedBuf) {

@@ -44,7 +44,7 @@ fn what<T: std::fmt::Debug>(r: Result<T, ProtocolError>) -> &'static str {
 
 /// Complete every control write of the sender in full; the bytes and, per write, whether a
 /// descriptor went with it.
-fn drain_ctl<S>(s: &mut SendMachine<S>) -> Vec<(Vec<u8>, bool)> {
+fn drain_ctl<S, F>(s: &mut SendMachine<S, F>) -> Vec<(Vec<u8>, bool)> {
     let mut out = Vec::new();
     loop {
         match s.poll() {
@@ -83,7 +83,7 @@ impl Rx {
         while self.want.is_none() {
             match self.m.poll() {
                 Some(RecvIo::Header { want }) => self.want = Some(want),
-                Some(RecvIo::Write(b)) => {
+                Some(RecvIo::Write(b) | RecvIo::Lend { frame: b, .. }) => {
                     self.m.on_written(b.clone(), b.len()).unwrap();
                     self.answers.extend_from_slice(&b);
                 }
@@ -126,7 +126,7 @@ impl Rx {
     }
 }
 
-fn pump(s: &mut SendMachine<&'static str>, r: &mut Rx) -> Vec<RecvEvent<Vec<u8>>> {
+fn pump<F>(s: &mut SendMachine<&'static str, F>, r: &mut Rx) -> Vec<RecvEvent<Vec<u8>>> {
     let mut ev = Vec::new();
     for (b, fd) in drain_ctl(s) {
         ev.extend(r.feed(&b, fd));
@@ -593,6 +593,127 @@ fn malformed_share_and_pull_frames_are_refused_with_their_own_kind() {
     );
 }
 
+#[test]
+fn zero_copy_places_land_only_what_was_placed_on_this_connection() {
+    let mut s: SendMachine<&'static str, NoFd> = SendMachine::new(1 << 20);
+    let mut r = Rx::new(1 << 20);
+    let (k1, k2, k3) = (key(0, 100), key(100, 100), key(200, 100));
+    s.reserve(k1).unwrap();
+    s.reserve(k2).unwrap();
+    assert!(matches!(
+        s.reserve(k1),
+        Err(ProtocolError::Violation {
+            what: "chunk already in flight on this connection",
+            ..
+        })
+    ));
+    assert_eq!(
+        pump(&mut s, &mut r),
+        vec![RecvEvent::Reserve(k1), RecvEvent::Reserve(k2)]
+    );
+    // A reservation is answered with a place or a refusal, never a grant.
+    assert_eq!(
+        r.m.grant(&k1, vec![]),
+        Err(ProtocolError::Misuse(
+            "a reservation is answered with a place or a refusal"
+        ))
+    );
+    // The first place lends the ring (its descriptor travels with exactly that frame).
+    r.m.place(&k1, 9, 4096, 4000).unwrap();
+    r.m.refuse(&k2, RefuseReason::Fallback).unwrap();
+    let Some(RecvIo::Lend { id: 9, seg, frame }) = r.m.poll() else {
+        panic!("the lend goes first")
+    };
+    r.m.on_written(frame.clone(), frame.len()).unwrap();
+    let Some(RecvIo::Write(rest)) = r.m.poll() else {
+        panic!()
+    };
+    r.m.on_written(rest.clone(), rest.len()).unwrap();
+    // The producer gets the ring, the place (wrapping around the ring's end) and the refusal.
+    s.on_fds(vec![NoFd], false).unwrap();
+    let mut ev = s.on_read(&frame).unwrap();
+    ev.extend(s.on_read(&rest).unwrap());
+    assert_eq!(
+        ev,
+        vec![
+            SendEvent::Lent { seg, len: 4096 },
+            SendEvent::Placed {
+                key: k1,
+                seg,
+                at: 4000
+            },
+            SendEvent::ReserveRefused(k2, RefuseReason::Fallback),
+        ]
+    );
+    assert_eq!(s.lent(seg), Some((4096, &NoFd)));
+    // While something is placed in it, the ring is not unlent.
+    assert!(!r.m.unlend(9));
+    // Written: it lands and is acked.
+    s.written(k1).unwrap();
+    assert_eq!(pump(&mut s, &mut r), vec![RecvEvent::Written(k1)]);
+    let ack = r.take_answers();
+    assert_eq!(s.on_read(&ack).unwrap(), vec![SendEvent::WrittenAcked(k1)]);
+    // A producer cannot land what was not placed for it: a Written for another chunk closes
+    // the connection before anything lands.
+    r.arm();
+    r.want = None;
+    assert_eq!(
+        r.m.on_header_bytes(&Msg::Written(k3).encode()),
+        Err(ProtocolError::Violation {
+            what: "written for a chunk that was not placed",
+            subject: Subject::Chunk(k3)
+        })
+    );
+    // Nor twice.
+    let mut r2 = Rx::new(1 << 20);
+    r2.feed(&Msg::Reserve(k1).encode(), false);
+    r2.m.place(&k1, 9, 4096, 0).unwrap();
+    r2.feed(&Msg::Written(k1).encode(), false);
+    r2.arm();
+    r2.want = None;
+    assert!(matches!(
+        r2.m.on_header_bytes(&Msg::Written(k1).encode()),
+        Err(ProtocolError::Violation { .. })
+    ));
+    // Withdrawn: the range goes back, then the ring can be unlent.
+    let mut r3 = Rx::new(1 << 20);
+    r3.feed(&Msg::Reserve(k2).encode(), false);
+    r3.m.place(&k2, 5, 4096, 0).unwrap();
+    assert_eq!(
+        r3.feed(&Msg::Withdraw(k2).encode(), false),
+        vec![RecvEvent::Withdrawn(k2)]
+    );
+    assert!(r3.m.unlend(5));
+    // The producer refuses places that overlap one of its own, or lie outside the ring.
+    let mut s: SendMachine<u8, NoFd> = SendMachine::new(1 << 20);
+    s.on_fds(vec![NoFd], false).unwrap();
+    s.on_read(&Msg::Lend(SegmentFrame { seg: 1, len: 4096 }).encode())
+        .unwrap();
+    for k in [k1, k2, k3] {
+        s.reserve(k).unwrap();
+    }
+    let place = |k: ChunkKey, at: u64| {
+        let mut f = Msg::Place(k).encode().to_vec();
+        f.extend_from_slice(&encode_pull_tail(1, at));
+        f
+    };
+    assert_eq!(s.on_read(&place(k1, 4050)).unwrap().len(), 1);
+    assert_eq!(
+        what(s.on_read(&place(k2, 10))),
+        "place overlapping another place",
+        "k1 wraps around to [0, 54)"
+    );
+    let mut s2: SendMachine<u8, NoFd> = SendMachine::new(1 << 20);
+    s2.on_fds(vec![NoFd], false).unwrap();
+    s2.on_read(&Msg::Lend(SegmentFrame { seg: 1, len: 4096 }).encode())
+        .unwrap();
+    s2.reserve(k3).unwrap();
+    assert_eq!(
+        what(s2.on_read(&place(k3, 4096))),
+        "place outside its lent segment"
+    );
+}
+
 // ---- the property test ------------------------------------------------------------------
 
 /// Stream content: byte `i` of stream `s`.
@@ -625,20 +746,33 @@ enum ROut {
     Header(usize),
     Payload(Vec<u8>, usize, usize),
     Copy(u32, ChunkKey, Vec<u8>, usize, usize),
-    Write(Vec<u8>),
+    Write(Vec<u8>, bool),
 }
 
-/// One run: `chunks` (stream offset, len, pulled?) sent and answered in random order.
+/// How a chunk of the simulation goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Socket,
+    Pull,
+    ZeroCopy,
+}
+
+/// One run: `chunks` (stream offset, len, path) sent and answered in random order, with random
+/// short reads and writes on both sides. Zero-copy chunks are written by the sender into the
+/// "ring" the receiver lent (a shared vector here) at the place it chose.
 /// `secrets`: authenticate, the producer with the first, the consumer with the second.
 fn simulate(
     seed: u64,
-    chunks: &[(u64, u64, bool)],
+    chunks: &[(u64, u64, Path)],
     corrupt: bool,
     secrets: Option<(&Secret, &Secret)>,
-) -> Result<(), String> {
+) -> Result<[usize; 3], String> {
     let mut corrupt = corrupt;
+    // Chunks landed through the socket, pulled, written in place.
+    let mut by_path = [0usize; 3];
     let mut rng = Rng(seed | 1);
-    let (mut s, mut r): (SendMachine<usize>, RecvMachine<Vec<u8>, NoFd>) = match secrets {
+    type S = SendMachine<usize, NoFd>;
+    let (mut s, mut r): (S, RecvMachine<Vec<u8>, NoFd>) = match secrets {
         None => (SendMachine::new(1 << 16), RecvMachine::new(1 << 16)),
         Some((p, c)) => (
             SendMachine::with_auth(1 << 16, Gate::client(p).unwrap(), "producer-1"),
@@ -656,37 +790,42 @@ fn simulate(
             len: l,
         })
         .collect();
-    // The pulled chunks live in one segment at their stream offset.
+    // The pulled chunks live in one segment at their stream offset; the lent ring holds the
+    // whole stream (places at the stream offset never overlap).
     let seg_len = chunks.iter().map(|c| c.0 + c.1).max().unwrap_or(1);
+    let mut ring = vec![0u8; seg_len as usize * 2];
     s.share(5, seg_len);
     let mut next = 0usize;
     let (mut to_r, mut to_s): (VecDeque<u8>, VecDeque<u8>) = (VecDeque::new(), VecDeque::new());
-    // Positions in `to_r` where a descriptor rides along.
-    let mut fd_at: VecDeque<usize> = VecDeque::new();
-    let mut sent_total = 0usize;
-    let mut recv_total = 0usize;
+    // Positions in either direction where a descriptor rides along.
+    let (mut fd_at, mut fd_back): (VecDeque<usize>, VecDeque<usize>) = Default::default();
+    let (mut sent_total, mut recv_total, mut back_total, mut back_read) = (0, 0, 0, 0);
     let mut s_out: Vec<SOut> = Vec::new();
     let mut s_read: Option<usize> = None;
     let mut r_out: Vec<ROut> = Vec::new();
     let mut offers: Vec<ChunkKey> = Vec::new();
+    // Places handed to the sender: (key, at), to be written (or withdrawn) later.
+    let mut places: Vec<(ChunkKey, u64)> = Vec::new();
+    let mut placed_at: BTreeMap<ChunkKey, u64> = BTreeMap::new();
     let mut landed: BTreeMap<ChunkKey, Vec<u8>> = BTreeMap::new();
     let mut done: BTreeMap<ChunkKey, &'static str> = BTreeMap::new();
-    for step in 0..200_000 {
+    for step in 0..400_000 {
         if done.len() == keys.len() {
             break;
         }
-        if step == 199_999 {
+        if step == 399_999 {
             return Err(format!("stuck: {} of {} done", done.len(), keys.len()));
         }
-        match rng.below(9) {
+        match rng.below(11) {
             0 if next < keys.len() => {
                 let k = keys[next];
-                let r = if chunks[next].2 {
-                    s.pull(k, next, 5, k.offset)
-                } else {
-                    s.offer(k, next)
-                };
-                r.map_err(|(e, _)| e.to_string())?;
+                match chunks[next].2 {
+                    Path::Pull => s
+                        .pull(k, next, 5, k.offset)
+                        .map_err(|(e, _)| e.to_string())?,
+                    Path::Socket => s.offer(k, next).map_err(|(e, _)| e.to_string())?,
+                    Path::ZeroCopy => s.reserve(k).map_err(|e| e.to_string())?,
+                }
                 next += 1;
             }
             1 => {
@@ -725,20 +864,27 @@ fn simulate(
             3 if s_read.is_some() && !to_s.is_empty() => {
                 let want = s_read.take().unwrap_or(1);
                 let n = 1 + rng.below(want.min(to_s.len()) as u64) as usize;
+                while fd_back.front().is_some_and(|p| *p < back_read + n) {
+                    fd_back.pop_front();
+                    s.on_fds(vec![NoFd], false).map_err(|e| e.to_string())?;
+                }
                 let b: Vec<u8> = to_s.drain(..n).collect();
+                back_read += n;
                 for ev in s.on_read(&b).map_err(|e| e.to_string())? {
-                    match ev {
-                        SendEvent::Acked(k, i) if keys[i] == k => {
-                            if done.insert(k, "acked").is_some() {
-                                return Err(format!("{k:?} answered twice"));
-                            }
+                    let (k, how) = match ev {
+                        SendEvent::Acked(k, i) if keys[i] == k => (k, "acked"),
+                        SendEvent::Refused(k, _, i) if keys[i] == k => (k, "refused"),
+                        SendEvent::ReserveRefused(k, _) => (k, "refused"),
+                        SendEvent::WrittenAcked(k) => (k, "acked"),
+                        SendEvent::Placed { key, seg: 1, at } => {
+                            places.push((key, at));
+                            continue;
                         }
-                        SendEvent::Refused(k, _, i) if keys[i] == k => {
-                            if done.insert(k, "refused").is_some() {
-                                return Err(format!("{k:?} answered twice"));
-                            }
-                        }
-                        other => return Err(format!("wrong source: {other:?}")),
+                        SendEvent::Lent { seg: 1, .. } => continue,
+                        other => return Err(format!("unexpected {other:?}")),
+                    };
+                    if done.insert(k, how).is_some() {
+                        return Err(format!("{k:?} answered twice"));
                     }
                 }
             }
@@ -747,7 +893,8 @@ fn simulate(
                     r_out.push(match io {
                         RecvIo::Header { want } => ROut::Header(want),
                         RecvIo::Payload { dest, at, len, .. } => ROut::Payload(dest, at, len),
-                        RecvIo::Write(b) => ROut::Write(b),
+                        RecvIo::Write(b) => ROut::Write(b, false),
+                        RecvIo::Lend { frame, .. } => ROut::Write(frame, true),
                         RecvIo::Copy {
                             id,
                             key,
@@ -794,9 +941,13 @@ fn simulate(
                         }
                         r.on_copied(id, d, n).map_err(|e| e.to_string())?
                     }
-                    ROut::Write(b) => {
+                    ROut::Write(b, fd) => {
                         let n = 1 + rng.below(b.len() as u64) as usize;
+                        if fd {
+                            fd_back.push_back(back_total);
+                        }
                         to_s.extend(&b[..n]);
+                        back_total += n;
                         r.on_written(b, n).map_err(|e| e.to_string())?;
                         None
                     }
@@ -805,11 +956,27 @@ fn simulate(
                     Some(RecvEvent::Peer { name }) if !named && name == "producer-1" => {
                         named = true;
                     }
-                    Some(RecvEvent::Offer(k)) if named => offers.push(k),
+                    Some(RecvEvent::Offer(k) | RecvEvent::Reserve(k)) if named => offers.push(k),
                     Some(RecvEvent::Landed(k, d)) => {
+                        let pulled = chunks.iter().any(|c| c.0 == k.offset && c.2 == Path::Pull);
+                        by_path[usize::from(pulled)] += 1;
                         if landed.insert(k, d).is_some() {
                             return Err(format!("{k:?} landed twice"));
                         }
+                    }
+                    Some(RecvEvent::Written(k)) => {
+                        // What lands is what the ring holds at the place.
+                        let at = placed_at
+                            .remove(&k)
+                            .ok_or(format!("{k:?} written unplaced"))?;
+                        let d = ring[at as usize..(at + k.len) as usize].to_vec();
+                        by_path[2] += 1;
+                        if landed.insert(k, d).is_some() {
+                            return Err(format!("{k:?} landed twice"));
+                        }
+                    }
+                    Some(RecvEvent::Withdrawn(k)) => {
+                        placed_at.remove(&k);
                     }
                     Some(RecvEvent::Share { seg: 5, .. }) | None => {}
                     other => return Err(format!("unexpected {other:?}")),
@@ -818,12 +985,32 @@ fn simulate(
             7 | 8 if !offers.is_empty() => {
                 let i = rng.below(offers.len() as u64) as usize;
                 let k = offers.swap_remove(i);
+                let zc = chunks
+                    .iter()
+                    .any(|c| c.0 == k.offset && c.2 == Path::ZeroCopy);
                 let res = if rng.below(8) == 0 {
                     r.refuse(&k, RefuseReason::OutOfRange)
+                } else if zc {
+                    placed_at.insert(k, k.offset);
+                    r.place(&k, 77, seg_len, k.offset)
                 } else {
                     r.grant(&k, vec![0u8; k.len as usize])
                 };
                 res.map_err(|e| e.to_string())?;
+            }
+            9 | 10 if !places.is_empty() => {
+                // The sender computes a placed chunk into the ring (or gives it back).
+                let i = rng.below(places.len() as u64) as usize;
+                let (k, at) = places.swap_remove(i);
+                if rng.below(10) == 0 {
+                    s.withdraw(k).map_err(|e| e.to_string())?;
+                    done.insert(k, "withdrawn");
+                    continue;
+                }
+                for j in 0..k.len {
+                    ring[(at + j) as usize] = content(k.stream, k.offset + j);
+                }
+                s.written(k).map_err(|e| e.to_string())?;
             }
             _ => {}
         }
@@ -847,15 +1034,16 @@ fn simulate(
     if s.in_flight() != 0 {
         return Err(format!("{} still in flight", s.in_flight()));
     }
-    Ok(())
+    Ok(by_path)
 }
 
-fn chunk_plan() -> impl Strategy<Value = Vec<(u64, u64, bool)>> {
-    prop::collection::vec((1u64..3000, any::<bool>()), 1..24).prop_map(|v| {
+fn chunk_plan() -> impl Strategy<Value = Vec<(u64, u64, Path)>> {
+    let path = prop_oneof![Just(Path::Socket), Just(Path::Pull), Just(Path::ZeroCopy)];
+    prop::collection::vec((1u64..3000, path), 1..24).prop_map(|v| {
         let mut off = 0;
         v.into_iter()
-            .map(|(len, pull)| {
-                let c = (off, len, pull);
+            .map(|(len, path)| {
+                let c = (off, len, path);
                 off += len;
                 c
             })
@@ -870,22 +1058,30 @@ proptest! {
     fn sender_and_receiver_agree_through_random_short_io(seed in any::<u64>(), chunks in chunk_plan()) {
         let secret = Secret::from_bytes(b"a cluster secret for the test", "test").unwrap();
         let auth = (seed % 2 == 0).then_some((&secret, &secret));
-        prop_assert_eq!(simulate(seed, &chunks, false, auth), Ok(()));
+        let r = simulate(seed, &chunks, false, auth);
+        prop_assert!(r.is_ok(), "{:?}", r);
     }
 }
 
 #[test]
 fn the_simulation_catches_a_wrong_byte() {
     // The checker is not vacuous: the same run passes clean and fails with one flipped bit.
-    let plan: Vec<(u64, u64, bool)> = (0..8).map(|i| (i * 100, 100, i % 2 == 1)).collect();
-    assert_eq!(simulate(42, &plan, false, None), Ok(()));
+    let paths = [Path::Socket, Path::Pull, Path::ZeroCopy];
+    let plan: Vec<(u64, u64, Path)> = (0..9)
+        .map(|i| (i * 100, 100, paths[i as usize % 3]))
+        .collect();
+    let by_path = simulate(42, &plan, false, None).unwrap();
+    assert!(
+        by_path.iter().all(|n| *n > 0),
+        "every path carried chunks: {by_path:?}"
+    );
     let e = simulate(42, &plan, true, None).unwrap_err();
     assert!(e.ends_with("landed wrong bytes"), "{e}");
 }
 
 #[test]
 fn a_wrong_secret_lands_nothing_and_both_ends_say_why() {
-    let plan: Vec<(u64, u64, bool)> = (0..4).map(|i| (i * 100, 100, i % 2 == 1)).collect();
+    let plan: Vec<(u64, u64, Path)> = (0..4).map(|i| (i * 100, 100, Path::ZeroCopy)).collect();
     let a = Secret::from_bytes(b"the cluster secret of the producer", "a").unwrap();
     let b = Secret::from_bytes(b"another secret of the consumer!!", "b").unwrap();
     for seed in 1..20 {

@@ -107,8 +107,15 @@ fn any_msg() -> impl Strategy<Value = Msg> {
             .prop_map(|(k, c)| Msg::Refuse(k, RefuseReason::from_code(c.max(1)))),
         k.clone().prop_map(Msg::Ack),
         s.clone().prop_map(Msg::Share),
-        s.prop_map(Msg::Unshare),
-        k.prop_map(Msg::Pull),
+        s.clone().prop_map(Msg::Unshare),
+        k.clone().prop_map(Msg::Pull),
+        (1u64..=255).prop_map(|len| Msg::Hello { len }),
+        k.clone().prop_map(Msg::Reserve),
+        s.clone().prop_map(Msg::Lend),
+        k.clone().prop_map(Msg::Place),
+        k.clone().prop_map(Msg::Written),
+        s.prop_map(Msg::Unlend),
+        k.prop_map(Msg::Withdraw),
     ]
 }
 
@@ -119,7 +126,7 @@ proptest! {
     #[test]
     fn random_headers_never_panic_and_decoded_ones_reencode(bytes in any::<[u8; HEADER_LEN]>(),
                                                             magic in any::<bool>(),
-                                                            kind in 0u8..12) {
+                                                            kind in 0u8..18) {
         let mut h = bytes;
         if magic {
             h[..4].copy_from_slice(b"SPRW");

@@ -4,11 +4,13 @@
 //! chunks local consumers pull. A caller's own descriptors can be watched on the client's
 //! io_uring ([`RawClient::watch`]) so that one wait covers both.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use spate_runtime::{Completion, Driver, FixedBuf, Op, Output, RuntimeError};
+use spate_runtime::{Completion, Driver, FixedBuf, Op, Output, Region, RuntimeError};
 
 use super::auth::Gate;
 use super::error::{ProtocolError, RawError};
@@ -16,6 +18,7 @@ use super::send::{SendEvent, SendIo, SendMachine};
 use super::share::{Exports, Route};
 use super::tag::{Tag, TagKind};
 use super::wire::{ChunkKey, RefuseReason};
+use super::zerocopy::PlaceEvent;
 use super::{ConnId, Conns, RawConfig};
 use crate::endpoint::{Endpoint, Stream, Via};
 use crate::pool::{Pool, PoolError};
@@ -24,8 +27,8 @@ use crate::sockopt;
 /// A chunk's payload: `len` bytes of `buf` from `at`.
 #[derive(Debug)]
 pub struct Src {
-    buf: FixedBuf,
-    at: usize,
+    pub(super) buf: FixedBuf,
+    pub(super) at: usize,
 }
 
 /// What happened to chunks handed to a [`RawClient`].
@@ -98,7 +101,7 @@ struct Watch {
 }
 
 /// What the client keeps beside each connection's machine.
-struct Side {
+pub(super) struct Side {
     endpoint: Option<Endpoint>,
     last_used: Instant,
     /// A local (UNIX) connection with sharing on: chunks in shareable memory go as pulls.
@@ -107,6 +110,8 @@ struct Side {
     lent_at: usize,
     /// When it was opened (for the handshake deadline).
     opened: Instant,
+    /// Ring segments lent to us, mapped (None: the mapping failed; places in it are withdrawn).
+    pub(super) lent: HashMap<u32, Option<Arc<Region>>>,
 }
 
 /// Sends chunks to many consumers from one thread: offers, waits for grants, writes payloads
@@ -116,13 +121,15 @@ struct Side {
 pub struct RawClient {
     cfg: RawConfig,
     driver: Driver,
-    conns: Conns<SendMachine<Src>, Side>,
+    pub(super) conns: Conns<SendMachine<Src>, Side>,
     pool: Pool<u32>,
     events: Vec<ClientEvent>,
     comps: Vec<Completion>,
     exports: Exports,
     stats: RawStats,
     watches: Vec<Watch>,
+    /// Zero-copy outcomes, for [`RawClient::take_placements`].
+    pub(super) placements: Vec<PlaceEvent>,
 }
 
 impl RawClient {
@@ -142,6 +149,7 @@ impl RawClient {
             exports: Exports::default(),
             stats: RawStats::default(),
             watches: Vec::new(),
+            placements: Vec::new(),
         })
     }
 
@@ -167,6 +175,7 @@ impl RawClient {
             last_used: Instant::now(),
             lent_at: 0,
             opened: Instant::now(),
+            lent: HashMap::new(),
         };
         let m = match &self.cfg.auth {
             Some(a) => {
@@ -363,7 +372,7 @@ impl RawClient {
             self.conns.kill(id, None);
             self.finish_if_dead(id);
         }
-        if self.events.is_empty() {
+        if self.events.is_empty() && self.placements.is_empty() {
             // Wake up in time for the next handshake deadline.
             let pending = self.conns.map.values().filter(|c| !c.m.authenticated());
             let next = pending
@@ -391,11 +400,23 @@ impl RawClient {
             return Ok(());
         };
         let fd = c.stream.as_raw_fd();
+        let tcp = c.stream.is_tcp();
         while let Some(io) = c.m.poll() {
             let (kind, op) = match io {
                 SendIo::Read { want } => {
                     let buf = Vec::with_capacity(want);
-                    (TagKind::Read, Op::Recv { fd, buf, flags: 0 })
+                    // Local consumers may lend ring segments with their frames.
+                    let op = if tcp {
+                        Op::Recv { fd, buf, flags: 0 }
+                    } else {
+                        Op::RecvFds {
+                            fd,
+                            buf,
+                            flags: 0,
+                            max_fds: 2,
+                        }
+                    };
+                    (TagKind::Read, op)
                 }
                 SendIo::Write(buf) => (TagKind::Write, Op::Send { fd, buf, at: 0 }),
                 SendIo::Share { seg, frame } => match self.exports.fd(seg) {
@@ -457,6 +478,12 @@ impl RawClient {
             conn: ConnId(id),
             error: err.map(|e| e.to_string()),
         });
+        for key in c.m.abandon_placed() {
+            self.placements.push(PlaceEvent::Failed {
+                conn: ConnId(id),
+                key,
+            });
+        }
         for (key, s) in c.m.abandon() {
             self.events.push(ClientEvent::Failed {
                 conn: ConnId(id),
@@ -494,7 +521,15 @@ impl RawClient {
             return;
         };
         let eof = matches!(comp.result, Ok(0));
-        let r = match (comp.result, comp.output) {
+        let mut output = comp.output;
+        if let Output::VecFds(v, fds, truncated) = output {
+            if let Err(e) = c.m.on_fds(fds, truncated) {
+                self.conns.kill(id, Some(e.into()));
+                return;
+            }
+            output = Output::Vec(v);
+        }
+        let r = match (comp.result, output) {
             (Ok(0), _) => c.m.on_eof().map(|()| Vec::new()).map_err(Some),
             (Ok(_), Output::Vec(v)) => c.m.on_read(&v).map_err(Some),
             (Err(e), _) => {
@@ -513,7 +548,7 @@ impl RawClient {
             }
             Ok(evs) => {
                 for ev in evs {
-                    self.events.push(match ev {
+                    let e = match ev {
                         SendEvent::Acked(key, s) => ClientEvent::Acked {
                             conn: ConnId(id),
                             key,
@@ -525,7 +560,12 @@ impl RawClient {
                             reason,
                             buf: s.buf,
                         },
-                    });
+                        zc => {
+                            self.on_zero_copy(id, zc);
+                            continue;
+                        }
+                    };
+                    self.events.push(e);
                 }
             }
             Err(e) => self.conns.kill(id, e.map(RawError::from)),

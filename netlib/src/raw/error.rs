@@ -117,6 +117,9 @@ pub enum RawError {
     /// The connection is unknown or already closed.
     #[error("no such raw connection {0:?}")]
     NoConnection(ConnId),
+    /// Zero copy asked of a connection that is not local.
+    #[error("zero copy needs a local (UNIX) connection; {0} is not one")]
+    NotLocal(String),
     /// The peer did not complete the authentication in time.
     #[error(
         "no authenticated hello within {0:?}: the peer does not speak spate's authenticated raw \

@@ -39,12 +39,14 @@ use crate::sockopt::Tuning;
 pub mod auth;
 pub mod client;
 pub mod error;
+pub mod place;
 pub mod recv;
 pub mod send;
 pub mod server;
 pub mod share;
 pub mod tag;
 pub mod wire;
+pub mod zerocopy;
 
 pub use auth::{Gate, RawAuth};
 pub use client::{ClientEvent, RawClient, RawStats, Rejected, WatchId};
@@ -52,10 +54,12 @@ pub use error::{ProtocolError, RawError, Subject};
 pub use recv::{RecvEvent, RecvIo, RecvMachine};
 pub use send::{SendEvent, SendIo, SendMachine};
 pub use server::RawServer;
+pub use spate_runtime::Placed;
 pub use wire::{
     ChunkKey, DEFAULT_MAX_CHUNK, Frame, HEADER_LEN, Kind, MAX_NAME, Malformed, Msg, PULL_TAIL_LEN,
     RefuseReason, SegmentFrame, decode, decode_pull_tail, encode, encode_pull_tail,
 };
+pub use zerocopy::{PlaceEvent, size_sealed};
 
 /// Most segments one connection may share at a time.
 pub const MAX_SEGMENTS: usize = 64;
@@ -120,6 +124,35 @@ pub enum Offered {
     Wait,
 }
 
+/// A ring data segment a receiver lends to local producers so that they write placed chunks
+/// straight into it (zero copy). One per ring; the receiver keeps `fd` alive as long as the
+/// ring may be written, and the server retires the lend on every connection once it is gone.
+#[derive(Debug, Clone)]
+pub struct Lend {
+    /// Receiver-chosen id, unique per ring.
+    pub id: u64,
+    /// A read-write descriptor of the segment (shrinking and growing it are sealed).
+    pub fd: std::sync::Arc<std::os::fd::OwnedFd>,
+    /// Its length (the ring's capacity).
+    pub len: u64,
+}
+
+/// A receiver's answer to a zero-copy reservation.
+#[derive(Debug)]
+pub enum Reserved {
+    /// Let the producer write the chunk itself at `at` of `lend` (mapped twice back to back).
+    Place {
+        /// The ring segment.
+        lend: Lend,
+        /// Offset of the chunk in it.
+        at: u64,
+    },
+    /// Refuse it (`Fallback`: the producer sends it by another path).
+    Refuse(RefuseReason),
+    /// No room yet: ask again later.
+    Wait,
+}
+
 /// The consumer side of a [`RawServer`]: decides where chunks go and learns when they landed.
 pub trait Landing {
     /// Where does this chunk go, is there room?
@@ -133,6 +166,16 @@ pub trait Landing {
     /// The producer on `conn` authenticated and said who it is (its node name): only then do
     /// its offers come (when the server authenticates connections).
     fn identified(&mut self, _conn: ConnId, _name: &str) {}
+    /// A local producer asks to write this chunk in place (zero copy). Only asked on UNIX
+    /// connections from a peer of our own user. By default: use another path.
+    fn reserve(&mut self, _conn: ConnId, _key: &ChunkKey) -> Reserved {
+        Reserved::Refuse(RefuseReason::Fallback)
+    }
+    /// A chunk placed by [`Landing::reserve`] is written: land it (the Ack goes out next).
+    fn written(&mut self, _conn: ConnId, _key: &ChunkKey) {}
+    /// A chunk placed by [`Landing::reserve`] will not be written (withdrawn, or the connection
+    /// closed): give its range back.
+    fn unplaced(&mut self, _conn: ConnId, _key: &ChunkKey) {}
     /// A connection closed (`error` is None for a clean close by the peer).
     fn closed(&mut self, _conn: ConnId, _error: Option<&RawError>) {}
 }
@@ -154,7 +197,7 @@ impl<D, F: std::os::fd::AsRawFd> Machine for RecvMachine<D, F> {
     }
 }
 
-impl<S> Machine for SendMachine<S> {
+impl<S, F> Machine for SendMachine<S, F> {
     fn busy(&self) -> bool {
         SendMachine::busy(self)
     }

@@ -12,6 +12,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use super::auth::Gate;
 use super::error::ProtocolError;
+use super::place::Lender;
 use super::wire::{
     ChunkKey, HEADER_LEN, MAX_TAIL, Malformed, Msg, PULL_TAIL_LEN, RefuseReason, SegmentFrame,
     decode_pull_tail,
@@ -43,6 +44,16 @@ pub enum RecvIo<D> {
     },
     /// Write these bytes (grants, refusals, acks); report [`RecvMachine::on_written`].
     Write(Vec<u8>),
+    /// Write a `Lend` frame with the read-write descriptor of lend `id` (a ring's data segment)
+    /// attached; report [`RecvMachine::on_written`].
+    Lend {
+        /// The landing's lend id.
+        id: u64,
+        /// Segment id on this connection.
+        seg: u32,
+        /// The frame.
+        frame: Vec<u8>,
+    },
     /// Copy `len` bytes at offset `off` of the shared file `fd` into `dest[at..at + len]`;
     /// report [`RecvMachine::on_copied`] (or [`RecvMachine::on_copy_failed`]).
     Copy {
@@ -90,6 +101,13 @@ pub enum RecvEvent<D> {
         /// Node name.
         name: String,
     },
+    /// The producer asks to write a chunk in place: answer with [`RecvMachine::place`] or
+    /// [`RecvMachine::refuse`] (now or later).
+    Reserve(ChunkKey),
+    /// A placed chunk is written (an Ack is queued): land it.
+    Written(ChunkKey),
+    /// A placed chunk will not be written: give its range back.
+    Withdrawn(ChunkKey),
 }
 
 struct Payload<D> {
@@ -142,6 +160,10 @@ pub struct RecvMachine<D, F = OwnedFd> {
     /// Descriptors received and not yet claimed by a Share frame.
     fds: VecDeque<F>,
     copies: HashMap<u32, CopyState<D>>,
+    /// Zero-copy reservations, placements and lent rings.
+    lender: Lender,
+    /// The unwritten rest of the last write (goes before anything else).
+    rest: Vec<u8>,
     /// Copies whose next piece is to be started.
     ready: VecDeque<u32>,
     next_copy: u32,
@@ -182,6 +204,8 @@ impl<D, F: AsRawFd> RecvMachine<D, F> {
             segments: HashMap::new(),
             fds: VecDeque::new(),
             copies: HashMap::new(),
+            lender: Lender::default(),
+            rest: Vec::new(),
             ready: VecDeque::new(),
             next_copy: 0,
             out: Vec::new(),
@@ -212,9 +236,19 @@ impl<D, F: AsRawFd> RecvMachine<D, F> {
         if self.closing {
             return None;
         }
-        if !self.writing && !self.out.is_empty() {
-            self.writing = true;
-            return Some(RecvIo::Write(std::mem::take(&mut self.out)));
+        if !self.writing {
+            if !self.rest.is_empty() {
+                self.writing = true;
+                return Some(RecvIo::Write(std::mem::take(&mut self.rest)));
+            }
+            if let Some((id, seg, frame)) = self.lender.next_lend() {
+                self.writing = true;
+                return Some(RecvIo::Lend { id, seg, frame });
+            }
+            if !self.out.is_empty() {
+                self.writing = true;
+                return Some(RecvIo::Write(std::mem::take(&mut self.out)));
+            }
         }
         if self.failing.is_some() {
             return None;
@@ -273,13 +307,15 @@ impl<D, F: AsRawFd> RecvMachine<D, F> {
 
     fn outstanding(&self, key: &ChunkKey) -> Result<(), ProtocolError> {
         let copying = self.copies.values().any(|c| c.key == *key);
-        if self.offered.contains(key) || self.granted.contains_key(key) || copying {
+        let busy = self.offered.contains(key) || self.granted.contains_key(key);
+        if busy || copying || self.lender.outstanding(key) {
             return Err(ProtocolError::chunk(
                 "offer repeated while outstanding",
                 *key,
             ));
         }
-        if self.offered.len() + self.granted.len() + self.copies.len() >= MAX_OFFERS {
+        let n = self.offered.len() + self.granted.len() + self.copies.len() + self.lender.placed();
+        if n >= MAX_OFFERS {
             return Err(ProtocolError::chunk("too many outstanding offers", *key));
         }
         Ok(())
@@ -410,6 +446,21 @@ impl<D, F: AsRawFd> RecvMachine<D, F> {
                 Ok(Some(RecvEvent::Offer(key)))
             }
             Msg::Share(s) => self.on_share(s),
+            Msg::Reserve(key) => {
+                self.outstanding(&key)?;
+                self.offered.push(key);
+                self.lender.on_reserve(key);
+                Ok(Some(RecvEvent::Reserve(key)))
+            }
+            Msg::Written(key) => {
+                self.lender.on_written(&key)?;
+                self.out.extend_from_slice(&Msg::Ack(key).encode());
+                Ok(Some(RecvEvent::Written(key)))
+            }
+            Msg::Withdraw(key) => {
+                self.lender.on_withdraw(&key)?;
+                Ok(Some(RecvEvent::Withdrawn(key)))
+            }
             Msg::Unshare(SegmentFrame { seg, .. }) => {
                 if !self.segments.contains_key(&seg) {
                     return Err(ProtocolError::segment(
@@ -479,6 +530,11 @@ impl<D, F: AsRawFd> RecvMachine<D, F> {
     /// Grant an offered chunk into `dest` (which must hold `key.len` bytes): a Grant goes out,
     /// or, for a pulled chunk, a copy is queued.
     pub fn grant(&mut self, key: &ChunkKey, dest: D) -> Result<(), ProtocolError> {
+        if self.lender.is_reserve(key) {
+            return Err(ProtocolError::Misuse(
+                "a reservation is answered with a place or a refusal",
+            ));
+        }
         self.answer(key)?;
         if let Some((seg, off)) = self.pulls.remove(key) {
             let id = self.next_copy;
@@ -505,9 +561,57 @@ impl<D, F: AsRawFd> RecvMachine<D, F> {
     pub fn refuse(&mut self, key: &ChunkKey, reason: RefuseReason) -> Result<(), ProtocolError> {
         self.answer(key)?;
         self.pulls.remove(key);
+        self.lender.answered(key);
         self.out
             .extend_from_slice(&Msg::Refuse(*key, reason).encode());
         Ok(())
+    }
+
+    /// Let the producer write the reserved `key` itself at `at` of lend `id` (a ring data
+    /// segment of `len` bytes, lent with its descriptor on first use on this connection).
+    pub fn place(
+        &mut self,
+        key: &ChunkKey,
+        id: u64,
+        len: u64,
+        at: u64,
+    ) -> Result<(), ProtocolError> {
+        if !self.lender.is_reserve(key) {
+            return Err(ProtocolError::Misuse(
+                "placement of a chunk that is not reserved",
+            ));
+        }
+        let frame = self.lender.place(key, id, len, at)?;
+        self.answer(key)?;
+        self.out.extend_from_slice(&frame);
+        Ok(())
+    }
+
+    /// Retire lend `id` on this connection (its ring is gone); false while chunks are placed
+    /// in it (ask again later) or when it is not lent here.
+    pub fn unlend(&mut self, id: u64) -> bool {
+        match self.lender.unlend(id) {
+            Some(f) => {
+                self.out.extend_from_slice(&f);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `key` is a zero-copy reservation waiting for its answer.
+    pub fn is_reserve(&self, key: &ChunkKey) -> bool {
+        self.lender.is_reserve(key)
+    }
+
+    /// Lend ids lent on this connection.
+    pub fn lent_ids(&self) -> Vec<u64> {
+        self.lender.lent_ids()
+    }
+
+    /// On close: every chunk placed and not written (their ranges go back).
+    pub fn abandon_placed(&mut self) -> Vec<ChunkKey> {
+        self.lender.abandon()
     }
 
     /// A payload read of `n` bytes finished; `dest` comes back. `n == 0`: the peer closed.
@@ -584,10 +688,10 @@ impl<D, F: AsRawFd> RecvMachine<D, F> {
         if n < buf.len() && !self.closing {
             let mut rest = buf;
             rest.drain(..n);
-            rest.extend_from_slice(&self.out);
-            self.out = rest;
+            self.rest = rest;
         }
         if self.out.is_empty()
+            && self.rest.is_empty()
             && let Some(e) = self.failing.take()
         {
             return Err(e);

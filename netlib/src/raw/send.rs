@@ -6,10 +6,15 @@
 //! `S` is a payload source handle (e.g. a registered buffer and the chunk's place in it).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::fd::OwnedFd;
 
 use super::auth::Gate;
 use super::error::ProtocolError;
-use super::wire::{ChunkKey, HEADER_LEN, Malformed, Msg, SegmentFrame, encode_pull_tail};
+use super::place::Borrower;
+use super::wire::{
+    ChunkKey, HEADER_LEN, Malformed, Msg, PULL_TAIL_LEN, SegmentFrame, decode_pull_tail,
+    encode_pull_tail,
+};
 
 /// The next I/O a sender wants started.
 #[derive(Debug, PartialEq, Eq)]
@@ -51,6 +56,32 @@ pub enum SendEvent<S> {
     Acked(ChunkKey, S),
     /// The consumer refused the chunk.
     Refused(ChunkKey, super::wire::RefuseReason, S),
+    /// The consumer lent a ring segment (its descriptor is [`SendMachine::lent`]).
+    Lent {
+        /// Segment id.
+        seg: u32,
+        /// Length.
+        len: u64,
+    },
+    /// The consumer retired a lent segment.
+    Unlent {
+        /// Segment id.
+        seg: u32,
+    },
+    /// A reserved chunk is to be written at `at` of lent segment `seg`; then
+    /// [`SendMachine::written`] (or [`SendMachine::withdraw`]).
+    Placed {
+        /// The chunk.
+        key: ChunkKey,
+        /// Segment id.
+        seg: u32,
+        /// Offset in the segment (mapped twice back to back).
+        at: u64,
+    },
+    /// A reservation was refused.
+    ReserveRefused(ChunkKey, super::wire::RefuseReason),
+    /// A chunk written in place landed.
+    WrittenAcked(ChunkKey),
 }
 
 struct Payload<S> {
@@ -61,8 +92,10 @@ struct Payload<S> {
 }
 
 /// Sender-side protocol state of one raw connection (see the module docs).
-pub struct SendMachine<S> {
+pub struct SendMachine<S, F = OwnedFd> {
     max_len: u64,
+    /// Zero copy: reservations, placements, segments lent to us.
+    borrower: Borrower<F>,
     /// The handshake, while the consumer is not authenticated.
     gate: Option<Gate>,
     /// Our name, to say once authenticated.
@@ -88,14 +121,16 @@ pub struct SendMachine<S> {
     after_ctl: Option<(ChunkKey, S)>,
     payload: Option<Payload<S>>,
     unacked: HashMap<ChunkKey, S>,
-    hdr: [u8; HEADER_LEN],
+    hdr: [u8; HEADER_LEN + PULL_TAIL_LEN],
     have: usize,
+    /// Bytes of the frame being read (HEADER_LEN, or more for a Place).
+    frame_len: usize,
     reading: bool,
     writing: bool,
     closing: bool,
 }
 
-impl<S> std::fmt::Debug for SendMachine<S> {
+impl<S, F> std::fmt::Debug for SendMachine<S, F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SendMachine")
             .field("in_flight", &self.in_flight())
@@ -105,11 +140,12 @@ impl<S> std::fmt::Debug for SendMachine<S> {
     }
 }
 
-impl<S> SendMachine<S> {
+impl<S, F> SendMachine<S, F> {
     /// A sender (chunks up to `max_len` bytes).
     pub fn new(max_len: u64) -> Self {
         SendMachine {
             max_len,
+            borrower: Borrower::default(),
             gate: None,
             hello: None,
             failing: None,
@@ -124,8 +160,9 @@ impl<S> SendMachine<S> {
             after_ctl: None,
             payload: None,
             unacked: HashMap::new(),
-            hdr: [0; HEADER_LEN],
+            hdr: [0; HEADER_LEN + PULL_TAIL_LEN],
             have: 0,
+            frame_len: HEADER_LEN,
             reading: false,
             writing: false,
             closing: false,
@@ -198,7 +235,7 @@ impl<S> SendMachine<S> {
         Ok(())
     }
 
-    fn check_new(&self, key: ChunkKey, src: S) -> Result<S, (ProtocolError, S)> {
+    fn check_new<T>(&self, key: ChunkKey, src: T) -> Result<T, (ProtocolError, T)> {
         if key.len == 0 || key.len > self.max_len {
             let m = if key.len == 0 {
                 Malformed::ZeroLength
@@ -215,7 +252,8 @@ impl<S> SendMachine<S> {
             || self.unacked.contains_key(&key)
             || self.ready.iter().any(|(k, _)| *k == key)
             || self.payload.as_ref().is_some_and(|p| p.key == key)
-            || self.after_ctl.as_ref().is_some_and(|p| p.0 == key);
+            || self.after_ctl.as_ref().is_some_and(|p| p.0 == key)
+            || self.borrower.busy(&key);
         if busy {
             let e = ProtocolError::chunk("chunk already in flight on this connection", key);
             return Err((e, src));
@@ -231,6 +269,48 @@ impl<S> SendMachine<S> {
             + self.unacked.len()
             + usize::from(self.payload.is_some())
             + usize::from(self.after_ctl.is_some())
+            + self.borrower.in_flight()
+    }
+
+    /// Ask to write `key` in place, in the consumer's ring (local connections): the answer is
+    /// [`SendEvent::Placed`] or [`SendEvent::ReserveRefused`].
+    pub fn reserve(&mut self, key: ChunkKey) -> Result<(), ProtocolError> {
+        self.check_new(key, ()).map_err(|(e, ())| e)?;
+        self.ctl_next.extend_from_slice(&Msg::Reserve(key).encode());
+        self.borrower.reserve(key);
+        Ok(())
+    }
+
+    /// The placed `key` is written: it lands ([`SendEvent::WrittenAcked`]).
+    pub fn written(&mut self, key: ChunkKey) -> Result<(), ProtocolError> {
+        let f = self.borrower.finish(key, true)?;
+        self.ctl_next.extend_from_slice(&f);
+        Ok(())
+    }
+
+    /// The placed `key` will not be written: its range goes back to the consumer.
+    pub fn withdraw(&mut self, key: ChunkKey) -> Result<(), ProtocolError> {
+        let f = self.borrower.finish(key, false)?;
+        self.ctl_next.extend_from_slice(&f);
+        Ok(())
+    }
+
+    /// Descriptors that came with the last bytes read (local connections).
+    pub fn on_fds(&mut self, fds: Vec<F>, truncated: bool) -> Result<(), ProtocolError> {
+        if self.borrower.on_fds(fds) > super::MAX_SEGMENTS || truncated {
+            return Err(ProtocolError::ExtraDescriptors);
+        }
+        Ok(())
+    }
+
+    /// Segment `seg` lent to us: its length and descriptor.
+    pub fn lent(&self, seg: u32) -> Option<(u64, &F)> {
+        self.borrower.lent(seg)
+    }
+
+    /// On close: every chunk reserved, placed or written in place and not acked.
+    pub fn abandon_placed(&mut self) -> Vec<ChunkKey> {
+        self.borrower.abandon()
     }
 
     /// The next I/O to start (call until None). Nothing once [`SendMachine::close`]d.
@@ -397,48 +477,91 @@ impl<S> SendMachine<S> {
             }
         }
         while !bytes.is_empty() {
-            let n = (HEADER_LEN - self.have).min(bytes.len());
+            let n = (self.frame_len - self.have).min(bytes.len());
             self.hdr[self.have..self.have + n].copy_from_slice(&bytes[..n]);
             self.have += n;
             bytes = &bytes[n..];
-            if self.have < HEADER_LEN {
-                break;
+            if self.have < self.frame_len {
+                continue;
+            }
+            let mut h = [0u8; HEADER_LEN];
+            h.copy_from_slice(&self.hdr[..HEADER_LEN]);
+            let msg = Msg::decode(&h, self.max_len)?;
+            let tail = msg.tail_len();
+            if tail > 0 && self.frame_len == HEADER_LEN {
+                if tail != PULL_TAIL_LEN {
+                    return Err(Malformed::WrongDirection(msg.kind()).into());
+                }
+                self.frame_len = HEADER_LEN + tail;
+                continue;
             }
             self.have = 0;
-            match Msg::decode(&self.hdr, self.max_len)? {
-                Msg::Grant(key) => {
-                    let s = self.offered.remove(&key).ok_or(ProtocolError::chunk(
-                        "grant for a chunk that was not offered",
-                        key,
-                    ))?;
-                    self.ready.push_back((key, s));
-                }
-                Msg::Refuse(key, reason) => {
-                    let s = self
-                        .offered
-                        .remove(&key)
-                        .or_else(|| self.pulled.remove(&key))
-                        .ok_or(ProtocolError::chunk(
-                            "refusal of a chunk that was not offered",
-                            key,
-                        ))?;
-                    ev.push(SendEvent::Refused(key, reason, s));
-                }
-                Msg::Ack(key) => {
-                    let s = self
-                        .unacked
-                        .remove(&key)
-                        .or_else(|| self.pulled.remove(&key))
-                        .ok_or(ProtocolError::chunk(
-                            "ack for a chunk that was not sent",
-                            key,
-                        ))?;
-                    ev.push(SendEvent::Acked(key, s));
-                }
-                m => return Err(Malformed::WrongDirection(m.kind()).into()),
+            self.frame_len = HEADER_LEN;
+            if let Some(e) = self.on_frame(msg)? {
+                ev.push(e);
             }
         }
         Ok(ev)
+    }
+
+    fn on_frame(&mut self, msg: Msg) -> Result<Option<SendEvent<S>>, ProtocolError> {
+        Ok(Some(match msg {
+            Msg::Grant(key) => {
+                let s = self.offered.remove(&key).ok_or(ProtocolError::chunk(
+                    "grant for a chunk that was not offered",
+                    key,
+                ))?;
+                self.ready.push_back((key, s));
+                return Ok(None);
+            }
+            Msg::Refuse(key, reason) => {
+                if self.borrower.on_refuse(&key) {
+                    return Ok(Some(SendEvent::ReserveRefused(key, reason)));
+                }
+                let s = self
+                    .offered
+                    .remove(&key)
+                    .or_else(|| self.pulled.remove(&key))
+                    .ok_or(ProtocolError::chunk(
+                        "refusal of a chunk that was not offered",
+                        key,
+                    ))?;
+                SendEvent::Refused(key, reason, s)
+            }
+            Msg::Ack(key) => {
+                if self.borrower.on_ack(&key) {
+                    return Ok(Some(SendEvent::WrittenAcked(key)));
+                }
+                let s = self
+                    .unacked
+                    .remove(&key)
+                    .or_else(|| self.pulled.remove(&key))
+                    .ok_or(ProtocolError::chunk(
+                        "ack for a chunk that was not sent",
+                        key,
+                    ))?;
+                SendEvent::Acked(key, s)
+            }
+            Msg::Lend(seg) => {
+                self.borrower.on_lend(seg)?;
+                SendEvent::Lent {
+                    seg: seg.seg,
+                    len: seg.len,
+                }
+            }
+            Msg::Unlend(seg) => {
+                self.borrower.on_unlend(seg.seg)?;
+                SendEvent::Unlent { seg: seg.seg }
+            }
+            Msg::Place(key) => {
+                let mut t = [0u8; PULL_TAIL_LEN];
+                t.copy_from_slice(&self.hdr[HEADER_LEN..]);
+                let (seg, at) = decode_pull_tail(&t)?;
+                self.borrower.on_place(key, seg, at)?;
+                SendEvent::Placed { key, seg, at }
+            }
+            m => return Err(Malformed::WrongDirection(m.kind()).into()),
+        }))
     }
 
     /// Stop: no new I/O; completions still due only hand their buffers back.

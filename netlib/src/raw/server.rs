@@ -2,8 +2,9 @@
 //! starts the I/O each connection's [`RecvMachine`] asks for, and dispatches completions (one
 //! handler per operation) back to the machine and to the caller's [`Landing`].
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use spate_runtime::{Completion, Driver, FixedBuf, Notifier, Op, Output};
@@ -13,7 +14,7 @@ use super::error::{ProtocolError, RawError};
 use super::recv::{BAD_SHARE, RecvEvent, RecvIo, RecvMachine};
 use super::tag::{Tag, TagKind};
 use super::wire::{ChunkKey, RefuseReason};
-use super::{ConnId, Conns, Landing, Offered, RawConfig};
+use super::{ConnId, Conns, Landing, Offered, RawConfig, Reserved};
 use crate::endpoint::{Endpoint, Listener, Stream};
 use crate::sockopt;
 
@@ -34,6 +35,25 @@ fn check_shared(fd: &OwnedFd, len: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// What the server keeps beside each connection's machine.
+struct Side {
+    /// When it was opened (for the handshake deadline).
+    opened: Instant,
+    /// A UNIX connection from a process of our own user (or root): rings may be lent to it.
+    may_lend: bool,
+}
+
+/// Whether rings may be lent on `stream`: a local peer of our own user, or root.
+fn may_lend(stream: &Stream) -> bool {
+    let Stream::Unix(u) = stream else {
+        return false;
+    };
+    match nix::sys::socket::getsockopt(u, nix::sys::socket::sockopt::PeerCredentials) {
+        Ok(c) => c.uid() == nix::unistd::geteuid().as_raw() || c.uid() == 0,
+        Err(_) => false,
+    }
+}
+
 /// Receives chunks from many producers on one thread: accepts connections, answers offers
 /// through a [`Landing`], lands payloads with ReadFixed straight into the granted buffers.
 pub struct RawServer {
@@ -41,8 +61,9 @@ pub struct RawServer {
     driver: Driver,
     listeners: Vec<Listener>,
     accepting: Vec<bool>,
-    /// Connections, with when they were opened (for the handshake deadline).
-    conns: Conns<Machine, Instant>,
+    conns: Conns<Machine, Side>,
+    /// Rings lent to local producers, by lend id (gone once the landing drops them).
+    lends: HashMap<u64, Weak<OwnedFd>>,
     /// Offers answered with [`Offered::Wait`], to ask again.
     waiting: VecDeque<(u32, ChunkKey)>,
     waker: Notifier,
@@ -60,6 +81,7 @@ impl RawServer {
             listeners: Vec::new(),
             accepting: Vec::new(),
             conns: Conns::new(),
+            lends: HashMap::new(),
             waiting: VecDeque::new(),
             waker: Notifier::new()?,
             wake_armed: false,
@@ -84,7 +106,11 @@ impl RawServer {
             Some(a) => RecvMachine::with_auth(self.cfg.max_chunk, Gate::server(&a.secret)?),
             None => RecvMachine::new(self.cfg.max_chunk),
         };
-        Ok(ConnId(self.conns.insert(stream, m, Instant::now())))
+        let side = Side {
+            opened: Instant::now(),
+            may_lend: may_lend(&stream),
+        };
+        Ok(ConnId(self.conns.insert(stream, m, side)))
     }
 
     /// A handle that wakes this server's thread (e.g. when ring space was released, so waiting
@@ -143,11 +169,12 @@ impl RawServer {
         }
         let now = Instant::now();
         let limit = self.cfg.handshake_timeout;
+        self.sweep_lends();
         for id in self.conns.ids() {
             let late = self
                 .conns
                 .live(id)
-                .is_some_and(|c| !c.m.authenticated() && now.duration_since(c.x) >= limit);
+                .is_some_and(|c| !c.m.authenticated() && now.duration_since(c.x.opened) >= limit);
             if late {
                 self.conns.kill(id, Some(RawError::HandshakeTimeout(limit)));
             }
@@ -157,7 +184,7 @@ impl RawServer {
         // Wake up in time for the next handshake deadline.
         let pending = self.conns.map.values().filter(|c| !c.m.authenticated());
         let next = pending
-            .map(|c| (c.x + limit).saturating_duration_since(now))
+            .map(|c| (c.x.opened + limit).saturating_duration_since(now))
             .min();
         let timeout = match (timeout, next) {
             (Some(t), Some(n)) => Some(t.min(n)),
@@ -212,6 +239,32 @@ impl RawServer {
                     )
                 }
                 RecvIo::Write(buf) => (TagKind::Write, 0, Op::Send { fd, buf, at: 0 }),
+                RecvIo::Lend {
+                    id: lend, frame, ..
+                } => {
+                    let file = self.lends.get(&lend).and_then(Weak::upgrade);
+                    match file.map(|f| f.try_clone()) {
+                        Some(Ok(f)) => (
+                            TagKind::Write,
+                            0,
+                            Op::SendFds {
+                                fd,
+                                buf: frame,
+                                fds: vec![f],
+                            },
+                        ),
+                        other => {
+                            let e = match other {
+                                Some(Err(e)) => RawError::Io(e),
+                                _ => ProtocolError::Misuse("a ring was retired before it was lent")
+                                    .into(),
+                            };
+                            let _ = c.m.on_written(frame, 0);
+                            self.conns.kill(id, Some(e));
+                            return Ok(());
+                        }
+                    }
+                }
                 RecvIo::Copy {
                     id: slot,
                     fd: file,
@@ -238,14 +291,66 @@ impl RawServer {
         Ok(())
     }
 
+    /// Retire, on every connection, the lends whose ring the landing let go of.
+    fn sweep_lends(&mut self) {
+        let gone: Vec<u64> = self
+            .lends
+            .iter()
+            .filter(|(_, w)| w.strong_count() == 0)
+            .map(|(id, _)| *id)
+            .collect();
+        for lend in gone {
+            let mut left = false;
+            for c in self.conns.map.values_mut() {
+                if c.m.lent_ids().contains(&lend) {
+                    left |= !c.m.unlend(lend);
+                }
+            }
+            if !left {
+                self.lends.remove(&lend);
+            }
+        }
+    }
+
     fn finish_if_dead(&mut self, id: u32, landing: &mut dyn Landing) {
         if let Some(mut c) = self.conns.take_finished(id) {
             for (k, d) in c.m.abandon() {
                 landing.abandoned(ConnId(id), &k, d);
             }
+            for k in c.m.abandon_placed() {
+                landing.unplaced(ConnId(id), &k);
+            }
             self.waiting.retain(|(i, _)| *i != id);
             let err = c.dead.take().flatten();
             landing.closed(ConnId(id), err.as_ref());
+        }
+    }
+
+    /// Ask the landing about a zero-copy reservation and answer it.
+    fn ask_reserve(&mut self, id: u32, key: ChunkKey, landing: &mut dyn Landing) {
+        let Some(c) = self.conns.live(id) else {
+            return;
+        };
+        let answer = if c.x.may_lend {
+            landing.reserve(ConnId(id), &key)
+        } else {
+            Reserved::Refuse(RefuseReason::Fallback)
+        };
+        let r = match answer {
+            Reserved::Place { lend, at } => {
+                self.lends
+                    .entry(lend.id)
+                    .or_insert_with(|| std::sync::Arc::downgrade(&lend.fd));
+                c.m.place(&key, lend.id, lend.len, at)
+            }
+            Reserved::Refuse(r) => c.m.refuse(&key, r),
+            Reserved::Wait => {
+                self.waiting.push_back((id, key));
+                Ok(())
+            }
+        };
+        if let Err(e) = r {
+            self.conns.kill(id, Some(e.into()));
         }
     }
 
@@ -254,6 +359,9 @@ impl RawServer {
         let Some(c) = self.conns.live(id) else {
             return;
         };
+        if c.m.is_reserve(&key) {
+            return self.ask_reserve(id, key, landing);
+        }
         let r = match landing.offer(ConnId(id), &key) {
             Offered::Grant(d) if d.len() as u64 >= key.len => c.m.grant(&key, d),
             Offered::Grant(d) => {
@@ -393,6 +501,9 @@ impl RawServer {
                 }
             }
             Ok(Some(RecvEvent::Peer { name })) => landing.identified(ConnId(id), &name),
+            Ok(Some(RecvEvent::Reserve(k))) => self.ask(id, k, landing),
+            Ok(Some(RecvEvent::Written(k))) => landing.written(ConnId(id), &k),
+            Ok(Some(RecvEvent::Withdrawn(k))) => landing.unplaced(ConnId(id), &k),
             Ok(Some(RecvEvent::Unshare { .. })) | Ok(None) => {}
             Err(e) => self.conns.kill(id, e),
         }

@@ -8,6 +8,14 @@
 //! producer's node name, first frame after authentication) has only `len` set, and is followed
 //! by that many bytes of UTF-8.
 //!
+//! Zero copy (local connections): the producer asks with `Reserve(key)` to write a chunk in
+//! place; the consumer lends the ring's data segment once (`Lend(segment)`, its read-write
+//! descriptor with the frame) and answers `Place(key)` with a tail like a pull's
+//! (`segment | 0 | at`: write the chunk at `at` of the segment, mapped twice back to back), or
+//! `Refuse` (`Fallback`: use another path). The producer computes into the place and sends
+//! `Written(key)` (or `Withdraw(key)` when it will not); the consumer lands it and acks.
+//! `Unlend(segment)` retires a lent ring.
+//!
 //! [`Msg`] is the typed frame the machines use; [`encode`] / [`decode`] with [`Frame`] are the
 //! flat view (a segment's id shows as `key.stream`) kept for tools and tests that build raw
 //! bytes by hand.
@@ -77,6 +85,18 @@ pub enum Kind {
     Pull = 8,
     /// Producer → consumer: who I am (my node name follows); first frame after authentication.
     Hello = 9,
+    /// Producer → consumer (local): may I write this chunk in place, in your ring?
+    Reserve = 10,
+    /// Consumer → producer (local): a read-write descriptor of a ring's data comes with this.
+    Lend = 11,
+    /// Consumer → producer (local): write the chunk here (a tail names segment and offset).
+    Place = 12,
+    /// Producer → consumer (local): the placed chunk is written.
+    Written = 13,
+    /// Consumer → producer (local): that lent segment is retired.
+    Unlend = 14,
+    /// Producer → consumer (local): I will not write this placed chunk.
+    Withdraw = 15,
 }
 
 impl Kind {
@@ -91,13 +111,22 @@ impl Kind {
             7 => Kind::Unshare,
             8 => Kind::Pull,
             9 => Kind::Hello,
+            10 => Kind::Reserve,
+            11 => Kind::Lend,
+            12 => Kind::Place,
+            13 => Kind::Written,
+            14 => Kind::Unlend,
+            15 => Kind::Withdraw,
             _ => return None,
         })
     }
 
     /// Whether frames of this kind name a segment rather than a chunk.
     pub fn is_segment(self) -> bool {
-        matches!(self, Kind::Share | Kind::Unshare)
+        matches!(
+            self,
+            Kind::Share | Kind::Unshare | Kind::Lend | Kind::Unlend
+        )
     }
 }
 
@@ -114,6 +143,9 @@ pub enum RefuseReason {
     TooLarge,
     /// The scheduler did not assign this producer to the chunk's job.
     NotAssigned,
+    /// Not this way: send the chunk by another path (e.g. a zero-copy reservation the
+    /// consumer cannot place: a range partly landed, or a ring it does not lend).
+    Fallback,
     /// Any other code.
     Other(u8),
 }
@@ -127,6 +159,7 @@ impl RefuseReason {
             RefuseReason::Aborted => 3,
             RefuseReason::TooLarge => 4,
             RefuseReason::NotAssigned => 5,
+            RefuseReason::Fallback => 6,
             RefuseReason::Other(c) => c,
         }
     }
@@ -138,6 +171,7 @@ impl RefuseReason {
             3 => RefuseReason::Aborted,
             4 => RefuseReason::TooLarge,
             5 => RefuseReason::NotAssigned,
+            6 => RefuseReason::Fallback,
             c => RefuseReason::Other(c),
         }
     }
@@ -179,6 +213,18 @@ pub enum Msg {
         /// Length of the name.
         len: u64,
     },
+    /// Producer → consumer: may I write this chunk in place?
+    Reserve(ChunkKey),
+    /// Consumer → producer: a read-write descriptor of this ring segment comes with the frame.
+    Lend(SegmentFrame),
+    /// Consumer → producer: write the chunk at a place (a [`PULL_TAIL_LEN`] tail follows).
+    Place(ChunkKey),
+    /// Producer → consumer: the placed chunk is written.
+    Written(ChunkKey),
+    /// Consumer → producer: the lent segment is retired.
+    Unlend(SegmentFrame),
+    /// Producer → consumer: the placed chunk will not be written.
+    Withdraw(ChunkKey),
 }
 
 impl Msg {
@@ -194,13 +240,19 @@ impl Msg {
             Msg::Unshare(_) => Kind::Unshare,
             Msg::Pull(_) => Kind::Pull,
             Msg::Hello { .. } => Kind::Hello,
+            Msg::Reserve(_) => Kind::Reserve,
+            Msg::Lend(_) => Kind::Lend,
+            Msg::Place(_) => Kind::Place,
+            Msg::Written(_) => Kind::Written,
+            Msg::Unlend(_) => Kind::Unlend,
+            Msg::Withdraw(_) => Kind::Withdraw,
         }
     }
 
     /// Bytes that follow the header.
     pub fn tail_len(&self) -> usize {
         match self {
-            Msg::Pull(_) => PULL_TAIL_LEN,
+            Msg::Pull(_) | Msg::Place(_) => PULL_TAIL_LEN,
             Msg::Hello { len } => *len as usize,
             _ => 0,
         }
@@ -209,11 +261,19 @@ impl Msg {
     /// The header bytes.
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         match *self {
-            Msg::Share(s) | Msg::Unshare(s) => encode(self.kind(), &segment_key(s), None),
-            Msg::Refuse(k, r) => encode(Kind::Refuse, &k, Some(r)),
-            Msg::Offer(k) | Msg::Data(k) | Msg::Grant(k) | Msg::Ack(k) | Msg::Pull(k) => {
-                encode(self.kind(), &k, None)
+            Msg::Share(s) | Msg::Unshare(s) | Msg::Lend(s) | Msg::Unlend(s) => {
+                encode(self.kind(), &segment_key(s), None)
             }
+            Msg::Refuse(k, r) => encode(Kind::Refuse, &k, Some(r)),
+            Msg::Offer(k)
+            | Msg::Data(k)
+            | Msg::Grant(k)
+            | Msg::Ack(k)
+            | Msg::Pull(k)
+            | Msg::Reserve(k)
+            | Msg::Place(k)
+            | Msg::Written(k)
+            | Msg::Withdraw(k) => encode(self.kind(), &k, None),
             Msg::Hello { len } => encode(
                 Kind::Hello,
                 &ChunkKey {
@@ -245,6 +305,12 @@ impl Msg {
             Kind::Unshare => Msg::Unshare(seg),
             Kind::Pull => Msg::Pull(k),
             Kind::Hello => Msg::Hello { len: k.len },
+            Kind::Reserve => Msg::Reserve(k),
+            Kind::Lend => Msg::Lend(seg),
+            Kind::Place => Msg::Place(k),
+            Kind::Written => Msg::Written(k),
+            Kind::Unlend => Msg::Unlend(seg),
+            Kind::Withdraw => Msg::Withdraw(k),
         })
     }
 }

@@ -22,7 +22,7 @@ use spate_netlib::proto::{
     ComputeCapacity, DataEndpoint, HostId, Interface, Message, NodeInfo, NodeRoles,
 };
 use spate_producer::daemon::ProducerNode;
-use spate_producer::engine::{EngineConfig as ProducerConfig, ProducerEngine};
+use spate_producer::engine::{EngineConfig as ProducerConfig, LocalPath, ProducerEngine};
 
 /// Run a node daemon.
 #[derive(clap::Args, Debug, Default)]
@@ -63,10 +63,15 @@ pub struct Args {
     /// scheduler socket).
     #[arg(long)]
     secret_file: Option<PathBuf>,
-    /// Producers: send chunks to consumers on this host through the UNIX socket instead of
-    /// letting them copy the chunks straight from the producer's buffers (`local_pull = false`
-    /// in --config). The pull path is one memory copy instead of two.
-    #[arg(long)]
+    /// How chunks reach consumers on this host: `zero-copy` (the producer's kernel computes
+    /// straight into the consumer's ring), `pull` (the consumer copies each chunk once from the
+    /// producer's buffers) or `socket` (through the UNIX socket: two copies) [default:
+    /// zero-copy]. A consumer node set to another path than zero-copy does not lend its rings
+    /// (its local producers pull instead).
+    #[arg(long, value_parser = ["zero-copy", "pull", "socket"])]
+    local_path: Option<String>,
+    /// The same as `--local-path socket` (kept for older configs: `local_pull = false`).
+    #[arg(long, hide = true)]
     no_local_pull: bool,
 }
 
@@ -86,6 +91,7 @@ struct FileConfig {
     data_port: Option<u16>,
     secret_file: Option<PathBuf>,
     local_pull: Option<bool>,
+    local_path: Option<String>,
 }
 
 /// Resolved settings.
@@ -101,7 +107,7 @@ struct Settings {
     ring_budget: u64,
     data_port: u16,
     secret_file: Option<PathBuf>,
-    local_pull: bool,
+    local_path: LocalPath,
 }
 
 fn parse_interface(s: &str) -> anyhow::Result<Interface> {
@@ -190,7 +196,17 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
         ring_budget,
         data_port: a.data_port.or(file.data_port).unwrap_or(0),
         secret_file: a.secret_file.or(file.secret_file),
-        local_pull: !a.no_local_pull && file.local_pull.unwrap_or(true),
+        local_path: if a.no_local_pull {
+            LocalPath::Socket
+        } else {
+            match a.local_path.or(file.local_path) {
+                Some(p) => p
+                    .parse()
+                    .map_err(|e: String| anyhow::anyhow!("local_path: {e}"))?,
+                None if file.local_pull == Some(false) => LocalPath::Socket,
+                None => LocalPath::default(),
+            }
+        },
     })
 }
 
@@ -338,6 +354,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         cfg.core = recv_core;
         cfg.ring_budget = s.ring_budget;
         cfg.raw.auth = Some(raw_auth.clone());
+        cfg.lend_rings = s.local_path == LocalPath::ZeroCopy;
         let eng = ConsumerEngine::start(cfg).context("starting the consumer engine")?;
         for ep in eng.endpoints() {
             data_endpoints.push(data_endpoint(ep, &s.interfaces)?);
@@ -345,11 +362,16 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         handoff = Some(eng.handoff_path().to_path_buf());
         let eps: Vec<String> = eng.endpoints().iter().map(|e| e.to_string()).collect();
         lines.push(format!(
-            "consumer: receive engine on {}; data {}; reader hand-off {}; ring budget {}",
+            "consumer: receive engine on {}; data {}; reader hand-off {}; ring budget {}; {}",
             recv_core.map_or("any core".to_string(), |c| format!("core {c}")),
             eps.join(", "),
             eng.handoff_path().display(),
-            spate_runtime::memlock::fmt_bytes(s.ring_budget)
+            spate_runtime::memlock::fmt_bytes(s.ring_budget),
+            if s.local_path == LocalPath::ZeroCopy {
+                "rings lent to local producers (zero-copy)"
+            } else {
+                "rings not lent (local producers pull)"
+            }
         ));
         Some(Arc::new(Mutex::new(ConsumerNode::new(eng))))
     } else {
@@ -361,7 +383,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             expel_core,
             ..ProducerConfig::default()
         };
-        cfg.raw.share_local = s.local_pull;
+        cfg.local_path = s.local_path;
         cfg.raw.auth = Some(raw_auth.clone());
         let buffers = cfg.buffers;
         let eng =
@@ -371,10 +393,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             "producer: compute on {}, expel on {}, {buffers} chunk buffers; local consumers {}",
             at(compute_core),
             at(expel_core),
-            if s.local_pull {
-                "pull chunks from them (one copy)"
-            } else {
-                "get chunks through the socket (--no-local-pull)"
+            match s.local_path {
+                LocalPath::ZeroCopy => "get chunks computed straight into their rings (zero-copy)",
+                LocalPath::Pull => "pull chunks from our buffers (one copy)",
+                LocalPath::Socket => "get chunks through the socket (two copies)",
             }
         ));
         Some(ProducerNode::new(eng))
@@ -602,7 +624,11 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s.name, "n2");
-        assert!(!s.local_pull);
+        assert_eq!(
+            s.local_path,
+            LocalPath::Socket,
+            "local_pull = false is the socket path"
+        );
         assert_eq!(s.scheduler.to_string(), "tcp:10.0.0.1:7070");
         assert!(s.producer && s.consumer);
         assert_eq!(s.cores, Some(vec![0, 1]));

@@ -209,7 +209,10 @@ fn zero_copy_streams_are_byte_exact_under_random_orders_duplicates_and_producer_
     // stream had landed, was refused as the stream is closed.
     assert_eq!(s1.in_place + s2.in_place, chunks as usize);
     let late: Vec<_> = s1.refused.iter().chain(&s2.refused).collect();
-    assert!(late.iter().all(|(_, r)| *r == RefuseReason::Aborted), "{late:?}");
+    assert!(
+        late.iter().all(|(_, r)| *r == RefuseReason::Aborted),
+        "{late:?}"
+    );
     assert_eq!(s1.fallback + s2.fallback + late.len(), 12);
     assert_eq!(eng.landed().in_place, chunks);
     // The stream is complete: nothing more is placed in it.

@@ -13,6 +13,9 @@ pub enum BenchCmd {
     /// The reference experiments on an emulated cluster: throughput vs limits, constant
     /// speed, latency histograms, plots (root for the network namespaces).
     Cluster(spate_bench::cluster::Args),
+    /// A local job on each local path (zero-copy, pull, socket), every byte verified or
+    /// hashed, against each path's limit measured in the same run.
+    Local(spate_bench::local::Args),
 }
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<i32> {
@@ -21,5 +24,6 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<i32> {
         BenchCmd::Net(a) => spate_bench::net::run(a),
         BenchCmd::Rip(a) => spate_bench::rip::run(a),
         BenchCmd::Cluster(a) => spate_bench::cluster::run(a),
+        BenchCmd::Local(a) => spate_bench::local::run(a),
     }
 }

@@ -750,7 +750,7 @@ fn one_run(
             inputs,
         },
         |m| match m {
-            Message::Accepted { job, streams } => Some(Ok((job, streams))),
+            Message::Accepted { job, streams, .. } => Some(Ok((job, streams))),
             Message::Refused { message, .. } | Message::Error { message, .. } => {
                 Some(Err(message.clone()))
             }

@@ -121,6 +121,7 @@ fn writer(a: Args) -> anyhow::Result<i32> {
             BackingPref::Auto
         },
         total_len: Some(a.bytes),
+        pacing: None,
     })?;
     let capacity = w.capacity();
     if let Some(why) = w.fallback_reason() {

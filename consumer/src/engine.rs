@@ -268,6 +268,7 @@ impl ConsumerEngine {
             &cfg.handoff,
             HandoffConfig {
                 allow_uids: cfg.allow_uids.clone(),
+                ..HandoffConfig::default()
             },
         )?;
         let table: Table = Arc::new(Mutex::new(HashMap::new()));
@@ -362,6 +363,18 @@ impl ConsumerEngine {
         capacity: u64,
         total_len: u64,
     ) -> Result<Allocation, ConsumerError> {
+        self.alloc_paced(job, stream, capacity, total_len, None)
+    }
+
+    /// [`ConsumerEngine::alloc`], telling readers how the job wants the stream read.
+    pub fn alloc_paced(
+        &self,
+        job: u64,
+        stream: u32,
+        capacity: u64,
+        total_len: u64,
+        pacing: Option<spate_ring::header::Pacing>,
+    ) -> Result<Allocation, ConsumerError> {
         if capacity == 0 {
             return Err(ConsumerError::ZeroCapacity { job, stream });
         }
@@ -386,6 +399,7 @@ impl ConsumerEngine {
             })?,
             backing: self.backing,
             total_len: Some(total_len),
+            pacing,
         })?;
         let region = Region::from_mapping(writer.data_mapping())?;
         let mut rnd = [0u8; 16];

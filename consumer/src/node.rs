@@ -93,29 +93,35 @@ impl ConsumerNode {
                 stream,
                 capacity,
                 total_len,
-            } => Some(vec![
-                match self.engine.alloc(job.0, stream.0, capacity, total_len) {
-                    Ok(a) => {
-                        self.reported.insert((job.0, stream.0), Reported::default());
-                        tracing::info!(%job, %stream, key = %a.key, backing = ?a.backing, capacity = a.capacity, "stream allocated");
-                        Message::Allocated {
-                            job,
-                            stream,
-                            key: StreamKey(a.key_u128),
-                            handoff: a.handoff,
-                            backing: ring_backing(a.backing),
-                        }
+                rate_bps,
+                prefill,
+            } => Some(vec![match self.engine.alloc_paced(
+                job.0,
+                stream.0,
+                capacity,
+                total_len,
+                rate_bps.map(|rate_bps| spate_ring::header::Pacing { rate_bps, prefill }),
+            ) {
+                Ok(a) => {
+                    self.reported.insert((job.0, stream.0), Reported::default());
+                    tracing::info!(%job, %stream, key = %a.key, backing = ?a.backing, capacity = a.capacity, "stream allocated");
+                    Message::Allocated {
+                        job,
+                        stream,
+                        key: StreamKey(a.key_u128),
+                        handoff: a.handoff,
+                        backing: ring_backing(a.backing),
                     }
-                    Err(e) => {
-                        tracing::warn!(%job, %stream, error = %e, "stream allocation failed");
-                        Message::AllocFailed {
-                            job,
-                            stream,
-                            reason: e.to_string(),
-                        }
+                }
+                Err(e) => {
+                    tracing::warn!(%job, %stream, error = %e, "stream allocation failed");
+                    Message::AllocFailed {
+                        job,
+                        stream,
+                        reason: e.to_string(),
                     }
-                },
-            ]),
+                }
+            }]),
             Message::JobProducers { job, ref producers } => {
                 tracing::debug!(%job, ?producers, "producers assigned");
                 self.engine.set_producers(job.0, producers);

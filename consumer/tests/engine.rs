@@ -244,6 +244,41 @@ fn duplicates_land_idempotently_and_unknown_or_released_streams_are_refused() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Issue 12, defect 2: a chunk re-sent after its producer died may arrive after its stream
+/// completed (every byte landed, the ring finished). It must be acked as already landed, not
+/// refused as aborted: the job delivered every byte.
+#[test]
+fn a_chunk_resent_after_its_stream_completed_is_acked() {
+    let dir = tmpdir("late");
+    let eng = engine(&dir, false);
+    let ep = eng.endpoints()[0].clone();
+    let total = 1u64 << 20;
+    let a = eng.alloc(6, 2, total, total).unwrap();
+    let c = 128u64 << 10;
+    assert!(
+        send(&ep, 6, 2, &chunks(total, c))
+            .iter()
+            .all(|o| *o == Outcome::Acked)
+    );
+    wait_until("the stream to finish", || eng.streams()[0].closed);
+    // The late copies: before anyone read, after the reader read everything.
+    assert_eq!(
+        send(&ep, 6, 2, &[(3 * c, c), (total - c, c)]),
+        vec![Outcome::Acked, Outcome::Acked]
+    );
+    assert_eq!(
+        read_all(eng.handoff_path(), &a.key, 2, 1 << 20).unwrap(),
+        total
+    );
+    assert_eq!(send(&ep, 6, 2, &[(0, c)]), vec![Outcome::Acked]);
+    let s = eng.streams();
+    assert_eq!(
+        (s[0].frontier, s[0].read_pos, s[0].closed),
+        (total, total, true)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn allocation_errors_name_the_problem() {
     let dir = tmpdir("alloc");

@@ -10,3 +10,4 @@ pub mod pool;
 pub mod proto;
 pub mod raw;
 pub mod sockopt;
+pub mod text;

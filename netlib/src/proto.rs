@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// Version of the control protocol, carried in every frame header and checked in the handshake.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Most chunk latencies one [`Message::JobStats`] carries (keeps it well inside a frame).
 pub const MAX_LATENCY_SAMPLES: usize = 100_000;
@@ -155,6 +155,11 @@ pub struct NodeInfo {
     pub data_endpoints: Vec<DataEndpoint>,
     /// UNIX socket where local readers get a stream's ring (consumers).
     pub handoff_socket: Option<PathBuf>,
+    /// NIC rate of its data interfaces, bytes/s per direction (0 = unknown): seeds the
+    /// scheduler's link estimates.
+    pub nic_bytes_per_sec: u64,
+    /// Peers it talks to at once (`k` of the k-port model; 0 = no limit).
+    pub ports: u32,
 }
 
 /// A node's state as the scheduler sees it.
@@ -181,6 +186,8 @@ pub struct NodeStatus {
     pub tasks_in_flight: u32,
     /// Streams it currently holds (consumers).
     pub streams: u32,
+    /// What the scheduler measured of it.
+    pub capacity: NodeCapacity,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -237,6 +244,98 @@ pub enum RefuseReason {
     },
     /// The scheduler is at its job limit or shutting down.
     Busy,
+    /// The policy cannot feed what the job asks for.
+    Infeasible {
+        /// The constraint that binds: "compute", "links", "memory" or "latency".
+        constraint: String,
+        /// The highest job rate (all streams, bits/s) it could give now.
+        max_feasible_bps: u64,
+    },
+    /// The spec names a policy the scheduler does not have.
+    UnknownPolicy {
+        /// As written.
+        name: String,
+    },
+}
+
+/// What the scheduler's policy planned for a job, and what it predicts. Rates are the job's
+/// (all streams) in bits per second.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PlanInfo {
+    /// The policy ("tclo", "load-balance").
+    pub policy: String,
+    /// Bytes of one chunk, all channels.
+    pub chunk_bytes: u64,
+    /// Lines per chunk.
+    pub chunk_lines: u64,
+    /// The producers it computes on (empty: every producer, on demand).
+    pub producers: Vec<String>,
+    /// Predicted throughput (0: the policy predicts none).
+    pub predicted_bps: u64,
+    /// Predicted chunk latency, task created to released in order (0: none predicted).
+    pub predicted_latency_us: u64,
+    /// Chunks in flight.
+    pub window_chunks: u64,
+    /// Ring bytes per stream.
+    pub ring_bytes: Vec<u64>,
+    /// Bytes a constant-rate reader of each stream waits for before it starts.
+    pub prefill_bytes: Vec<u64>,
+    /// The highest job rate the cluster could give now.
+    pub max_feasible_bps: u64,
+    /// The job rate asked for.
+    pub requested_bps: Option<u64>,
+    /// The chunk latency bound asked for.
+    pub latency_bound_us: Option<u64>,
+}
+
+/// A producer's figures of one piece of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PieceTime {
+    /// The stream.
+    pub stream: StreamIndex,
+    /// Bytes.
+    pub bytes: u64,
+    /// Microseconds of the link's time.
+    pub micros: u64,
+}
+
+/// What the scheduler measured of a producer's compute for one kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComputeEstimate {
+    /// Kernel name.
+    pub kernel: String,
+    /// Output bytes per second while computing.
+    pub bytes_per_sec: u64,
+    /// Fixed cost per chunk, microseconds.
+    pub overhead_us: u64,
+    /// "measured", "announced" or "default".
+    pub source: String,
+    /// Tasks measured.
+    pub samples: u64,
+}
+
+/// What the scheduler measured of a producer → consumer link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkEstimate {
+    /// The consumer's name.
+    pub consumer: String,
+    /// Bytes per second.
+    pub bytes_per_sec: u64,
+    /// Fixed cost per piece, microseconds.
+    pub overhead_us: u64,
+    /// Pieces measured.
+    pub samples: u64,
+}
+
+/// A node's measured capacities (producers).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NodeCapacity {
+    /// Per kernel.
+    pub compute: Vec<ComputeEstimate>,
+    /// Per consumer it sent to.
+    pub links: Vec<LinkEstimate>,
+    /// NIC rate it announced (bytes/s per direction; 0: unknown).
+    pub nic_bytes_per_sec: u64,
 }
 
 /// Lifecycle state of a job.
@@ -292,6 +391,12 @@ pub struct JobStatus {
     pub state: JobState,
     /// Bytes delivered/read/total.
     pub progress: Progress,
+    /// What its policy planned (None while not yet admitted).
+    pub plan: Option<Box<PlanInfo>>,
+    /// Its promise is at risk: what changed and what it now gets.
+    pub warning: Option<String>,
+    /// Straggling tasks redone on another producer so far.
+    pub duplicated: u64,
 }
 
 /// Honest report of how a stream ring is backed (DESIGN.md §4: never silent).
@@ -469,6 +574,8 @@ pub enum Message {
         job: JobId,
         /// Where each stream lives.
         streams: Vec<StreamPlacement>,
+        /// What the scheduler's policy planned and predicts.
+        plan: Box<PlanInfo>,
     },
     /// S→U: The job is refused (not queued: resubmit later).
     Refused {
@@ -545,6 +652,10 @@ pub enum Message {
         capacity: u64,
         /// Total length of the stream in bytes.
         total_len: u64,
+        /// The stream's constant read rate (bits/s), when the job has one.
+        rate_bps: Option<u64>,
+        /// Bytes a constant-rate reader waits for before it starts reading.
+        prefill: u64,
     },
     /// C→S: The ring is allocated.
     Allocated {
@@ -692,6 +803,11 @@ pub enum Message {
         bytes: u64,
         /// Time the task took, in microseconds.
         micros: u64,
+        /// Of that, microseconds computing the chunk.
+        compute_micros: u64,
+        /// Per piece: the link's time for it (busy time: pieces overlapping on one link are
+        /// not counted twice).
+        pieces: Vec<PieceTime>,
     },
     /// P→S: A task failed.
     TaskFailed {
@@ -719,7 +835,42 @@ pub enum Message {
         message: String,
     },
 
-    // --- appended in version 3 ---------------------------------------------------------------
+    // --- planning and promises ---------------------------------------------------------------
+    /// U→S: What would you plan for this job now? (Nothing is admitted or allocated.)
+    Plan {
+        /// The job spec (TOML).
+        spec_toml: String,
+        /// Input names to check as for Submit.
+        inputs: Vec<String>,
+    },
+    /// S→U: The answer to Plan.
+    PlanReply {
+        /// Whether Submit would admit it now.
+        admitted: bool,
+        /// The plan when admitted; for a refused rate, the rates asked and possible.
+        plan: Option<Box<PlanInfo>>,
+        /// Why not, when refused.
+        reason: Option<RefuseReason>,
+        /// The refusal, in words (empty when admitted).
+        message: String,
+    },
+    /// S→P: Drop this task: another copy of its chunk landed first.
+    CancelTask {
+        /// Task id.
+        task: TaskId,
+        /// Job id.
+        job: JobId,
+    },
+    /// S→U: The job's promise is at risk (a producer slowed down or left and the rest
+    /// cannot keep its rate): what changed and what it now gets.
+    JobWarning {
+        /// Job id.
+        job: JobId,
+        /// In words.
+        message: String,
+    },
+
+    // --- appended in version 4 ---------------------------------------------------------------
     /// S→C: The producers assigned to a job (node names), the whole set each time it changes.
     /// A consumer lands a job's chunks only from these producers (raw connections say who they
     /// are after authenticating).
@@ -772,6 +923,10 @@ impl Message {
             Message::TaskFailed { .. } => "TaskFailed",
             Message::Unload { .. } => "Unload",
             Message::Error { .. } => "Error",
+            Message::Plan { .. } => "Plan",
+            Message::PlanReply { .. } => "PlanReply",
+            Message::CancelTask { .. } => "CancelTask",
+            Message::JobWarning { .. } => "JobWarning",
             Message::JobProducers { .. } => "JobProducers",
         }
     }

@@ -41,6 +41,8 @@ fn sequence() -> Vec<Message> {
                 interface: Some("lo".into()),
             }],
             handoff_socket: Some("/run/spate/a.sock".into()),
+            nic_bytes_per_sec: 0,
+            ports: 0,
         }),
         Message::Heartbeat,
         // Larger than the 64 KiB read buffer: needs several reads.
@@ -57,6 +59,8 @@ fn sequence() -> Vec<Message> {
             kind: TaskKind::Compute,
             bytes: 1 << 20,
             micros: 1234,
+            compute_micros: 0,
+            pieces: vec![],
         },
         Message::Quit {
             reason: "bye".into(),

@@ -70,6 +70,8 @@ fn node_info() -> impl Strategy<Value = NodeInfo> {
         any::<u64>(),
         prop::collection::vec(endpoint(), 0..3),
         proptest::option::of(path()),
+        any::<u64>(),
+        any::<u32>(),
     )
         .prop_map(
             |(
@@ -82,6 +84,8 @@ fn node_info() -> impl Strategy<Value = NodeInfo> {
                 ring_budget,
                 data_endpoints,
                 handoff,
+                nic_bytes_per_sec,
+                ports,
             )| {
                 NodeInfo {
                     name,
@@ -93,6 +97,8 @@ fn node_info() -> impl Strategy<Value = NodeInfo> {
                     ring_budget,
                     data_endpoints,
                     handoff_socket: handoff,
+                    nic_bytes_per_sec,
+                    ports,
                 }
             },
         )
@@ -114,19 +120,101 @@ fn job_state() -> impl Strategy<Value = JobState> {
         outcome().prop_map(JobState::Ended),
     ]
 }
-fn job_status() -> impl Strategy<Value = JobStatus> {
-    (job(), name(), job_state(), any::<(u64, u64, u64)>()).prop_map(
-        |(job, name, state, (delivered, read, total))| JobStatus {
-            job,
-            name,
-            state,
-            progress: Progress {
-                delivered,
-                read,
-                total,
-            },
-        },
+fn plan_info() -> impl Strategy<Value = PlanInfo> {
+    (
+        (name(), any::<u64>(), any::<u64>()),
+        prop::collection::vec(name(), 0..3),
+        (any::<u64>(), any::<u64>(), any::<u64>()),
+        prop::collection::vec(any::<u64>(), 0..3),
+        prop::collection::vec(any::<u64>(), 0..3),
+        any::<u64>(),
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(any::<u64>()),
     )
+        .prop_map(
+            |(
+                (policy, chunk_bytes, chunk_lines),
+                producers,
+                (predicted_bps, predicted_latency_us, window_chunks),
+                ring_bytes,
+                prefill_bytes,
+                max_feasible_bps,
+                requested_bps,
+                latency_bound_us,
+            )| PlanInfo {
+                policy,
+                chunk_bytes,
+                chunk_lines,
+                producers,
+                predicted_bps,
+                predicted_latency_us,
+                window_chunks,
+                ring_bytes,
+                prefill_bytes,
+                max_feasible_bps,
+                requested_bps,
+                latency_bound_us,
+            },
+        )
+}
+fn node_capacity() -> impl Strategy<Value = NodeCapacity> {
+    (
+        prop::collection::vec(
+            (name(), any::<u64>(), any::<u64>(), name(), any::<u64>()).prop_map(
+                |(kernel, bytes_per_sec, overhead_us, source, samples)| ComputeEstimate {
+                    kernel,
+                    bytes_per_sec,
+                    overhead_us,
+                    source,
+                    samples,
+                },
+            ),
+            0..3,
+        ),
+        prop::collection::vec(
+            (name(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+                |(consumer, bytes_per_sec, overhead_us, samples)| LinkEstimate {
+                    consumer,
+                    bytes_per_sec,
+                    overhead_us,
+                    samples,
+                },
+            ),
+            0..3,
+        ),
+        any::<u64>(),
+    )
+        .prop_map(|(compute, links, nic_bytes_per_sec)| NodeCapacity {
+            compute,
+            links,
+            nic_bytes_per_sec,
+        })
+}
+fn job_status() -> impl Strategy<Value = JobStatus> {
+    (
+        job(),
+        name(),
+        job_state(),
+        any::<(u64, u64, u64)>(),
+        proptest::option::of(plan_info()),
+        proptest::option::of(text()),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(job, name, state, (delivered, read, total), plan, warning, duplicated)| JobStatus {
+                job,
+                name,
+                state,
+                progress: Progress {
+                    delivered,
+                    read,
+                    total,
+                },
+                plan: plan.map(Box::new),
+                warning,
+                duplicated,
+            },
+        )
 }
 fn node_status() -> impl Strategy<Value = NodeStatus> {
     (
@@ -139,14 +227,16 @@ fn node_status() -> impl Strategy<Value = NodeStatus> {
         ],
         any::<u32>(),
         any::<u32>(),
+        node_capacity(),
     )
         .prop_map(
-            |(name, roles, state, tasks_in_flight, streams)| NodeStatus {
+            |(name, roles, state, tasks_in_flight, streams, capacity)| NodeStatus {
                 name,
                 roles,
                 state,
                 tasks_in_flight,
                 streams,
+                capacity,
             },
         )
 }
@@ -160,6 +250,13 @@ fn refuse_reason() -> impl Strategy<Value = RefuseReason> {
         Just(RefuseReason::InsufficientCapacity),
         (name(), stream()).prop_map(|(node, stream)| RefuseReason::AllocFailed { node, stream }),
         Just(RefuseReason::Busy),
+        (name(), any::<u64>()).prop_map(|(constraint, max_feasible_bps)| {
+            RefuseReason::Infeasible {
+                constraint,
+                max_feasible_bps,
+            }
+        }),
+        name().prop_map(|name| RefuseReason::UnknownPolicy { name }),
     ]
 }
 /// Finite or infinite floats (NaN != NaN would break equality, not the codec).
@@ -269,9 +366,14 @@ fn message() -> impl Strategy<Value = Message> {
                     }
                 ),
                 0..4
-            )
+            ),
+            plan_info()
         )
-            .prop_map(|(job, streams)| Message::Accepted { job, streams }),
+            .prop_map(|(job, streams, plan)| Message::Accepted {
+                job,
+                streams,
+                plan: Box::new(plan)
+            }),
         (refuse_reason(), text())
             .prop_map(|(reason, message)| Message::Refused { reason, message }),
         job().prop_map(|job| Message::Ready { job }),
@@ -293,14 +395,24 @@ fn message() -> impl Strategy<Value = Message> {
                 chunk_latency_us,
             }
         }),
-        (job(), stream(), any::<u64>(), any::<u64>()).prop_map(
-            |(job, stream, capacity, total_len)| Message::AllocStream {
-                job,
-                stream,
-                capacity,
-                total_len
-            }
-        ),
+        (
+            job(),
+            stream(),
+            any::<u64>(),
+            any::<u64>(),
+            proptest::option::of(any::<u64>()),
+            any::<u64>()
+        )
+            .prop_map(|(job, stream, capacity, total_len, rate_bps, prefill)| {
+                Message::AllocStream {
+                    job,
+                    stream,
+                    capacity,
+                    total_len,
+                    rate_bps,
+                    prefill,
+                }
+            }),
         (
             job(),
             stream(),
@@ -405,14 +517,29 @@ fn message() -> impl Strategy<Value = Message> {
             job(),
             prop_oneof![Just(TaskKind::Compute), Just(TaskKind::Expel)],
             any::<u64>(),
-            any::<u64>()
+            any::<u64>(),
+            any::<u64>(),
+            prop::collection::vec(
+                (stream(), any::<u64>(), any::<u64>()).prop_map(|(stream, bytes, micros)| {
+                    PieceTime {
+                        stream,
+                        bytes,
+                        micros,
+                    }
+                }),
+                0..4
+            )
         )
-            .prop_map(|(task, job, kind, bytes, micros)| Message::TaskDone {
-                task,
-                job,
-                kind,
-                bytes,
-                micros
+            .prop_map(|(task, job, kind, bytes, micros, compute_micros, pieces)| {
+                Message::TaskDone {
+                    task,
+                    job,
+                    kind,
+                    bytes,
+                    micros,
+                    compute_micros,
+                    pieces,
+                }
             }),
         (task(), job(), text(), any::<bool>()).prop_map(|(task, job, reason, retryable)| {
             Message::TaskFailed {
@@ -436,6 +563,22 @@ fn message() -> impl Strategy<Value = Message> {
             text()
         )
             .prop_map(|(kind, message)| Message::Error { kind, message }),
+        (text(), prop::collection::vec(name(), 0..3))
+            .prop_map(|(spec_toml, inputs)| Message::Plan { spec_toml, inputs }),
+        (
+            any::<bool>(),
+            proptest::option::of(plan_info()),
+            proptest::option::of(refuse_reason()),
+            text()
+        )
+            .prop_map(|(admitted, plan, reason, message)| Message::PlanReply {
+                admitted,
+                plan: plan.map(Box::new),
+                reason,
+                message
+            }),
+        (task(), job()).prop_map(|(task, job)| Message::CancelTask { task, job }),
+        (job(), text()).prop_map(|(job, message)| Message::JobWarning { job, message }),
         (job(), prop::collection::vec(name(), 0..4))
             .prop_map(|(job, producers)| Message::JobProducers { job, producers }),
     ]
@@ -482,10 +625,14 @@ fn variant_name(m: &Message) -> &'static str {
         | Message::TaskFailed { .. }
         | Message::Unload { .. }
         | Message::Error { .. }
+        | Message::Plan { .. }
+        | Message::PlanReply { .. }
+        | Message::CancelTask { .. }
+        | Message::JobWarning { .. }
         | Message::JobProducers { .. } => m.name(),
     }
 }
-const VARIANTS: usize = 38;
+const VARIANTS: usize = 42;
 
 /// Decode everything in `stream`, fed in pieces cut at `cuts` (sorted, deduplicated positions).
 fn decode_split(stream: &[u8], cuts: &[usize]) -> Vec<Message> {
@@ -564,19 +711,20 @@ fn one_byte_at_a_time() {
 
 #[test]
 fn exact_bytes_of_a_heartbeat_and_a_ready() {
-    // Version 3 (JobProducers appended). Heartbeat is variant 3 of Message; Ready is
-    // variant 8 with JobId(300) as varint ac 02.
+    // Version 4 (3: TaskDone, Accepted, AllocStream and status grew fields; 4: JobProducers
+    // appended). Heartbeat is variant 3 of Message; Ready is variant 8 with JobId(300) as
+    // varint ac 02.
     assert_eq!(
         encode_message(&Message::Heartbeat).unwrap(),
-        [b'S', b'P', b'A', b'T', 0, 3, 2, 0, 0, 0, 0, 1, 3]
+        [b'S', b'P', b'A', b'T', 0, 4, 2, 0, 0, 0, 0, 1, 3]
     );
     assert_eq!(
         encode_message(&Message::Ready { job: JobId(300) }).unwrap(),
         [
-            b'S', b'P', b'A', b'T', 0, 3, 2, 0, 0, 0, 0, 3, 8, 0xac, 0x02
+            b'S', b'P', b'A', b'T', 0, 4, 2, 0, 0, 0, 0, 3, 8, 0xac, 0x02
         ]
     );
-    assert_eq!(PROTOCOL_VERSION, 3);
+    assert_eq!(PROTOCOL_VERSION, 4);
 }
 
 #[test]

@@ -35,8 +35,10 @@ fn codec_round_trips_and_refuses_malformed_headers() {
     h[0] = b'X';
     assert_eq!(decode(&h, 1 << 20), Err(Malformed::BadMagic(*b"XPRW")));
     let mut h = encode(Kind::Offer, &k, None);
-    h[4] = 9;
-    assert_eq!(decode(&h, 1 << 20), Err(Malformed::UnknownKind(9)));
+    h[4] = 99;
+    assert_eq!(decode(&h, 1 << 20), Err(Malformed::UnknownKind(99)));
+    h[4] = 0;
+    assert_eq!(decode(&h, 1 << 20), Err(Malformed::UnknownKind(0)));
     let mut h = encode(Kind::Offer, &k, None);
     h[21] = 1;
     assert_eq!(decode(&h, 1 << 20), Err(Malformed::Reserved));

@@ -37,6 +37,8 @@ pub struct ProducerNode {
     engine: ProducerEngine,
     jobs: HashMap<JobId, Slot>,
     computes: HashMap<TaskId, (JobId, ChunkIndex, LineRange)>,
+    /// Cancelled between their Compute and their Expel.
+    cancelled: std::collections::HashSet<TaskId>,
 }
 
 impl std::fmt::Debug for ProducerNode {
@@ -64,6 +66,7 @@ impl ProducerNode {
             engine,
             jobs: HashMap::new(),
             computes: HashMap::new(),
+            cancelled: std::collections::HashSet::new(),
         }
     }
 
@@ -142,6 +145,16 @@ impl ProducerNode {
             Message::Unload { job } => {
                 self.jobs.remove(job);
                 self.computes.retain(|_, c| c.0 != *job);
+                self.engine.forget_job(*job);
+                Vec::new()
+            }
+            Message::CancelTask { task, job } => {
+                // Not handed to the engine yet (its Expel is still to come): forget it here.
+                if self.computes.remove(task).is_some() {
+                    self.cancelled.insert(*task);
+                } else {
+                    self.engine.cancel(*job, *task);
+                }
                 Vec::new()
             }
             _ => return None,
@@ -155,6 +168,9 @@ impl ProducerNode {
         chunk: ChunkIndex,
         targets: &[spate_netlib::proto::ExpelTarget],
     ) -> Vec<Message> {
+        if self.cancelled.remove(&task) {
+            return Vec::new();
+        }
         let Some((cjob, cchunk, lines)) = self.computes.remove(&task) else {
             let why = format!("Expel of task {task} came without its Compute");
             return vec![task_failed(task, job, why, true)];

@@ -13,8 +13,9 @@
 //! The compute thread keeps `buffers` (≥ 2) chunk buffers so that computing the next chunk
 //! overlaps expelling the previous ones; it waits for a buffer to come back when all are out.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -228,9 +229,14 @@ pub fn route(t: &ExpelTarget) -> (Endpoint, Via) {
     }
 }
 
+/// Tasks the scheduler cancelled (another copy landed first), by job: the compute thread
+/// skips them.
+type Cancelled = Arc<Mutex<HashSet<(JobId, TaskId)>>>;
+
 /// The running engines. Dropping it stops them (tasks still running are reported failed).
 pub struct ProducerEngine {
     tx: Option<SyncSender<Task>>,
+    cancelled: Cancelled,
     expel_tx: QueueTx<ExpelMsg>,
     compute: Option<JoinHandle<()>>,
     expel: Option<JoinHandle<()>>,
@@ -306,16 +312,36 @@ impl ProducerEngine {
         }
         let (tx, rx) = mpsc::sync_channel::<Task>(cfg.queue.max(1));
         let (etx, count, backing) = (expel_tx.clone(), cfg.buffers.max(2), cfg.backing);
+        let cancelled: Cancelled = Arc::default();
+        let skip = cancelled.clone();
         let compute = spawn("spate-compute", cfg.compute_core, move || {
             let pool = BufPool::new(count, backing);
-            compute_loop(rx, etx, freed_rx, outbox, pool, zero_copy);
+            compute_loop(rx, etx, freed_rx, outbox, pool, zero_copy, skip);
         })?;
         Ok(ProducerEngine {
             tx: Some(tx),
+            cancelled,
             expel_tx,
             compute: Some(compute),
             expel: Some(expel),
         })
+    }
+
+    /// Drop a task not computed yet (a copy landed elsewhere first); one already computed or
+    /// being expelled finishes (landing is idempotent) and its report is ignored.
+    pub fn cancel(&self, job: JobId, task: TaskId) {
+        self.cancelled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((job, task));
+    }
+
+    /// Forget the cancellations of a job that ended.
+    pub fn forget_job(&self, job: JobId) {
+        self.cancelled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(j, _)| *j != job);
     }
 
     /// Queue a task (blocks while the queue is full).
@@ -443,6 +469,7 @@ fn compute_loop(
     out: Outbox,
     mut pool: BufPool,
     zero_copy: bool,
+    cancelled: Cancelled,
 ) {
     let mut ahead: Option<Prepared> = None;
     loop {
@@ -457,7 +484,36 @@ fn compute_loop(
         if zero_copy && let Ok(t) = rx.try_recv() {
             ahead = Some(prepare(t, zero_copy, &expel));
         }
+        let skip = cancelled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(cur.task.job, cur.task.task));
+        if skip {
+            tracing::debug!(task = %cur.task.task, chunk = %cur.task.chunk, "cancelled before computing");
+            withdraw_all(cur, &expel);
+            continue;
+        }
         run(cur, &expel, &freed, &out, &mut pool);
+    }
+}
+
+/// A cancelled task: give back whatever places were granted for it, unwritten.
+fn withdraw_all(p: Prepared, expel: &QueueTx<ExpelMsg>) {
+    let Some(rx) = p.places else {
+        return;
+    };
+    let t = p.task;
+    if let Ok(answered) = rx.recv() {
+        let back: Vec<_> = answered
+            .into_iter()
+            .filter_map(|(i, s)| match s {
+                Slot::Placed { conn, place } => Some((key_of(t.job, &t.targets[i]), conn, place)),
+                _ => None,
+            })
+            .collect();
+        if !back.is_empty() {
+            let _ = expel.send(ExpelMsg::Withdraw(back));
+        }
     }
 }
 
@@ -562,8 +618,11 @@ fn run(
             };
             outs.extend(o);
         }
-        t.kernel.compute(t.lines.start..t.lines.end, &mut outs)
+        let c0 = Instant::now();
+        let r = t.kernel.compute(t.lines.start..t.lines.end, &mut outs);
+        (r, c0.elapsed().as_micros() as u64)
     };
+    let (r, compute_us) = r;
     if let Err(e) = r {
         let back = places
             .into_iter()
@@ -577,7 +636,14 @@ fn run(
     tracing::debug!(task = %t.task, chunk = %t.chunk, bytes = size, in_place = places.len(), us = t0.elapsed().as_micros() as u64, "computed");
     let written = places
         .into_iter()
-        .map(|(i, c, pl)| (key_of(t.job, &t.targets[i]), c, pl))
+        .map(|(i, c, pl)| {
+            (
+                key_of(t.job, &t.targets[i]),
+                c,
+                pl,
+                t.targets[i].consumer.clone(),
+            )
+        })
         .collect();
     let job = ExpelJob {
         task: t.task,
@@ -586,6 +652,7 @@ fn run(
         targets: rest,
         written,
         t0,
+        compute_us,
     };
     if let Err(ExpelMsg::Task(j)) = expel.send(ExpelMsg::Task(job)) {
         let _ = out.send(failed(

@@ -9,7 +9,7 @@ use std::sync::mpsc::{Sender, SyncSender};
 use std::time::{Duration, Instant};
 
 use spate_netlib::endpoint::{Endpoint, Via};
-use spate_netlib::proto::{ExpelTarget, JobId, Message, TaskId, TaskKind};
+use spate_netlib::proto::{ExpelTarget, JobId, Message, PieceTime, StreamIndex, TaskId, TaskKind};
 use spate_netlib::raw::{
     ChunkKey, ClientEvent, ConnId, PlaceEvent, Placed, RawClient, RefuseReason,
 };
@@ -61,10 +61,12 @@ pub struct ExpelJob {
     pub buf: Option<FrozenBuf>,
     /// The pieces to send from `buf`.
     pub targets: Vec<ExpelTarget>,
-    /// Pieces computed in place: say they are written.
-    pub written: Vec<(ChunkKey, ConnId, Placed)>,
+    /// Pieces computed in place: say they are written (and their consumer's name).
+    pub written: Vec<(ChunkKey, ConnId, Placed, String)>,
     /// When the task started.
     pub t0: Instant,
+    /// Microseconds computing the chunk.
+    pub compute_us: u64,
 }
 
 struct Running {
@@ -72,8 +74,25 @@ struct Running {
     remaining: usize,
     bytes: u64,
     t0: Instant,
+    compute_us: u64,
+    pieces: Vec<PieceTime>,
     failed: bool,
     _buf: Option<FrozenBuf>,
+}
+
+/// A piece on its way: its task, when it was handed to the raw client, and its consumer.
+struct InFlight {
+    task: TaskId,
+    sent: Instant,
+    consumer: String,
+}
+
+/// The link's time for a piece sent at `sent` and acked at `now`: pieces to one consumer
+/// overlap, so each counts from the later of its send and the previous ack to that consumer
+/// (their sum is the time the link was busy).
+fn busy_micros(sent: Instant, last_ack: Option<Instant>, now: Instant) -> u64 {
+    let from = last_ack.map_or(sent, |a| a.max(sent));
+    now.saturating_duration_since(from).as_micros() as u64
 }
 
 /// Places being asked for one task.
@@ -89,7 +108,9 @@ struct Expeller {
     freed: Sender<()>,
     running: HashMap<TaskId, Running>,
     /// Pieces sent or written in place, by key: their task.
-    keys: HashMap<ChunkKey, TaskId>,
+    keys: HashMap<ChunkKey, InFlight>,
+    /// Per consumer: when its last piece was acked (busy-time accounting).
+    last_ack: HashMap<String, Instant>,
     /// Places asked for, by key: which request and which slot.
     asked: HashMap<ChunkKey, (u64, usize)>,
     requests: HashMap<u64, Reserving>,
@@ -214,15 +235,33 @@ impl Expeller {
             self.answer_if_complete(id);
             return;
         }
-        let outcome = match e {
-            PlaceEvent::Acked { .. } => Ok(key.len),
-            PlaceEvent::Failed { conn, .. } => Err((self.lost(conn, &key), true)),
+        match e {
+            PlaceEvent::Acked { .. } => self.acked(key),
+            PlaceEvent::Failed { conn, .. } => {
+                let why = self.lost(conn, &key);
+                if let Some(f) = self.keys.remove(&key) {
+                    self.resolve(f.task, Err((why, true)));
+                }
+            }
             // Placed or refused outside a reservation: impossible by the client's contract.
-            _ => return,
-        };
-        if let Some(task) = self.keys.remove(&key) {
-            self.resolve(task, outcome);
+            _ => {}
         }
+    }
+
+    /// A piece landed: its link time goes into its task's report.
+    fn acked(&mut self, key: ChunkKey) {
+        let now = Instant::now();
+        let Some(f) = self.keys.remove(&key) else {
+            return;
+        };
+        let micros = busy_micros(f.sent, self.last_ack.get(&f.consumer).copied(), now);
+        self.last_ack.insert(f.consumer, now);
+        let piece = PieceTime {
+            stream: StreamIndex(key.stream),
+            bytes: key.len,
+            micros,
+        };
+        self.resolve(f.task, Ok(piece));
     }
 
     fn lost(&self, conn: ConnId, key: &ChunkKey) -> String {
@@ -244,14 +283,21 @@ impl Expeller {
                 remaining: j.targets.len() + j.written.len(),
                 bytes: 0,
                 t0: j.t0,
+                compute_us: j.compute_us,
+                pieces: Vec::with_capacity(j.targets.len() + j.written.len()),
                 failed: false,
                 _buf: j.buf.clone(),
             },
         );
-        for (key, conn, place) in j.written {
+        for (key, conn, place, consumer) in j.written {
             match self.client.written(conn, key, place) {
                 Ok(()) => {
-                    self.keys.insert(key, j.task);
+                    let f = InFlight {
+                        task: j.task,
+                        sent: Instant::now(),
+                        consumer,
+                    };
+                    self.keys.insert(key, f);
                 }
                 Err(e) => {
                     let why = format!(
@@ -273,7 +319,7 @@ impl Expeller {
                 len: t.len,
             };
             if let Some(other) = self.keys.get(&key) {
-                let why = format!("the same piece is being expelled by task {other}");
+                let why = format!("the same piece is being expelled by task {}", other.task);
                 self.resolve(j.task, Err((why, true)));
                 continue;
             }
@@ -284,7 +330,12 @@ impl Expeller {
                 .send_to(&ep, &via, key, src, t.chunk_offset as usize)
             {
                 Ok(_) => {
-                    self.keys.insert(key, j.task);
+                    let f = InFlight {
+                        task: j.task,
+                        sent: Instant::now(),
+                        consumer: t.consumer.clone(),
+                    };
+                    self.keys.insert(key, f);
                 }
                 Err(rej) => {
                     let why = format!(
@@ -297,13 +348,16 @@ impl Expeller {
         }
     }
 
-    fn resolve(&mut self, task: TaskId, outcome: Result<u64, (String, bool)>) {
+    fn resolve(&mut self, task: TaskId, outcome: Result<PieceTime, (String, bool)>) {
         let Some(r) = self.running.get_mut(&task) else {
             return;
         };
         r.remaining = r.remaining.saturating_sub(1);
         match outcome {
-            Ok(b) => r.bytes += b,
+            Ok(p) => {
+                r.bytes += p.bytes;
+                r.pieces.push(p);
+            }
             Err((reason, retryable)) => {
                 if !r.failed {
                     r.failed = true;
@@ -322,6 +376,8 @@ impl Expeller {
                     kind: TaskKind::Expel,
                     bytes: r.bytes,
                     micros: r.t0.elapsed().as_micros() as u64,
+                    compute_micros: r.compute_us,
+                    pieces: r.pieces.clone(),
                 });
             }
             drop(r);
@@ -331,7 +387,7 @@ impl Expeller {
 
     fn on_event(&mut self, e: ClientEvent) {
         let (key, outcome) = match e {
-            ClientEvent::Acked { key, .. } => (key, Ok(key.len)),
+            ClientEvent::Acked { key, .. } => return self.acked(key),
             ClientEvent::Refused { key, reason, .. } => (
                 key,
                 Err((
@@ -351,8 +407,8 @@ impl Expeller {
                 return;
             }
         };
-        if let Some(task) = self.keys.remove(&key) {
-            self.resolve(task, outcome);
+        if let Some(f) = self.keys.remove(&key) {
+            self.resolve(f.task, outcome);
         }
     }
 
@@ -377,6 +433,7 @@ pub fn expel_loop(client: RawClient, rx: QueueRx<ExpelMsg>, out: Outbox, freed: 
         freed,
         running: HashMap::new(),
         keys: HashMap::new(),
+        last_ack: HashMap::new(),
         asked: HashMap::new(),
         requests: HashMap::new(),
         next_request: 0,
@@ -418,5 +475,21 @@ pub fn expel_loop(client: RawClient, rx: QueueRx<ExpelMsg>, out: Outbox, freed: 
             x.on_place(p);
         }
         x.client.driver().release_unused();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_time_counts_overlapping_pieces_once() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        // A and B sent together; A acked at 10 ms, B at 20 ms: 10 + 10 = the 20 ms busy.
+        assert_eq!(busy_micros(t0, None, ms(10)), 10_000);
+        assert_eq!(busy_micros(t0, Some(ms(10)), ms(20)), 10_000);
+        // C sent at 25 ms after the link went idle, acked at 30 ms: 5 ms, not 10.
+        assert_eq!(busy_micros(ms(25), Some(ms(20)), ms(30)), 5_000);
     }
 }

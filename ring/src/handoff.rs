@@ -3,6 +3,11 @@
 //! peer's credentials (`SO_PEERCRED`: same uid, or an allow list). The connection stays open
 //! for the life of the attachment: EOF tells each side that the other went away.
 //!
+//! The server serves every client at once: one thread polls non-blocking sockets, so a client
+//! that connects and sends nothing (or sends its request slowly) delays no one. It is dropped
+//! when its request has not arrived within [`HandoffConfig::request_timeout`], or when
+//! [`HandoffConfig::max_pending`] newer clients are waiting too.
+//!
 //! Wire format (all integers little-endian):
 //! - request: `b"SPHO"`, version `u8` = 1, key length `u16`, key bytes (UTF-8, ≤ 1024);
 //! - response: `b"SPHO"`, status `u8` (0 ok, 1 unknown key, 2 denied, 3 bad request,
@@ -18,7 +23,7 @@ use nix::sys::socket::{
     ControlMessage, ControlMessageOwned, MsgFlags, getsockopt, recvmsg, sendmsg,
     sockopt::PeerCredentials,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -27,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const MAGIC: &[u8; 4] = b"SPHO";
 const VERSION: u8 = 1;
@@ -85,10 +90,26 @@ pub enum HandoffError {
 }
 
 /// Hand-off server configuration.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct HandoffConfig {
     /// Uids allowed besides the server's own.
     pub allow_uids: Vec<u32>,
+    /// How long a client may take, from connecting, to send its whole request; then it is
+    /// answered "bad request" and dropped. Others are served meanwhile. Default 10 s.
+    pub request_timeout: Duration,
+    /// Most clients waiting to send their request at once; a new one beyond it pushes out the
+    /// one waiting longest. Default 256.
+    pub max_pending: usize,
+}
+
+impl Default for HandoffConfig {
+    fn default() -> Self {
+        HandoffConfig {
+            allow_uids: Vec::new(),
+            request_timeout: Duration::from_secs(10),
+            max_pending: 256,
+        }
+    }
 }
 
 struct Published {
@@ -108,6 +129,8 @@ struct Shared {
     streams: Mutex<HashMap<String, Published>>,
     allow: Vec<u32>,
     my_uid: u32,
+    request_timeout: Duration,
+    max_pending: usize,
 }
 
 /// A hand-off server: one thread, serving every published stream on one socket path.
@@ -127,8 +150,20 @@ impl std::fmt::Debug for HandoffServer {
     }
 }
 
+/// A path as shown in errors: quoted with control characters escaped (std's `Debug`; this
+/// crate sits below `spate_netlib::text`), cut after 200 characters.
+fn shown(path: &Path) -> String {
+    const MAX: usize = 200;
+    let s = format!("{:?}", path.as_os_str());
+    if s.chars().count() <= MAX {
+        return s;
+    }
+    let cut: String = s.chars().take(MAX).collect();
+    format!("{cut}… (cut; {} bytes in all)", path.as_os_str().len())
+}
+
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> HandoffError {
-    let path = path.display().to_string();
+    let path = shown(path);
     move |err| HandoffError::Io { op, path, err }
 }
 
@@ -138,10 +173,10 @@ impl HandoffServer {
     pub fn bind(path: &Path, cfg: HandoffConfig) -> Result<HandoffServer, HandoffError> {
         if let Ok(md) = std::fs::symlink_metadata(path) {
             if !md.file_type().is_socket() {
-                return Err(HandoffError::NotASocket(path.display().to_string()));
+                return Err(HandoffError::NotASocket(shown(path)));
             }
             match UnixStream::connect(path) {
-                Ok(_) => return Err(HandoffError::InUse(path.display().to_string())),
+                Ok(_) => return Err(HandoffError::InUse(shown(path))),
                 Err(_) => {
                     std::fs::remove_file(path).map_err(io_err("remove stale socket", path))?
                 }
@@ -160,6 +195,8 @@ impl HandoffServer {
             streams: Mutex::new(HashMap::new()),
             allow: cfg.allow_uids,
             my_uid: nix::unistd::getuid().as_raw(),
+            request_timeout: cfg.request_timeout,
+            max_pending: cfg.max_pending,
         });
         let sh = shared.clone();
         let thread = std::thread::Builder::new()
@@ -236,71 +273,263 @@ fn check_key(key: &str) -> Result<(), HandoffError> {
     Ok(())
 }
 
+/// What a client has sent so far, read as a request.
+#[derive(Debug, PartialEq, Eq)]
+enum Parsed {
+    /// Incomplete: at least this many more bytes are needed.
+    NeedMore(usize),
+    /// A complete request for this key.
+    Key(String),
+    /// Not a valid request; the message says why (sent back with `ST_BAD`).
+    Bad(String),
+}
+
+/// Parse the bytes a client sent (pure; the server reads at most what this asks for).
+fn parse_request(buf: &[u8]) -> Parsed {
+    let magic = buf.len().min(MAGIC.len());
+    if buf[..magic] != MAGIC[..magic] {
+        return Parsed::Bad("expected a SPHO v1 request".into());
+    }
+    if buf.len() > 4 && buf[4] != VERSION {
+        return Parsed::Bad(format!(
+            "hand-off protocol version {} is not supported: this server speaks version {VERSION} \
+             (use matching spate versions)",
+            buf[4]
+        ));
+    }
+    if buf.len() < 7 {
+        return Parsed::NeedMore(7 - buf.len());
+    }
+    let klen = u16::from_le_bytes([buf[5], buf[6]]) as usize;
+    if klen == 0 || klen > MAX_KEY {
+        return Parsed::Bad(format!("key length {klen} not in 1..={MAX_KEY}"));
+    }
+    match buf.len().cmp(&(7 + klen)) {
+        std::cmp::Ordering::Less => Parsed::NeedMore(7 + klen - buf.len()),
+        std::cmp::Ordering::Greater => Parsed::Bad("bytes after the request".into()),
+        std::cmp::Ordering::Equal => match std::str::from_utf8(&buf[7..]) {
+            Ok(k) => Parsed::Key(k.to_string()),
+            Err(_) => Parsed::Bad("key is not UTF-8".into()),
+        },
+    }
+}
+
+/// A client that passed the credential check and has not sent its whole request yet.
+struct Waiting {
+    sock: UnixStream,
+    pid: u32,
+    buf: Vec<u8>,
+    since: Instant,
+}
+
+/// Where a waiting client stands after reading what it sent.
+enum Step {
+    /// Its request is still incomplete.
+    Wait,
+    /// Answered (refused) or gone: forget it.
+    Done,
+    /// Its request is complete: answer it.
+    Request(String),
+}
+
+/// After `accept` fails for lack of descriptors with no waiting client to drop, stop
+/// accepting for this long (the backlog keeps the connections).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Most connections accepted in one turn, so a flood cannot starve the others.
+const ACCEPT_BATCH: usize = 64;
+
+/// The server loop: one thread, every socket non-blocking, one `poll` over the wake-up
+/// socket, the listener, the clients still sending their request and the attached readers. No
+/// client is ever waited for: an idle or slow one costs a descriptor until its request
+/// arrives, `request_timeout` passes, or `max_pending` newer ones push it out.
 fn serve(listener: UnixListener, wake: UnixStream, sh: Arc<Shared>) {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    if listener.set_nonblocking(true).is_err() {
+        return;
+    }
+    let mut waiting: VecDeque<Waiting> = VecDeque::new();
     let mut conns: Vec<Conn> = Vec::new();
+    let mut paused_until: Option<Instant> = None;
     loop {
-        let (stop, accept, closed) = {
+        let now = Instant::now();
+        while waiting
+            .front()
+            .is_some_and(|w| now >= w.since + sh.request_timeout)
+        {
+            if let Some(w) = waiting.pop_front() {
+                let _ = respond(
+                    &w.sock,
+                    ST_BAD,
+                    &format!("no complete request within {:?}", sh.request_timeout),
+                    &[],
+                );
+            }
+        }
+        if paused_until.is_some_and(|t| now >= t) {
+            paused_until = None;
+        }
+        let listening = paused_until.is_none();
+        let next = [
+            waiting.front().map(|w| w.since + sh.request_timeout),
+            paused_until,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let timeout = match next {
+            None => PollTimeout::NONE,
+            Some(t) => {
+                let ms = t.saturating_duration_since(now).as_millis() + 1;
+                PollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let (stop, accept, ready_waiting, ready_conns) = {
             let mut fds = vec![
                 PollFd::new(wake.as_fd(), PollFlags::POLLIN),
                 PollFd::new(listener.as_fd(), PollFlags::POLLIN),
             ];
+            if !listening {
+                fds.pop();
+            }
+            let base = fds.len();
+            for w in &waiting {
+                fds.push(PollFd::new(w.sock.as_fd(), PollFlags::POLLIN));
+            }
             for c in &conns {
                 fds.push(PollFd::new(c.sock.as_fd(), PollFlags::POLLIN));
             }
-            match poll(&mut fds, PollTimeout::NONE) {
+            match poll(&mut fds, timeout) {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => return,
             }
             let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-            let closed: Vec<usize> = fds[2..]
+            let ready_waiting: Vec<bool> =
+                fds[base..base + waiting.len()].iter().map(ready).collect();
+            let ready_conns: Vec<usize> = fds[base + waiting.len()..]
                 .iter()
                 .enumerate()
                 .filter(|(_, f)| ready(f))
                 .map(|(i, _)| i)
                 .collect();
-            (ready(&fds[0]), ready(&fds[1]), closed)
+            (
+                ready(&fds[0]),
+                listening && ready(&fds[1]),
+                ready_waiting,
+                ready_conns,
+            )
         };
         if stop {
             return;
         }
         // A reader connection became readable: it closed (readers send nothing after the
         // request). If that reader is still recorded as attached, it died.
-        for &i in closed.iter().rev() {
-            let c = conns.swap_remove(i);
+        for &i in ready_conns.iter().rev() {
+            let c = &conns[i];
             let mut b = [0u8; 1];
-            let _ = (&c.sock).read(&mut b);
-            let cb = header::ctl(&c.ctl_map);
-            if cb.reader_pid.load(Ordering::SeqCst) == c.pid
-                && cb
-                    .reader_state
-                    .compare_exchange(
-                        ctl::READER_ATTACHED,
-                        ctl::READER_DEAD,
-                        Ordering::SeqCst,
-                        Ordering::SeqCst,
-                    )
-                    .is_ok()
-            {
-                cb.set_reader_state(ctl::READER_DEAD);
+            match (&c.sock).read(&mut b) {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue;
+                }
+                _ => {}
             }
-            let _ = &c.key;
+            let c = conns.swap_remove(i);
+            reader_link_closed(&c);
         }
+        // Clients sending their request: read what is there; answer the complete ones.
+        let mut kept = VecDeque::with_capacity(waiting.len());
+        for (w, ready) in waiting.drain(..).zip(ready_waiting) {
+            if ready {
+                advance(w, &sh, &mut kept, &mut conns);
+            } else {
+                kept.push_back(w);
+            }
+        }
+        waiting = kept;
         // Drop connections of unpublished streams.
         {
             let streams = lock(&sh.streams);
             conns.retain(|c| streams.contains_key(&c.key));
         }
-        if accept
-            && let Ok((sock, _)) = listener.accept()
-            && let Some(c) = handle(sock, &sh)
-        {
-            conns.push(c);
+        if accept {
+            for _ in 0..ACCEPT_BATCH {
+                match listener.accept() {
+                    Ok((sock, _)) => {
+                        let Some(pid) = admit(&sock, &sh) else {
+                            continue;
+                        };
+                        if waiting.len() >= sh.max_pending.max(1)
+                            && let Some(old) = waiting.pop_front()
+                        {
+                            let _ = respond(
+                                &old.sock,
+                                ST_BAD,
+                                &format!(
+                                    "{} clients were waiting to send their request; the one \
+                                     waiting longest (this one) was dropped",
+                                    sh.max_pending.max(1)
+                                ),
+                                &[],
+                            );
+                        }
+                        let w = Waiting {
+                            sock,
+                            pid,
+                            buf: Vec::new(),
+                            since: Instant::now(),
+                        };
+                        // The request is usually there already: answer it now.
+                        advance(w, &sh, &mut waiting, &mut conns);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                        ) =>
+                    {
+                        // Out of descriptors: make room by dropping the client waiting
+                        // longest, or pause accepting (the backlog keeps the rest).
+                        if waiting.pop_front().is_none() {
+                            paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+                            break;
+                        }
+                    }
+                    // The peer gave up before we accepted it (ECONNABORTED), or similar.
+                    Err(_) => {}
+                }
+            }
         }
     }
 }
 
+/// The attached reader's connection closed: if that reader is still recorded as attached,
+/// it died without detaching.
+fn reader_link_closed(c: &Conn) {
+    let cb = header::ctl(&c.ctl_map);
+    if cb.reader_pid.load(Ordering::SeqCst) == c.pid
+        && cb
+            .reader_state
+            .compare_exchange(
+                ctl::READER_ATTACHED,
+                ctl::READER_DEAD,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok()
+    {
+        cb.set_reader_state(ctl::READER_DEAD);
+    }
+}
+
+/// Send one reply without waiting (the socket is non-blocking; a reply is small and is the
+/// only thing ever sent, so it fits in the empty send buffer).
 fn respond(sock: &UnixStream, status: u8, msg: &str, fds: &[RawFd]) -> io::Result<()> {
     let m = msg.as_bytes();
     let m = &m[..m.len().min(u16::MAX as usize)];
@@ -313,8 +542,20 @@ fn respond(sock: &UnixStream, status: u8, msg: &str, fds: &[RawFd]) -> io::Resul
     let cmsg = [ControlMessage::ScmRights(fds)];
     let cm: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsg };
     loop {
-        match sendmsg::<()>(sock.as_raw_fd(), &iov, cm, MsgFlags::MSG_NOSIGNAL, None) {
+        match sendmsg::<()>(
+            sock.as_raw_fd(),
+            &iov,
+            cm,
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+            None,
+        ) {
             Err(nix::errno::Errno::EINTR) => continue,
+            Ok(n) if n < buf.len() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "reply sent only in part",
+                ));
+            }
             r => {
                 r.map_err(io::Error::from)?;
                 return Ok(());
@@ -323,14 +564,17 @@ fn respond(sock: &UnixStream, status: u8, msg: &str, fds: &[RawFd]) -> io::Resul
     }
 }
 
-fn handle(sock: UnixStream, sh: &Shared) -> Option<Conn> {
-    let _ = sock.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = sock.set_write_timeout(Some(Duration::from_secs(2)));
-    let cred = match getsockopt(&sock, PeerCredentials) {
+/// Check a new client's credentials (`SO_PEERCRED`): its pid when it may ask for a stream;
+/// otherwise it is refused (and told why) and dropped.
+fn admit(sock: &UnixStream, sh: &Shared) -> Option<u32> {
+    if sock.set_nonblocking(true).is_err() {
+        return None;
+    }
+    let cred = match getsockopt(sock, PeerCredentials) {
         Ok(c) => c,
         Err(e) => {
             let _ = respond(
-                &sock,
+                sock,
                 ST_DENIED,
                 &format!("cannot read peer credentials: {e}"),
                 &[],
@@ -341,7 +585,7 @@ fn handle(sock: UnixStream, sh: &Shared) -> Option<Conn> {
     let uid = cred.uid();
     if uid != sh.my_uid && !sh.allow.contains(&uid) {
         let _ = respond(
-            &sock,
+            sock,
             ST_DENIED,
             &format!(
                 "uid {uid} is not the server's uid {} nor in its allow list",
@@ -351,30 +595,43 @@ fn handle(sock: UnixStream, sh: &Shared) -> Option<Conn> {
         );
         return None;
     }
-    let mut head = [0u8; 7];
-    if (&sock).read_exact(&mut head).is_err() || &head[..4] != MAGIC || head[4] != VERSION {
-        let _ = respond(&sock, ST_BAD, "expected a SPHO v1 request", &[]);
-        return None;
+    Some(cred.pid() as u32)
+}
+
+/// Move a waiting client on: it waits on, is dropped, or (answered) becomes an attached reader.
+fn advance(mut w: Waiting, sh: &Shared, waiting: &mut VecDeque<Waiting>, conns: &mut Vec<Conn>) {
+    match progress(&mut w) {
+        Step::Wait => waiting.push_back(w),
+        Step::Done => {}
+        Step::Request(key) => conns.extend(answer(w.sock, key, w.pid, sh)),
     }
-    let klen = u16::from_le_bytes([head[5], head[6]]) as usize;
-    if klen == 0 || klen > MAX_KEY {
-        let _ = respond(
-            &sock,
-            ST_BAD,
-            &format!("key length {klen} not in 1..={MAX_KEY}"),
-            &[],
-        );
-        return None;
+}
+
+/// Read what a waiting client sent (never more than its request); refuse a bad request.
+fn progress(w: &mut Waiting) -> Step {
+    let mut tmp = [0u8; 7 + MAX_KEY];
+    loop {
+        match parse_request(&w.buf) {
+            Parsed::NeedMore(n) => match (&w.sock).read(&mut tmp[..n.min(7 + MAX_KEY)]) {
+                // Closed before sending its request.
+                Ok(0) => return Step::Done,
+                Ok(k) => w.buf.extend_from_slice(&tmp[..k]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Step::Done,
+            },
+            Parsed::Bad(m) => {
+                let _ = respond(&w.sock, ST_BAD, &m, &[]);
+                return Step::Done;
+            }
+            Parsed::Key(key) => return Step::Request(key),
+        }
     }
-    let mut key = vec![0u8; klen];
-    if (&sock).read_exact(&mut key).is_err() {
-        let _ = respond(&sock, ST_BAD, "truncated key", &[]);
-        return None;
-    }
-    let Ok(key) = String::from_utf8(key) else {
-        let _ = respond(&sock, ST_BAD, "key is not UTF-8", &[]);
-        return None;
-    };
+}
+
+/// Answer a complete request: the stream's fds (the client is then an attached reader), or
+/// why not.
+fn answer(sock: UnixStream, key: String, pid: u32, sh: &Shared) -> Option<Conn> {
     let streams = lock(&sh.streams);
     let Some(p) = streams.get(&key) else {
         let _ = respond(&sock, ST_UNKNOWN, &key, &[]);
@@ -400,11 +657,10 @@ fn handle(sock: UnixStream, sh: &Shared) -> Option<Conn> {
         &[p.ctl_fd.as_raw_fd(), p.data_fd.as_raw_fd()],
     )
     .ok()?;
-    let _ = sock.set_read_timeout(None);
     Some(Conn {
         sock,
         key,
-        pid: cred.pid() as u32,
+        pid,
         ctl_map: p.ctl_map.clone(),
     })
 }
@@ -441,8 +697,12 @@ pub fn connect(path: &Path, key: &str) -> Result<Reader, HandoffError> {
             }
         }
         .map_err(|e| HandoffError::Io {
-            op: "receive response from",
-            path: path.display().to_string(),
+            op: if e == nix::errno::Errno::EAGAIN {
+                "no answer within 10 s from"
+            } else {
+                "receive response from"
+            },
+            path: shown(path),
             err: e.into(),
         })?;
         let mut fds = Vec::new();
@@ -461,7 +721,7 @@ pub fn connect(path: &Path, key: &str) -> Result<Reader, HandoffError> {
     if n < 7 || &buf[..4] != MAGIC {
         return Err(HandoffError::Protocol(format!(
             "{}: not a spate hand-off server ({n} byte reply)",
-            path.display()
+            shown(path)
         )));
     }
     let mlen = u16::from_le_bytes([buf[5], buf[6]]) as usize;
@@ -483,4 +743,54 @@ pub fn connect(path: &Path, key: &str) -> Result<Reader, HandoffError> {
     sock.set_read_timeout(None)
         .map_err(io_err("clear timeout on", path))?;
     Ok(Reader::attach_with_link(ctl_fd, data_fd, Some(sock))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_KEY, Parsed, parse_request};
+
+    fn req(key: &[u8]) -> Vec<u8> {
+        let mut v = b"SPHO\x01".to_vec();
+        v.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        v.extend_from_slice(key);
+        v
+    }
+
+    #[test]
+    fn requests_parse_byte_by_byte() {
+        let r = req(b"job7/0");
+        for n in 0..r.len() {
+            assert_eq!(
+                parse_request(&r[..n]),
+                Parsed::NeedMore(if n < 7 { 7 - n } else { r.len() - n }),
+                "after {n} bytes"
+            );
+        }
+        assert_eq!(parse_request(&r), Parsed::Key("job7/0".into()));
+        let long = vec![b'k'; MAX_KEY];
+        assert_eq!(
+            parse_request(&req(&long)),
+            Parsed::Key(String::from_utf8(long).unwrap())
+        );
+    }
+
+    #[test]
+    fn bad_requests_are_refused_as_soon_as_they_are_seen() {
+        let bad = |b: &[u8]| match parse_request(b) {
+            Parsed::Bad(m) => m,
+            other => panic!("{b:?}: {other:?}"),
+        };
+        assert_eq!(bad(b"GET"), "expected a SPHO v1 request");
+        assert_eq!(bad(b"SPX"), "expected a SPHO v1 request");
+        assert!(bad(b"SPHO\x02").starts_with("hand-off protocol version 2 is not supported"));
+        assert_eq!(bad(b"SPHO\x01\x00\x00"), "key length 0 not in 1..=1024");
+        assert_eq!(
+            bad(&[b"SPHO\x01".as_slice(), &1025u16.to_le_bytes()].concat()),
+            "key length 1025 not in 1..=1024"
+        );
+        assert_eq!(bad(&req(b"\xff\xfe")), "key is not UTF-8");
+        let mut extra = req(b"k");
+        extra.push(0);
+        assert_eq!(bad(&extra), "bytes after the request");
+    }
 }

@@ -9,7 +9,12 @@
 //! | 16 | capacity `u64` | data segment length |
 //! | 24 | backing `u32` | [`Backing::code`] |
 //! | 28 | ctl offset `u32` | [`CTL_OFFSET`] |
+//! | 32 | pace rate `u64` | bits/s a constant-rate reader reads at (0: none) |
+//! | 40 | prefill `u64` | bytes such a reader waits for before it starts |
 //! | 64 | [`Ctl`] | 128 bytes |
+//!
+//! The pacing fields were added within layout version 1: older writers leave them zero
+//! (no pacing), older readers ignore them.
 
 use crate::ctl::Ctl;
 use crate::shm::{BASE_PAGE, Backing, Mapping};
@@ -37,6 +42,20 @@ pub mod off {
     pub const BACKING: usize = 24;
     /// ctl offset
     pub const CTL: usize = 28;
+    /// pace rate (bits/s)
+    pub const RATE_BPS: usize = 32;
+    /// prefill (bytes)
+    pub const PREFILL: usize = 40;
+}
+
+/// How the job wants its stream read: at `rate_bps` bits per second, starting once `prefill`
+/// bytes are there (the scheduler's plan for a job with a rate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pacing {
+    /// Bits per second.
+    pub rate_bps: u64,
+    /// Bytes to wait for before starting.
+    pub prefill: u64,
 }
 
 /// A control header that cannot be attached, naming the field.
@@ -99,10 +118,12 @@ pub struct Fixed {
     pub capacity: u64,
     /// Backing the writer obtained.
     pub backing: Backing,
+    /// The job's pacing, when it has a rate.
+    pub pacing: Option<Pacing>,
 }
 
 /// Write the fixed header and a fresh [`Ctl`] into a zeroed control mapping.
-pub(crate) fn init(map: &Mapping, capacity: u64, backing: Backing) {
+pub(crate) fn init(map: &Mapping, capacity: u64, backing: Backing, pacing: Option<Pacing>) {
     debug_assert!(map.len() >= CONTROL_LEN);
     let p = map.as_ptr();
     // SAFETY: the mapping is writable, at least CONTROL_LEN long and page-aligned; every
@@ -113,6 +134,9 @@ pub(crate) fn init(map: &Mapping, capacity: u64, backing: Backing) {
         (p.add(off::CAPACITY) as *mut u64).write_volatile(capacity);
         (p.add(off::BACKING) as *mut u32).write_volatile(backing.code());
         (p.add(off::CTL) as *mut u32).write_volatile(CTL_OFFSET as u32);
+        let pace = pacing.unwrap_or_default();
+        (p.add(off::RATE_BPS) as *mut u64).write_volatile(pace.rate_bps);
+        (p.add(off::PREFILL) as *mut u64).write_volatile(pace.prefill);
         (p.add(CTL_OFFSET) as *mut Ctl).write(Ctl::new());
         (p.add(off::MAGIC) as *mut u64).write_volatile(MAGIC);
     }
@@ -126,7 +150,7 @@ pub(crate) fn read(map: &Mapping, data_len: usize) -> Result<Fixed, HeaderError>
     }
     let p = map.as_ptr();
     // SAFETY: offsets are in bounds (checked above) and aligned (page-aligned mapping).
-    let (magic, version, hlen, capacity, backing, ctl) = unsafe {
+    let (magic, version, hlen, capacity, backing, ctl, rate_bps, prefill) = unsafe {
         (
             (p.add(off::MAGIC) as *const u64).read_volatile(),
             (p.add(off::VERSION) as *const u32).read_volatile(),
@@ -134,6 +158,8 @@ pub(crate) fn read(map: &Mapping, data_len: usize) -> Result<Fixed, HeaderError>
             (p.add(off::CAPACITY) as *const u64).read_volatile(),
             (p.add(off::BACKING) as *const u32).read_volatile(),
             (p.add(off::CTL) as *const u32).read_volatile(),
+            (p.add(off::RATE_BPS) as *const u64).read_volatile(),
+            (p.add(off::PREFILL) as *const u64).read_volatile(),
         )
     };
     if magic != MAGIC {
@@ -155,7 +181,12 @@ pub(crate) fn read(map: &Mapping, data_len: usize) -> Result<Fixed, HeaderError>
         });
     }
     let backing = Backing::from_code(backing).ok_or(HeaderError::BadBacking { found: backing })?;
-    Ok(Fixed { capacity, backing })
+    let pacing = (rate_bps > 0).then_some(Pacing { rate_bps, prefill });
+    Ok(Fixed {
+        capacity,
+        backing,
+        pacing,
+    })
 }
 
 /// The shared control block of a mapped, validated control segment.

@@ -1,7 +1,64 @@
 //! Pure bookkeeping of landed ranges: ranges `[start, end)` of the stream land in any order and
 //! any number of times; the frontier is the end of the contiguous landed prefix from 0.
+//! [`verdict`] answers an offered range from this bookkeeping alone.
 
 use std::collections::BTreeMap;
+
+/// Where a stream stands, as far as landing ranges is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Ranges may still land.
+    Open,
+    /// Finished: every byte up to the end has landed.
+    Ended,
+    /// Aborted: nothing lands any more.
+    Aborted,
+}
+
+/// How an offered range is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every byte of it has landed already: acknowledge it and drop the bytes. This holds after
+    /// the stream ended too (a chunk re-sent after its producer died, arriving late, is a
+    /// duplicate, not a failure).
+    AlreadyLanded,
+    /// The stream is closed and the range is not (wholly) landed: refuse it.
+    Closed(Stage),
+    /// It overlaps a range that is granted and not landed yet: ask again later.
+    Busy,
+    /// `[start, end)` may be written once there is room (`start` is the offered start moved
+    /// up to the frontier: bytes below it may be being read and are never written again).
+    Write {
+        /// First byte to write.
+        start: u64,
+    },
+}
+
+/// Answer an offer of `[offset, end)` (`offset < end`) from the landed ranges, the stream's
+/// stage and the ranges granted but not landed yet (`inflight`). Whether a landed range was
+/// landed is checked first: what has landed stays landed once the stream ended. Only an aborted
+/// stream refuses everything (its readers see the abort; nothing it holds counts any more).
+pub fn verdict(
+    landed: &Landed,
+    stage: Stage,
+    inflight: &[(u64, u64)],
+    offset: u64,
+    end: u64,
+) -> Verdict {
+    match stage {
+        Stage::Aborted => return Verdict::Closed(Stage::Aborted),
+        Stage::Open | Stage::Ended if landed.contains(offset, end) => {
+            return Verdict::AlreadyLanded;
+        }
+        Stage::Ended => return Verdict::Closed(Stage::Ended),
+        Stage::Open => {}
+    }
+    let start = offset.max(landed.frontier());
+    if inflight.iter().any(|&(s, e)| s < end && start < e) {
+        return Verdict::Busy;
+    }
+    Verdict::Write { start }
+}
 
 /// The set of landed byte ranges of one stream, kept as the frontier plus disjoint, non-adjacent
 /// intervals beyond it.
@@ -102,6 +159,67 @@ mod tests {
         assert_eq!(l.pending_intervals(), 0);
         assert_eq!(l.land(5, 15), 50);
         assert_eq!(l.land(45, 60), 60);
+    }
+
+    #[test]
+    fn verdicts_check_landed_before_closed() {
+        let mut l = Landed::new();
+        l.land(0, 100);
+        l.land(200, 300);
+        // Open: duplicates, straddling the frontier, busy, new.
+        assert_eq!(
+            verdict(&l, Stage::Open, &[], 10, 20),
+            Verdict::AlreadyLanded
+        );
+        assert_eq!(
+            verdict(&l, Stage::Open, &[], 210, 300),
+            Verdict::AlreadyLanded
+        );
+        assert_eq!(
+            verdict(&l, Stage::Open, &[], 50, 150),
+            Verdict::Write { start: 100 }
+        );
+        assert_eq!(
+            verdict(&l, Stage::Open, &[], 150, 250),
+            Verdict::Write { start: 150 }
+        );
+        assert_eq!(
+            verdict(&l, Stage::Open, &[(120, 130)], 50, 150),
+            Verdict::Busy
+        );
+        assert_eq!(
+            verdict(&l, Stage::Open, &[(150, 160)], 50, 150),
+            Verdict::Write { start: 100 }
+        );
+        // A range granted earlier and re-offered is busy, not landed.
+        assert_eq!(
+            verdict(&l, Stage::Open, &[(100, 200)], 100, 200),
+            Verdict::Busy
+        );
+        // Ended: what landed is acknowledged (a late re-send), what did not is refused.
+        l.land(100, 200);
+        assert_eq!(l.frontier(), 300);
+        assert_eq!(
+            verdict(&l, Stage::Ended, &[], 0, 300),
+            Verdict::AlreadyLanded
+        );
+        assert_eq!(
+            verdict(&l, Stage::Ended, &[], 250, 300),
+            Verdict::AlreadyLanded
+        );
+        assert_eq!(
+            verdict(&l, Stage::Ended, &[], 250, 301),
+            Verdict::Closed(Stage::Ended)
+        );
+        // Aborted: everything is refused.
+        assert_eq!(
+            verdict(&l, Stage::Aborted, &[], 0, 10),
+            Verdict::Closed(Stage::Aborted)
+        );
+        assert_eq!(
+            verdict(&l, Stage::Aborted, &[], 300, 310),
+            Verdict::Closed(Stage::Aborted)
+        );
     }
 
     #[test]

@@ -28,9 +28,35 @@ pub enum AttachError {
         /// Its pid.
         pid: u32,
     },
+    /// An earlier reader already read the whole stream: nothing is left to read (a stream is
+    /// read once; its bytes were released to the writer as they were read).
+    #[error(
+        "the stream was already read to its end: an earlier reader (pid {pid}, {how}) read and \
+         released all {total} bytes; nothing is left to read"
+    )]
+    Consumed {
+        /// Stream length.
+        total: u64,
+        /// Pid of the reader that read it.
+        pid: u32,
+        /// What became of that reader: "detached" or "died".
+        how: &'static str,
+    },
     /// Shared state is impossible.
     #[error("corrupt shared state: {0}")]
     Corrupt(String),
+}
+
+/// Whether a stream was read to its end already: it has ended (or every byte up to its known
+/// total has landed) and the reader position is at the end. Only meaningful when an earlier
+/// reader was attached (a fresh empty stream is not consumed before its first reader).
+pub fn consumed(state: u32, read_pos: u64, frontier: u64, total_len: u64) -> bool {
+    let end = if state == ctl::STATE_ENDED {
+        frontier
+    } else {
+        total_len
+    };
+    state != ctl::STATE_ABORTED && end != u64::MAX && read_pos == end && frontier == end
 }
 
 /// Errors while reading.
@@ -83,6 +109,7 @@ pub struct Reader {
     data_map: Mapping,
     fixed: Fixed,
     pos: u64,
+    start: u64,
     seen_frontier: u64,
     writer_pid: u32,
     writer_pidfd: Option<OwnedFd>,
@@ -100,7 +127,9 @@ impl std::fmt::Debug for Reader {
 
 impl Reader {
     /// Attach to a ring from its control and data segment fds. Maps data read-only, validates
-    /// the header, registers as the reader.
+    /// the header, registers as the reader. A reader joining after an earlier one left reads on
+    /// from where that one stopped ([`Reader::start_offset`]); a stream that an earlier reader
+    /// read to its end is [`AttachError::Consumed`].
     pub fn attach(ctl_fd: OwnedFd, data_fd: OwnedFd) -> Result<Reader, AttachError> {
         Self::attach_with_link(ctl_fd, data_fd, None)
     }
@@ -137,6 +166,19 @@ impl Reader {
                     return Err(AttachError::ReaderAttached { pid });
                 }
             }
+            if cur != ctl::READER_NONE
+                && consumed(c.state(), c.read_pos(), c.frontier(), c.total_len())
+            {
+                return Err(AttachError::Consumed {
+                    total: c.read_pos(),
+                    pid: c.reader_pid.load(Ordering::SeqCst),
+                    how: if cur == ctl::READER_DEAD {
+                        "died"
+                    } else {
+                        "detached"
+                    },
+                });
+            }
             if c.reader_state
                 .compare_exchange(
                     cur,
@@ -166,6 +208,7 @@ impl Reader {
             data_map,
             fixed,
             pos,
+            start: pos,
             seen_frontier: pos,
             writer_pid,
             writer_pidfd,
@@ -182,6 +225,11 @@ impl Reader {
         self.fixed.capacity
     }
 
+    /// How the job wants its stream read (its rate and prefill), when it has a rate.
+    pub fn pacing(&self) -> Option<crate::header::Pacing> {
+        self.fixed.pacing
+    }
+
     /// Backing of the data segment (as the writer found it).
     pub fn backing(&self) -> Backing {
         self.fixed.backing
@@ -195,6 +243,18 @@ impl Reader {
     /// Stream offset of the next byte to read.
     pub fn position(&self) -> u64 {
         self.pos
+    }
+
+    /// Stream offset where this reader started: 0, or where an earlier reader of the stream
+    /// stopped.
+    pub fn start_offset(&self) -> u64 {
+        self.start
+    }
+
+    /// Bytes this reader has read and released (not the stream's position: a reader that
+    /// joined mid-stream counts only its own).
+    pub fn bytes_read(&self) -> u64 {
+        self.pos - self.start
     }
 
     /// The writer's frontier now.
@@ -350,5 +410,27 @@ impl Drop for Reader {
             );
             c.set_reader_state(c.reader_state());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::consumed;
+    use crate::ctl::{STATE_ABORTED, STATE_ENDED, STATE_OPEN};
+
+    #[test]
+    fn consumed_means_read_to_a_known_end() {
+        const UNKNOWN: u64 = u64::MAX;
+        // Ended and read to the end (also an empty stream).
+        assert!(consumed(STATE_ENDED, 100, 100, 100));
+        assert!(consumed(STATE_ENDED, 0, 0, 0));
+        // Every byte up to the known total landed and was read, the end not yet marked.
+        assert!(consumed(STATE_OPEN, 100, 100, 100));
+        // Read part of it: a reader may go on.
+        assert!(!consumed(STATE_ENDED, 40, 100, 100));
+        assert!(!consumed(STATE_OPEN, 100, 100, 200));
+        assert!(!consumed(STATE_OPEN, 100, 100, UNKNOWN));
+        // Aborted is not "read to its end" (the reader is told why instead).
+        assert!(!consumed(STATE_ABORTED, 100, 100, 100));
     }
 }

@@ -4,7 +4,7 @@
 use crate::abort::AbortReason;
 use crate::ctl::{self, Ctl};
 use crate::header::{self, CONTROL_LEN};
-use crate::landed::Landed;
+use crate::landed::{self, Landed, Stage, Verdict};
 use crate::live;
 use crate::shm::{Backing, BackingPref, Mapping, Segment, ShmError};
 use std::os::fd::OwnedFd;
@@ -25,6 +25,8 @@ pub struct RingConfig {
     pub backing: BackingPref,
     /// Total stream length when known up front.
     pub total_len: Option<u64>,
+    /// How the job wants the stream read (told to readers in the header).
+    pub pacing: Option<crate::header::Pacing>,
 }
 
 /// Errors of the writer.
@@ -110,7 +112,7 @@ pub enum Reserve {
 struct WState {
     landed: Landed,
     inflight: Vec<(u64, u64)>,
-    closed: bool,
+    stage: Stage,
     reader_pidfd: Option<(u32, OwnedFd)>,
     last_read_pos: u64,
 }
@@ -150,11 +152,11 @@ impl std::fmt::Debug for Writer {
     }
 }
 
-fn state_name(s: u32) -> &'static str {
+fn stage_name(s: Stage) -> &'static str {
     match s {
-        ctl::STATE_OPEN => "open",
-        ctl::STATE_ENDED => "ended",
-        _ => "aborted",
+        Stage::Open => "open",
+        Stage::Ended => "ended",
+        Stage::Aborted => "aborted",
     }
 }
 
@@ -166,7 +168,7 @@ impl Writer {
         let ctl_map = Mapping::map(&ctl_seg, true)?;
         let data_map = Arc::new(Mapping::map_double(&data_seg, true)?);
         let capacity = data_seg.len() as u64;
-        header::init(&ctl_map, capacity, data_seg.backing());
+        header::init(&ctl_map, capacity, data_seg.backing(), cfg.pacing);
         let inner = Inner {
             ctl_seg,
             data_seg,
@@ -176,7 +178,7 @@ impl Writer {
             st: Mutex::new(WState {
                 landed: Landed::new(),
                 inflight: Vec::new(),
-                closed: false,
+                stage: Stage::Open,
                 reader_pidfd: None,
                 last_read_pos: 0,
             }),
@@ -319,25 +321,24 @@ impl Writer {
         Ok(end)
     }
 
-    /// Reserve room for `[offset, offset + len)` without waiting.
+    /// Reserve room for `[offset, offset + len)` without waiting. A range that has landed
+    /// already is [`Reserve::AlreadyLanded`], also after the stream ended (see
+    /// [`landed::verdict`]); only what is new to a closed stream is refused.
     pub fn try_reserve(&self, offset: u64, len: usize) -> Result<Reserve, WriteError> {
         let end = self.check_range(offset, len as u64)?;
         let mut st = self.inner.lock();
-        if st.closed {
-            return Err(WriteError::Closed(state_name(self.inner.ctl().state())));
-        }
-        let f = st.landed.frontier();
-        if st.landed.contains(offset, end) {
-            return Ok(Reserve::AlreadyLanded);
-        }
         // Bytes below the frontier may be being read: never write them again.
-        let start = offset.max(f);
-        if st.inflight.iter().any(|&(s, e)| s < end && start < e) {
-            return Err(WriteError::Busy {
-                offset,
-                len: len as u64,
-            });
-        }
+        let start = match landed::verdict(&st.landed, st.stage, &st.inflight, offset, end) {
+            Verdict::AlreadyLanded => return Ok(Reserve::AlreadyLanded),
+            Verdict::Closed(s) => return Err(WriteError::Closed(stage_name(s))),
+            Verdict::Busy => {
+                return Err(WriteError::Busy {
+                    offset,
+                    len: len as u64,
+                });
+            }
+            Verdict::Write { start } => start,
+        };
         let rp = self.read_pos_checked(&mut st)?;
         if end > rp + self.inner.capacity {
             return Ok(Reserve::NoRoom);
@@ -383,8 +384,8 @@ impl Writer {
         loop {
             {
                 let mut st = self.inner.lock();
-                if st.closed {
-                    return Err(WriteError::Closed(state_name(self.inner.ctl().state())));
+                if st.stage != Stage::Open {
+                    return Err(WriteError::Closed(stage_name(st.stage)));
                 }
                 if self.read_pos_checked(&mut st)? >= want {
                     return Ok(true);
@@ -404,14 +405,16 @@ impl Writer {
     }
 
     /// Mark `[offset, offset + len)` landed (written by other means, e.g. the kernel through
-    /// [`Writer::data_mapping`] after a grant). Idempotent. Returns the frontier.
+    /// [`Writer::data_mapping`] after a grant). Idempotent, also after the stream ended (for a
+    /// range that had landed). Returns the frontier.
     pub fn land(&self, offset: u64, len: usize) -> Result<u64, WriteError> {
         let end = self.check_range(offset, len as u64)?;
         let mut st = self.inner.lock();
-        if st.closed {
-            return Err(WriteError::Closed(state_name(self.inner.ctl().state())));
+        match st.stage {
+            Stage::Open => self.land_locked(&mut st, offset, end),
+            Stage::Ended if st.landed.contains(offset, end) => Ok(st.landed.frontier()),
+            s => Err(WriteError::Closed(stage_name(s))),
         }
-        self.land_locked(&mut st, offset, end)
     }
 
     fn land_locked(&self, st: &mut WState, start: u64, end: u64) -> Result<u64, WriteError> {
@@ -427,8 +430,8 @@ impl Writer {
     /// landed. The reader gets the rest, then end-of-stream.
     pub fn finish(&self) -> Result<(), WriteError> {
         let mut st = self.inner.lock();
-        if st.closed {
-            return Err(WriteError::Closed(state_name(self.inner.ctl().state())));
+        if st.stage != Stage::Open {
+            return Err(WriteError::Closed(stage_name(st.stage)));
         }
         let f = st.landed.frontier();
         let total = self.total_len();
@@ -439,7 +442,7 @@ impl Writer {
                 total,
             });
         }
-        st.closed = true;
+        st.stage = Stage::Ended;
         self.inner.ctl().close(ctl::STATE_ENDED, 0, Some(f));
         Ok(())
     }
@@ -447,10 +450,10 @@ impl Writer {
     /// Abort the stream with a reason (idempotent; no effect after `finish`).
     pub fn abort(&self, reason: AbortReason) {
         let mut st = self.inner.lock();
-        if st.closed {
+        if st.stage != Stage::Open {
             return;
         }
-        st.closed = true;
+        st.stage = Stage::Aborted;
         self.inner
             .ctl()
             .close(ctl::STATE_ABORTED, reason.code(), None);
@@ -458,15 +461,15 @@ impl Writer {
 
     /// Whether `finish` or `abort` was called.
     pub fn is_closed(&self) -> bool {
-        self.inner.lock().closed
+        self.inner.lock().stage != Stage::Open
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         let st = self.st.get_mut().unwrap_or_else(|p| p.into_inner());
-        if !st.closed {
-            st.closed = true;
+        if st.stage == Stage::Open {
+            st.stage = Stage::Aborted;
             header::ctl(&self.ctl_map).close(
                 ctl::STATE_ABORTED,
                 AbortReason::WriterGone.code(),
@@ -551,8 +554,8 @@ impl Grant {
         };
         let mut st = self.inner.lock();
         st.inflight.retain(|&r| r != (self.start, self.end));
-        if st.closed {
-            return Err(WriteError::Closed(state_name(self.inner.ctl().state())));
+        if st.stage != Stage::Open {
+            return Err(WriteError::Closed(stage_name(st.stage)));
         }
         w.land_locked(&mut st, self.start, self.end)
     }

@@ -3,6 +3,7 @@ mod common;
 use common::*;
 use proptest::prelude::*;
 use spate_ring::header::{self, HeaderError};
+use spate_ring::pattern;
 use spate_ring::shm::{self, Backing, BackingPref, Mapping, Segment};
 use spate_ring::{AbortReason, Acquired, AttachError, ReadError, Reader, Reserve, WriteError};
 use std::time::Duration;
@@ -123,7 +124,15 @@ fn reader_timeout_end_and_abort_are_distinct() {
     assert!(matches!(r.acquire(1, 100, None).unwrap(), Acquired::Data(b) if b.data.len() == 10));
     r.release(10).unwrap();
     assert!(matches!(r.acquire(1, 100, None).unwrap(), Acquired::End));
-    assert!(matches!(w.land(0, 5), Err(WriteError::Closed("ended"))));
+    // After the end: what landed lands again idempotently, anything new is refused.
+    assert_eq!(w.land(0, 5).unwrap(), 10);
+    assert!(matches!(
+        w.land(5, 6),
+        Err(WriteError::BadRange {
+            why: "beyond the total stream length",
+            ..
+        })
+    ));
 
     let w = writer(CAP, None, BackingPref::NoHugeTlb);
     let mut r = attach(&w);
@@ -141,6 +150,64 @@ fn reader_timeout_end_and_abort_are_distinct() {
         r.acquire(1, 100, None).unwrap_err(),
         ReadError::Aborted(AbortReason::WriterGone)
     );
+}
+
+/// Issue 12, defect 2: a chunk re-sent after its producer died can arrive after the stream
+/// completed. Every byte of it has landed: it is a duplicate (acked, dropped), not a refusal.
+#[test]
+fn a_landed_range_offered_again_after_the_end_is_already_landed() {
+    let total = 300_000u64;
+    let w = writer(CAP, Some(total), BackingPref::NoHugeTlb);
+    let mut r = attach(&w);
+    land_pattern(&w, 100_000, 200_000);
+    land_pattern(&w, 0, 100_000);
+    w.finish().unwrap();
+    assert!(w.is_closed());
+    assert!(matches!(
+        w.try_reserve(100_000, 100_000).unwrap(),
+        Reserve::AlreadyLanded
+    ));
+    assert!(matches!(
+        w.reserve(0, total as usize, Some(Duration::ZERO)).unwrap(),
+        Reserve::AlreadyLanded
+    ));
+    assert_eq!(w.land(250_000, 50_000).unwrap(), total);
+    // Nothing changed for the reader: the stream reads exactly, then ends.
+    assert_eq!(read_all(&mut r, 1 << 20), Ok(total));
+
+    // With no total known, finishing makes the frontier the total: a range beyond it is
+    // refused as out of range.
+    let w = writer(CAP, None, BackingPref::NoHugeTlb);
+    land_pattern(&w, 0, 1000);
+    w.finish().unwrap();
+    assert!(matches!(
+        w.try_reserve(500, 500).unwrap(),
+        Reserve::AlreadyLanded
+    ));
+    assert!(matches!(
+        w.try_reserve(500, 501),
+        Err(WriteError::BadRange {
+            why: "beyond the total stream length",
+            ..
+        })
+    ));
+
+    // An aborted stream refuses everything, landed or not: its readers saw the abort.
+    let w = writer(CAP, Some(total), BackingPref::NoHugeTlb);
+    land_pattern(&w, 0, 1000);
+    w.abort(AbortReason::Cancelled);
+    assert!(matches!(
+        w.try_reserve(0, 1000),
+        Err(WriteError::Closed("aborted"))
+    ));
+    assert!(matches!(
+        w.try_reserve(1000, 1000),
+        Err(WriteError::Closed("aborted"))
+    ));
+    assert!(matches!(
+        w.land(0, 1000),
+        Err(WriteError::Closed("aborted"))
+    ));
 }
 
 #[test]
@@ -180,6 +247,72 @@ fn second_reader_refused_then_allowed_after_detach() {
         Err(WriteError::ReaderGone(spate_ring::ReaderStatus::Detached))
     ));
     let _r = attach(&w);
+}
+
+/// Issue 12, defect 1: a reader counts the bytes it read itself. One joining after an earlier
+/// reader left starts where that one stopped; a stream read to its end cannot be read again
+/// (an error that says so), whatever became of the earlier reader.
+#[test]
+fn a_late_reader_starts_where_the_last_stopped_and_a_consumed_stream_is_refused() {
+    let total = 500_000u64;
+    let w = writer(CAP, Some(total), BackingPref::NoHugeTlb);
+    land_pattern(&w, 0, total as usize);
+    let mut r = attach(&w);
+    assert_eq!((r.start_offset(), r.bytes_read()), (0, 0));
+    let Acquired::Data(b) = r.acquire(1, 123_457, None).unwrap() else {
+        panic!("expected data")
+    };
+    assert_eq!((b.offset, b.data.len()), (0, 123_457));
+    r.release(123_457).unwrap();
+    assert_eq!(r.bytes_read(), 123_457);
+    drop(r);
+    let mut r = attach(&w);
+    assert_eq!(
+        (r.start_offset(), r.position(), r.bytes_read()),
+        (123_457, 123_457, 0)
+    );
+    w.finish().unwrap();
+    let Acquired::Data(b) = r.acquire(1, 1 << 20, None).unwrap() else {
+        panic!("expected data")
+    };
+    assert_eq!(b.offset, 123_457);
+    assert_eq!(pattern::check(SEED, STREAM, b.offset, b.data), None);
+    let n = b.data.len();
+    r.release(n).unwrap();
+    assert!(matches!(
+        r.acquire(1, 1 << 20, None).unwrap(),
+        Acquired::End
+    ));
+    assert_eq!(r.bytes_read(), total - 123_457);
+    let pid = std::process::id();
+    drop(r);
+    let (c, d) = w.dup_fds().unwrap();
+    let e = Reader::attach(c, d).unwrap_err();
+    assert!(
+        matches!(e, AttachError::Consumed { total: 500_000, pid: p, how: "detached" } if p == pid),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "the stream was already read to its end: an earlier reader (pid {pid}, detached) \
+             read and released all 500000 bytes; nothing is left to read"
+        )
+    );
+    // The refused attach took nothing: the writer still sees the earlier reader detached.
+    assert_eq!(w.reader_status(), spate_ring::ReaderStatus::Detached);
+
+    // An empty stream: its first reader reads nothing and ends; a second one is refused.
+    let w = writer(CAP, Some(0), BackingPref::NoHugeTlb);
+    w.finish().unwrap();
+    let mut r = attach(&w);
+    assert!(matches!(r.acquire(1, 10, None).unwrap(), Acquired::End));
+    drop(r);
+    let (c, d) = w.dup_fds().unwrap();
+    assert!(matches!(
+        Reader::attach(c, d),
+        Err(AttachError::Consumed { total: 0, .. })
+    ));
 }
 
 fn corrupt(field: usize, val: &[u8]) -> AttachError {

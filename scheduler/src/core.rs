@@ -43,11 +43,21 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::policy::{JobView, NodeView, Policy, Route};
+use crate::capacity::{Capacities, CapacityConfig};
+use crate::deal::Swrr;
+use crate::model::{Cluster, ConsumerCap, LinkCap, ProducerCap, Reason};
+use crate::policy::{Deal, JobView, NodeView, Plan, PlanSummary, Policy, Route, Weighted};
 use crate::spec::{Chunk, JobPlan, Layout, Piece, ReaderDeath, SpecError};
 
 /// Milliseconds on the server's monotonic clock.
 pub type Millis = u64;
+
+/// A dealt task is late at its expected time × (1 + slack) plus this (control-plane jitter).
+pub const STRAGGLER_FLOOR_MS: u64 = 100;
+
+/// A constant-rate reader's position is moved on at its rate for at most this long after
+/// its last report.
+pub const READER_EXTRAPOLATION_MS: u64 = 100;
 
 /// A daemon connected to the scheduler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -87,7 +97,7 @@ pub struct Roles {
 }
 
 /// What a node announces when it joins.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NodeInfo {
     /// Unique name (job specs name consumers by it).
     pub name: String,
@@ -103,6 +113,12 @@ pub struct NodeInfo {
     pub capacity: u64,
     /// Interfaces it can be reached through.
     pub interfaces: Vec<Interface>,
+    /// Compute rate it announced (output bytes/s, any kernel; 0 = none): seeds the estimate.
+    pub compute_bps: u64,
+    /// NIC rate it announced (bytes/s per direction, all data interfaces; 0 = unknown).
+    pub nic_bps: u64,
+    /// Peers it talks to at once (`k` of the k-port model; 0 = no limit announced).
+    pub ports: u32,
 }
 
 /// How a node left.
@@ -213,6 +229,16 @@ pub enum Event {
         /// The task.
         task: TaskId,
     },
+    /// What a producer measured of a task (sent before its TaskDone): compute time, bytes,
+    /// and the link time of each piece.
+    TaskTimes {
+        /// The producer.
+        node: NodeId,
+        /// The task.
+        task: TaskId,
+        /// The figures.
+        report: TaskReport,
+    },
     /// A task failed (kernel error, send failure...).
     TaskFailed {
         /// The producer.
@@ -232,6 +258,8 @@ pub enum Event {
         stream: u32,
         /// Contiguous bytes landed from the start.
         frontier: u64,
+        /// Bytes the reader released.
+        read: u64,
     },
     /// A consumer saw a stream's reader die.
     ReaderGone {
@@ -246,15 +274,109 @@ pub enum Event {
     Tick,
 }
 
+/// What a producer measured of one task.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TaskReport {
+    /// Microseconds computing the chunk.
+    pub compute_us: u64,
+    /// Bytes computed.
+    pub bytes: u64,
+    /// Per piece: stream, bytes, microseconds of the link's time.
+    pub pieces: Vec<(u32, u64, u64)>,
+}
+
+/// `bytes/s` as Gbit/s text.
+pub fn gbit(bytes_per_s: f64) -> String {
+    let g = bytes_per_s * 8.0 / 1e9;
+    if g >= 100.0 {
+        format!("{g:.0} Gbit/s")
+    } else if g >= 10.0 {
+        format!("{g:.1} Gbit/s")
+    } else if g >= 0.01 {
+        format!("{g:.2} Gbit/s")
+    } else {
+        format!("{:.1} Mbit/s", g * 1000.0)
+    }
+}
+
+fn millis_text(s: f64) -> String {
+    if s >= 1.0 {
+        format!("{s:.2} s")
+    } else {
+        format!("{:.1} ms", s * 1e3)
+    }
+}
+
+fn infeasible_text(
+    policy: &str,
+    reason: Reason,
+    requested: Option<f64>,
+    latency_bound: Option<f64>,
+    headroom: f64,
+    max_feasible: f64,
+    streams: u32,
+) -> String {
+    let n = f64::from(streams.max(1));
+    let per = |r: f64| {
+        if streams > 1 {
+            format!(
+                "{} per stream ({} for the job's {streams} streams)",
+                gbit(r / n),
+                gbit(r)
+            )
+        } else {
+            gbit(r)
+        }
+    };
+    let what = match (requested, latency_bound) {
+        (Some(r), Some(l)) => format!(
+            "{} with {:.0} % headroom and chunk latency under {}",
+            per(r),
+            headroom * 100.0,
+            millis_text(l)
+        ),
+        (Some(r), None) => format!("{} with {:.0} % headroom", per(r), headroom * 100.0),
+        (None, Some(l)) => format!("chunk latency under {}", millis_text(l)),
+        (None, None) => "the job".to_string(),
+    };
+    let why = match reason {
+        Reason::Compute => "the free producers do not compute fast enough".to_string(),
+        Reason::Links => {
+            "the links, NICs or ports between the producers and the consumers are too slow"
+                .to_string()
+        }
+        Reason::Memory => {
+            "the consumers' free ring memory cannot hold the chunks in flight".to_string()
+        }
+        Reason::Latency => match latency_bound {
+            Some(l) => format!(
+                "no chunk size and producer set keeps chunk latency under {}",
+                millis_text(l)
+            ),
+            None => "the latency would be too high".to_string(),
+        },
+    };
+    let can = if max_feasible > 0.0 {
+        format!("the cluster can give at most {} now", per(max_feasible))
+    } else {
+        "the cluster can give nothing within these bounds now".to_string()
+    };
+    format!(
+        "{policy} cannot promise {what}: {why} ({}); {can}",
+        reason.name()
+    )
+}
+
 /// Why a job was refused (it is not queued: resubmit later).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Refusal {
     /// The spec is invalid.
     #[error("invalid job spec: {0}")]
     InvalidSpec(#[from] SpecError),
     /// A stream's node is not connected.
     #[error(
-        "stream {stream}: output node \"{node}\" is not connected; start its consumer daemon or fix the spec"
+        "stream {stream}: output node {} is not connected; start its consumer daemon or fix the spec",
+        spate_netlib::text::quote(node)
     )]
     MissingOutputNode {
         /// The stream.
@@ -263,7 +385,10 @@ pub enum Refusal {
         node: String,
     },
     /// A stream's node is connected but is no consumer.
-    #[error("stream {stream}: node \"{node}\" is not a consumer")]
+    #[error(
+        "stream {stream}: node {} is not a consumer",
+        spate_netlib::text::quote(node)
+    )]
     NotAConsumer {
         /// The stream.
         stream: u32,
@@ -274,7 +399,10 @@ pub enum Refusal {
     #[error("no producer is connected; start a producer daemon")]
     NoProducers,
     /// A node lacks the buffer memory.
-    #[error("node \"{node}\" has {free} bytes of buffer capacity free, the job needs {need}")]
+    #[error(
+        "node {} has {free} bytes of buffer capacity free, the job needs {need}",
+        spate_netlib::text::quote(node)
+    )]
     Capacity {
         /// The node.
         node: String,
@@ -284,7 +412,7 @@ pub enum Refusal {
         free: u64,
     },
     /// A consumer could not allocate a stream.
-    #[error("stream {stream}: node \"{node}\" could not allocate its ring: {reason}")]
+    #[error("stream {stream}: node {} could not allocate its ring: {}", spate_netlib::text::quote(node), spate_netlib::text::Quoted::new(reason).bare().max(400))]
     AllocFailed {
         /// The stream.
         stream: u32,
@@ -294,27 +422,61 @@ pub enum Refusal {
         reason: String,
     },
     /// A consumer did not answer in time.
-    #[error("node \"{node}\" did not allocate its streams in time")]
+    #[error(
+        "node {} did not allocate its streams in time",
+        spate_netlib::text::quote(node)
+    )]
     AllocTimeout {
         /// The consumer.
         node: String,
     },
     /// A consumer left while allocating.
-    #[error("output node \"{node}\" left")]
+    #[error("output node {} left", spate_netlib::text::quote(node))]
     ConsumerLost {
         /// The consumer.
         node: String,
     },
     /// The policy refused, for its own reason.
-    #[error("refused by policy: {0}")]
+    #[error("refused by policy: {}", spate_netlib::text::Quoted::new(.0).bare().max(400))]
     Policy(String),
+    /// The policy cannot feed what the job asks for.
+    #[error("{}", infeasible_text(policy, *reason, *requested, *latency_bound, *headroom, *max_feasible, *streams))]
+    Infeasible {
+        /// The policy.
+        policy: String,
+        /// The constraint that binds at the chunk size that came closest.
+        reason: Reason,
+        /// Every constraint that bound at some chunk size.
+        reasons: Vec<Reason>,
+        /// The job rate asked (B/s, all streams).
+        requested: Option<f64>,
+        /// The latency bound asked (s).
+        latency_bound: Option<f64>,
+        /// The headroom the policy asks above the rate.
+        headroom: f64,
+        /// The highest job rate admitted now (B/s, all streams).
+        max_feasible: f64,
+        /// Streams of the job.
+        streams: u32,
+    },
+    /// The spec names a policy this scheduler does not have.
+    #[error(
+        "policy: unknown policy {} (known: {known})",
+        spate_netlib::text::quote(name)
+    )]
+    UnknownPolicy {
+        /// As written.
+        name: String,
+        /// The scheduler's policies.
+        known: String,
+    },
 }
 
 /// Why a running job was aborted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AbortReason {
     /// An output consumer left.
-    #[error("output node \"{node}\" {}", if *crashed { "crashed" } else { "quit" })]
+    #[error("output node {} {}", spate_netlib::text::quote(node), if *crashed { "crashed" } else { "quit" })]
     ConsumerLost {
         /// Its name.
         node: String,
@@ -322,13 +484,13 @@ pub enum AbortReason {
         crashed: bool,
     },
     /// No producer is left to compute the job.
-    #[error("no producer is left (last one: \"{last}\")")]
+    #[error("no producer is left (last one: {})", spate_netlib::text::quote(last))]
     NoProducers {
         /// The last producer that left.
         last: String,
     },
     /// Every producer failed to preload.
-    #[error("preload failed on every producer (last: \"{node}\": {reason})")]
+    #[error("preload failed on every producer (last: {}: {})", spate_netlib::text::quote(node), spate_netlib::text::Quoted::new(reason).bare().max(400))]
     PreloadFailed {
         /// The last producer that failed.
         node: String,
@@ -336,7 +498,7 @@ pub enum AbortReason {
         reason: String,
     },
     /// One chunk failed too often.
-    #[error("chunk {chunk} failed {attempts} times (last: {reason})")]
+    #[error("chunk {chunk} failed {attempts} times (last: {})", spate_netlib::text::Quoted::new(reason).bare().max(400))]
     ChunkFailed {
         /// The chunk.
         chunk: u64,
@@ -346,7 +508,10 @@ pub enum AbortReason {
         reason: String,
     },
     /// A stream's reader died and the spec says abort.
-    #[error("the reader of stream {stream} on \"{node}\" is gone")]
+    #[error(
+        "the reader of stream {stream} on {} is gone",
+        spate_netlib::text::quote(node)
+    )]
     ReaderGone {
         /// The stream.
         stream: u32,
@@ -415,7 +580,7 @@ pub enum ClientError {
 }
 
 /// Answers to a client.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
     /// The job is admitted and its streams allocated.
     Accepted {
@@ -423,6 +588,8 @@ pub enum Reply {
         job: JobId,
         /// Where each stream is.
         streams: Vec<StreamPlacement>,
+        /// What the policy planned and predicts.
+        plan: PlanSummary,
     },
     /// The job is refused.
     Refused(Refusal),
@@ -444,7 +611,7 @@ pub struct Target {
 }
 
 /// Everything the scheduler asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// Answer a client.
     Reply {
@@ -506,6 +673,22 @@ pub enum Command {
         /// Where each piece goes, in the order of `chunk.pieces`.
         targets: Vec<Target>,
     },
+    /// Producer: drop this task (another copy landed first); a report for it is ignored.
+    CancelTask {
+        /// The producer.
+        node: NodeId,
+        /// The task.
+        task: TaskId,
+    },
+    /// Tell the submitter (and status) that the job's promise is at risk.
+    JobWarning {
+        /// The submitter.
+        client: ClientId,
+        /// The job.
+        job: JobId,
+        /// What changed and what the job now gets.
+        message: String,
+    },
     /// Producer: forget the job (drop its queued tasks and preloaded inputs).
     Unload {
         /// The producer.
@@ -545,7 +728,7 @@ pub enum JobState {
 }
 
 /// A snapshot of a job, for status and tests.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JobStatus {
     /// The job.
     pub id: JobId,
@@ -563,6 +746,14 @@ pub struct JobStatus {
     pub tasks_in_flight: usize,
     /// Per stream: consumer, key (once allocated), ring, last reported frontier.
     pub streams: Vec<(NodeId, Option<u64>, u64, u64)>,
+    /// Its policy.
+    pub policy: &'static str,
+    /// What the policy planned.
+    pub plan: PlanSummary,
+    /// The last warning (its promise at risk), if any.
+    pub warning: Option<String>,
+    /// Straggling tasks duplicated on another producer so far.
+    pub duplicated: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -578,6 +769,9 @@ struct StreamState {
     ring: u64,
     alloc: Alloc,
     frontier: u64,
+    /// Reader position last reported, and when.
+    read: u64,
+    read_at: Millis,
 }
 
 #[derive(Debug)]
@@ -604,6 +798,68 @@ struct Job {
     delivered: u64,
     in_flight: usize,
     attempts: BTreeMap<u64, u32>,
+    /// Index of its policy in the scheduler's list.
+    policy: usize,
+    /// What the policy planned.
+    summary: PlanSummary,
+    /// Dealt jobs: the dealer (None: on demand).
+    dealer: Option<Dealer>,
+    /// Its tasks per producer.
+    per_node: BTreeMap<NodeId, u32>,
+    /// What it reserved on each node.
+    reserved: Reservation,
+    /// The last warning.
+    warning: Option<String>,
+    /// Straggling tasks duplicated.
+    duplicated: u64,
+    /// Tasks finished since its plan was last made.
+    done_since_plan: u32,
+}
+
+/// A dealt job is re-planned on today's estimates every this many finished tasks per
+/// producer of its plan (at least [`REPLAN_MIN_TASKS`]).
+pub const REPLAN_TASKS_PER_PRODUCER: u32 = 2;
+/// See [`REPLAN_TASKS_PER_PRODUCER`].
+pub const REPLAN_MIN_TASKS: u32 = 8;
+
+/// A dealt job's dealing state.
+#[derive(Debug)]
+struct Dealer {
+    plan: Weighted,
+    swrr: Swrr,
+    /// Pacing: chunk bytes that may be dealt now, and when the bucket was last filled.
+    tokens: f64,
+    filled_at: Millis,
+    /// Producers whose task straggled: no new chunk until they finish one.
+    suspect: BTreeSet<NodeId>,
+}
+
+impl Dealer {
+    fn new(plan: Weighted, now: Millis) -> Dealer {
+        let swrr = Swrr::new(
+            plan.shares.iter().map(|s| (s.node, s.weight)),
+            plan.round_robin,
+        );
+        Dealer {
+            plan,
+            swrr,
+            tokens: 0.0,
+            filled_at: now,
+            suspect: BTreeSet::new(),
+        }
+    }
+
+    fn share(&self, node: NodeId) -> Option<&crate::policy::Share> {
+        self.plan.shares.iter().find(|s| s.node == node)
+    }
+}
+
+/// What a job reserved: share of each producer's time, and NIC bytes per second.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Reservation {
+    compute: BTreeMap<NodeId, f64>,
+    egress: BTreeMap<NodeId, f64>,
+    ingress: BTreeMap<NodeId, f64>,
 }
 
 impl Job {
@@ -612,16 +868,43 @@ impl Job {
         rank < self.frontier[p] || self.above[p].contains(&rank)
     }
 
-    /// The first assignable chunk within its ring window, without taking it.
+    /// The first assignable chunk within its ring window (from the landed prefix), without
+    /// taking it.
     fn peek(&self) -> Option<(u64, u32)> {
         let lb = self.plan.geometry.line_bytes;
         let cl = self.layout.chunk_lines();
+        self.peek_from(|j, part| j.frontier[part as usize] * cl * lb)
+    }
+
+    /// The first assignable chunk whose end lies within the ring from `start(part)`.
+    fn peek_from(&self, start: impl Fn(&Job, u32) -> u64) -> Option<(u64, u32)> {
         self.candidates.iter().copied().find(|&(rank, part)| {
-            let p = part as usize;
-            let start = self.frontier[p] * cl * lb;
             let end = self.layout.piece_offset(rank) + self.layout.piece_len(part, rank);
-            end.saturating_sub(start) <= self.part_ring[p]
+            end.saturating_sub(start(self, part)) <= self.part_ring[part as usize]
         })
+    }
+
+    /// Where the readers of a part's streams are now (the least of them, in stream bytes):
+    /// the last reported position, moved on at the job's rate for at most
+    /// [`READER_EXTRAPOLATION_MS`] once the reader started, never past the landed prefix.
+    fn reader_start(&self, part: u32, now: Millis, rate: f64) -> u64 {
+        let parts = self.layout.parts();
+        let landed = self.frontier[part as usize]
+            * self.layout.chunk_lines()
+            * self.plan.geometry.line_bytes;
+        (0..self.plan.geometry.channels)
+            .filter_map(|c| self.streams.get((c * parts + part) as usize))
+            .map(|s| {
+                let ahead = if s.read > 0 {
+                    let dt = now.saturating_sub(s.read_at).min(READER_EXTRAPOLATION_MS);
+                    (rate * dt as f64 / 1000.0) as u64
+                } else {
+                    0
+                };
+                (s.read + ahead).min(landed.max(s.read))
+            })
+            .min()
+            .unwrap_or(0)
     }
 
     fn take(&mut self, (rank, part): (u64, u32)) {
@@ -669,15 +952,23 @@ struct Task {
     job: JobId,
     chunk: u64,
     node: NodeId,
+    /// Dealt jobs: when it is late (expected time × (1 + slack)).
+    deadline: Option<Millis>,
+    /// The other copy of a duplicated straggler.
+    twin: Option<TaskId>,
 }
 
 /// The scheduler's state machine.
 pub struct Scheduler {
-    policy: Box<dyn Policy>,
+    policies: Vec<Box<dyn Policy>>,
+    default_policy: usize,
+    caps: Capacities,
     now: Millis,
     nodes: BTreeMap<NodeId, Node>,
     jobs: BTreeMap<JobId, Job>,
     tasks: BTreeMap<TaskId, Task>,
+    /// Dealt tasks by deadline.
+    deadlines: BTreeSet<(Millis, TaskId)>,
     next_job: u64,
     next_task: u64,
 }
@@ -696,12 +987,22 @@ impl std::fmt::Debug for Scheduler {
 impl Scheduler {
     /// A scheduler with this policy and no nodes.
     pub fn new(policy: Box<dyn Policy>) -> Self {
+        Self::with_policies(vec![policy], 0)
+    }
+
+    /// A scheduler with these policies (jobs choose one with `policy = "name"`), `default`
+    /// (an index) for jobs that name none.
+    pub fn with_policies(policies: Vec<Box<dyn Policy>>, default: usize) -> Self {
+        assert!(!policies.is_empty(), "a scheduler needs a policy");
         Scheduler {
-            policy,
+            default_policy: default.min(policies.len() - 1),
+            policies,
+            caps: Capacities::new(CapacityConfig::default()),
             now: 0,
             nodes: BTreeMap::new(),
             jobs: BTreeMap::new(),
             tasks: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
             next_job: 1,
             next_task: 1,
         }
@@ -741,6 +1042,9 @@ impl Scheduler {
                 self.on_preload_failed(node, job, reason, &mut out)
             }
             Event::TaskDone { node, task } => self.on_task_done(node, task, &mut out),
+            Event::TaskTimes { node, task, report } => {
+                self.on_task_times(node, task, &report, &mut out)
+            }
             Event::TaskFailed { node, task, reason } => {
                 self.on_task_failed(node, task, reason, &mut out)
             }
@@ -749,7 +1053,9 @@ impl Scheduler {
                 job,
                 stream,
                 frontier,
+                read,
             } => {
+                let now = self.now;
                 if let Some(s) = self
                     .jobs
                     .get_mut(&job)
@@ -757,6 +1063,10 @@ impl Scheduler {
                     .filter(|s| s.node == node)
                 {
                     s.frontier = s.frontier.max(frontier);
+                    if read > s.read || s.read_at == 0 {
+                        s.read_at = now;
+                    }
+                    s.read = s.read.max(read);
                 }
             }
             Event::ReaderGone { node, job, stream } => {
@@ -774,6 +1084,37 @@ impl Scheduler {
     /// The plan of a live job.
     pub fn plan(&self, job: JobId) -> Option<&JobPlan> {
         self.jobs.get(&job).map(|j| &j.plan)
+    }
+
+    /// The names of the scheduler's policies, the default first.
+    pub fn policy_names(&self) -> Vec<&'static str> {
+        let first = self.policies[self.default_policy].name();
+        let mut v = vec![first];
+        v.extend(
+            self.policies
+                .iter()
+                .map(|p| p.name())
+                .filter(|n| *n != first),
+        );
+        v
+    }
+
+    /// What the scheduler measured so far.
+    pub fn capacities(&self) -> &Capacities {
+        &self.caps
+    }
+
+    /// Settings of the capacity estimates (seeds, weights).
+    pub fn set_capacity_config(&mut self, config: CapacityConfig) {
+        self.caps.config = config;
+    }
+
+    /// What admission would decide for `plan` now, without admitting it: the policy and its
+    /// plan, or the refusal.
+    pub fn dry_run(&self, plan: &JobPlan) -> Result<(&'static str, PlanSummary), Refusal> {
+        let (policy, consumers) = self.precheck(plan)?;
+        self.place(policy, plan, &consumers, None)
+            .map(|p| (p.plan.policy, p.plan.summary))
     }
 
     /// The chunk layout of a live job.
@@ -821,6 +1162,10 @@ impl Scheduler {
     pub fn job(&self, job: JobId) -> Option<JobStatus> {
         let j = self.jobs.get(&job)?;
         Some(JobStatus {
+            policy: self.policies[j.policy].name(),
+            plan: j.summary.clone(),
+            warning: j.warning.clone(),
+            duplicated: j.duplicated,
             id: j.id,
             client: j.client,
             state: j.state,
@@ -887,12 +1232,20 @@ impl Scheduler {
                     return Err(format!("{} stream {i} is on dead node {:?}", j.id, s.node));
                 }
             }
-            // Each chunk assigned at most once.
-            let mut seen = BTreeSet::new();
-            for t in self.tasks.values().filter(|t| t.job == j.id) {
-                if !seen.insert(t.chunk) {
-                    return Err(format!("{} chunk {} assigned twice", j.id, t.chunk));
+            // Each chunk assigned at most once, or twice as a straggler and its copy.
+            let mut seen: BTreeMap<u64, TaskId> = BTreeMap::new();
+            for (id, t) in self.tasks.iter().filter(|(_, t)| t.job == j.id) {
+                if let Some(first) = seen.insert(t.chunk, *id) {
+                    let twins = t.twin == Some(first)
+                        && self.tasks.get(&first).and_then(|f| f.twin) == Some(*id);
+                    if !twins {
+                        return Err(format!("{} chunk {} assigned twice", j.id, t.chunk));
+                    }
                 }
+            }
+            let per: u32 = j.per_node.values().sum();
+            if per as usize != j.in_flight {
+                return Err(format!("{} per-producer task counts are off", j.id));
             }
         }
         Ok(())
@@ -969,8 +1322,8 @@ impl Scheduler {
             out.push(Command::RefuseNode {
                 node,
                 reason: format!(
-                    "a node named \"{}\" is already connected: give each daemon a unique name",
-                    info.name
+                    "a node named {} is already connected: give each daemon a unique name",
+                    spate_netlib::text::quote(&info.name)
                 ),
             });
             return;
@@ -993,7 +1346,15 @@ impl Scheduler {
             .jobs
             .values()
             .filter(|j| j.state == JobState::Running && !j.preload_failed.contains(&node))
-            .filter(|j| self.policy.adopt(&self.job_view(j), &pv))
+            .filter(|j| j.dealer.is_none())
+            .filter(|j| self.policies[j.policy].adopt(&self.job_view(j), &pv))
+            .map(|j| j.id)
+            .collect();
+        // Dealt jobs whose promise is at risk may gain from the newcomer.
+        let at_risk: Vec<JobId> = self
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Running && j.dealer.is_some() && j.warning.is_some())
             .map(|j| j.id)
             .collect();
         for id in adopt {
@@ -1001,6 +1362,9 @@ impl Scheduler {
                 j.producers.insert(node, false);
                 out.push(Command::Preload { node, job: id });
             }
+        }
+        for id in at_risk {
+            self.replan(id, out);
         }
     }
 
@@ -1042,25 +1406,41 @@ impl Scheduler {
                 );
             }
         }
-        // Producer side: requeue its tasks, drop it from jobs.
+        // Producer side: requeue its tasks (unless a copy runs elsewhere), drop it from jobs.
         for t in tasks {
-            if let Some(task) = self.tasks.remove(&t)
+            if let Some(task) = self.forget_task(t)
+                && task.twin.is_none()
                 && let Some(j) = self.jobs.get_mut(&task.job)
+                && let Some((part, rank)) = j.layout.locate(task.chunk)
             {
-                j.in_flight -= 1;
-                if let Some((part, rank)) = j.layout.locate(task.chunk) {
-                    j.requeue(part, rank);
-                }
+                j.requeue(part, rank);
             }
         }
+        let mut replan = Vec::new();
         let orphaned: Vec<JobId> = self
             .jobs
             .values_mut()
             .filter_map(|j| {
                 let was = j.producers.remove(&node).is_some();
+                if let Some(d) = j.dealer.as_mut()
+                    && d.share(node).is_some()
+                {
+                    d.plan.shares.retain(|s| s.node != node);
+                    d.swrr
+                        .set_weights(d.plan.shares.iter().map(|s| (s.node, s.weight)));
+                    d.suspect.remove(&node);
+                    j.reserved.compute.remove(&node);
+                    j.reserved.egress.remove(&node);
+                    if j.state == JobState::Running && !j.producers.is_empty() {
+                        replan.push(j.id);
+                    }
+                }
                 (was && j.state == JobState::Running && j.producers.is_empty()).then_some(j.id)
             })
             .collect();
+        for id in replan {
+            self.replan(id, out);
+        }
         for id in orphaned {
             self.end_job(
                 id,
@@ -1073,6 +1453,203 @@ impl Scheduler {
     }
 
     // -- jobs ---------------------------------------------------------------------------------
+
+    /// The policy a plan asks for and its consumers (every output node present, as a
+    /// consumer), or the refusal.
+    fn precheck(&self, plan: &JobPlan) -> Result<(usize, Vec<NodeId>), Refusal> {
+        let policy = match &plan.policy {
+            None => self.default_policy,
+            Some(name) => self
+                .policies
+                .iter()
+                .position(|p| p.name() == name)
+                .ok_or_else(|| Refusal::UnknownPolicy {
+                    name: name.clone(),
+                    known: self.policy_names().join(", "),
+                })?,
+        };
+        let mut consumers = Vec::with_capacity(plan.streams.len());
+        for s in &plan.streams {
+            match self.nodes.iter().find(|(_, n)| n.info.name == s.node) {
+                None => {
+                    return Err(Refusal::MissingOutputNode {
+                        stream: s.index,
+                        node: s.node.clone(),
+                    });
+                }
+                Some((_, n)) if !n.info.roles.consumer => {
+                    return Err(Refusal::NotAConsumer {
+                        stream: s.index,
+                        node: s.node.clone(),
+                    });
+                }
+                Some((id, _)) => consumers.push(*id),
+            }
+        }
+        Ok((policy, consumers))
+    }
+
+    /// What `policy` decides for `plan` on `consumers` (by stream), on today's estimates and
+    /// what the other jobs (all but `except`) reserved.
+    fn place(
+        &self,
+        policy: usize,
+        plan: &JobPlan,
+        consumers: &[NodeId],
+        except: Option<JobId>,
+    ) -> Result<crate::policy::Placement, Refusal> {
+        let producers = self.producer_views();
+        let cviews: Vec<NodeView<'_>> = consumers.iter().filter_map(|c| self.view(*c)).collect();
+        let cluster = self.cluster_for(plan.kernel.name(), consumers, except, &BTreeSet::new());
+        self.policies[policy].admit(plan, &producers, &cviews, &cluster)
+    }
+
+    /// A node's NIC rate (bytes/s per direction): announced, else the default per interface.
+    fn nic(&self, n: &NodeInfo) -> f64 {
+        if n.nic_bps > 0 {
+            n.nic_bps as f64
+        } else {
+            self.caps.config.nic_default * n.interfaces.len().max(1) as f64
+        }
+    }
+
+    /// What every live job but `except` reserved, summed per node.
+    fn reserved_except(&self, except: Option<JobId>) -> Reservation {
+        let mut sum = Reservation::default();
+        for j in self.jobs.values().filter(|j| Some(j.id) != except) {
+            for (n, v) in &j.reserved.compute {
+                *sum.compute.entry(*n).or_insert(0.0) += v;
+            }
+            for (n, v) in &j.reserved.egress {
+                *sum.egress.entry(*n).or_insert(0.0) += v;
+            }
+            for (n, v) in &j.reserved.ingress {
+                *sum.ingress.entry(*n).or_insert(0.0) += v;
+            }
+        }
+        sum
+    }
+
+    /// The model's cluster for a job of `kernel` on `consumers`: every live producer but
+    /// `skip` with its estimates, less what the other jobs reserved.
+    fn cluster_for(
+        &self,
+        kernel: &str,
+        consumers: &[NodeId],
+        except: Option<JobId>,
+        skip: &BTreeSet<NodeId>,
+    ) -> Cluster {
+        let cfg = &self.caps.config;
+        let r = self.reserved_except(except);
+        let got = |m: &BTreeMap<NodeId, f64>, id: &NodeId| m.get(id).copied().unwrap_or(0.0);
+        let ports = |n: &NodeInfo| if n.ports > 0 { n.ports } else { 1 << 16 };
+        let producers: Vec<ProducerCap> = self
+            .nodes
+            .iter()
+            .filter(|(id, n)| n.info.roles.producer && !skip.contains(id))
+            .map(|(id, n)| {
+                let c = self
+                    .caps
+                    .compute(&n.info.name, kernel, n.info.compute_bps, n.info.cores);
+                ProducerCap {
+                    id: *id,
+                    host: n.info.host.clone(),
+                    compute: c.rate,
+                    overhead: c.overhead,
+                    preload: 0.0,
+                    egress: (self.nic(&n.info) - got(&r.egress, id)).max(0.0),
+                    ports: ports(&n.info),
+                    avail: (1.0 - got(&r.compute, id)).clamp(0.0, 1.0),
+                }
+            })
+            .collect();
+        let mut cons: Vec<NodeId> = consumers.to_vec();
+        cons.sort();
+        cons.dedup();
+        let consumers: Vec<ConsumerCap> = cons
+            .iter()
+            .filter_map(|id| {
+                let v = self.view(*id)?;
+                Some(ConsumerCap {
+                    id: *id,
+                    host: v.info.host.clone(),
+                    ingress: (self.nic(v.info) - got(&r.ingress, id)).max(0.0),
+                    ports: ports(v.info),
+                    memory: v.free_capacity(),
+                })
+            })
+            .collect();
+        let mut links = BTreeMap::new();
+        for p in &producers {
+            for q in &consumers {
+                let (Some(pn), Some(qn)) = (self.nodes.get(&p.id), self.nodes.get(&q.id)) else {
+                    continue;
+                };
+                if let Some(l) = self.caps.link(&pn.info.name, &qn.info.name) {
+                    links.insert(
+                        (p.id, q.id),
+                        LinkCap {
+                            rate: l.rate,
+                            overhead: l.overhead,
+                            delay: 0.0,
+                        },
+                    );
+                }
+            }
+        }
+        Cluster {
+            producers,
+            consumers,
+            links,
+            local: LinkCap {
+                rate: cfg.local_rate,
+                overhead: cfg.local_overhead,
+                delay: 0.0,
+            },
+            remote: LinkCap {
+                rate: f64::INFINITY,
+                overhead: cfg.remote_overhead,
+                delay: cfg.remote_delay,
+            },
+        }
+    }
+
+    /// What a dealt plan reserves: each producer's share of time at the dealt rate, and the
+    /// NIC bytes per second its remote pieces take at both ends.
+    fn reservation(
+        &self,
+        plan: &JobPlan,
+        consumers: &[NodeId],
+        w: &Weighted,
+        s: &PlanSummary,
+    ) -> Reservation {
+        let mut r = Reservation::default();
+        if !w.reserve {
+            return r;
+        }
+        let rate = w.pace.unwrap_or(s.predicted_rate);
+        let total_w: f64 = w.shares.iter().map(|x| x.weight).sum();
+        if total_w <= 0.0 || rate <= 0.0 {
+            return r;
+        }
+        let total = plan.total_bytes().max(1) as f64;
+        let mut share_of: BTreeMap<NodeId, f64> = BTreeMap::new();
+        for (st, q) in plan.streams.iter().zip(consumers) {
+            *share_of.entry(*q).or_insert(0.0) += st.len as f64 / total;
+        }
+        let host = |n: &NodeId| self.nodes.get(n).map(|x| x.info.host.as_str());
+        for sh in &w.shares {
+            let x = rate * sh.weight / total_w;
+            *r.compute.entry(sh.node).or_insert(0.0) += x / sh.full_rate.max(1e-9);
+            for (q, wq) in &share_of {
+                if host(q) != host(&sh.node) {
+                    *r.egress.entry(sh.node).or_insert(0.0) += x * wq;
+                    *r.ingress.entry(*q).or_insert(0.0) += x * wq;
+                }
+            }
+        }
+        r
+    }
 
     fn on_submit(&mut self, client: ClientId, spec: Submission, out: &mut Vec<Command>) {
         let refuse = |out: &mut Vec<Command>, r: Refusal| {
@@ -1088,39 +1665,11 @@ impl Scheduler {
                 Err(e) => return refuse(out, Refusal::InvalidSpec(e)),
             },
         };
-        // Every output node present, as a consumer.
-        let mut consumers = Vec::with_capacity(plan.streams.len());
-        for s in &plan.streams {
-            let found = self.nodes.iter().find(|(_, n)| n.info.name == s.node);
-            match found {
-                None => {
-                    return refuse(
-                        out,
-                        Refusal::MissingOutputNode {
-                            stream: s.index,
-                            node: s.node.clone(),
-                        },
-                    );
-                }
-                Some((_, n)) if !n.info.roles.consumer => {
-                    return refuse(
-                        out,
-                        Refusal::NotAConsumer {
-                            stream: s.index,
-                            node: s.node.clone(),
-                        },
-                    );
-                }
-                Some((id, _)) => consumers.push(*id),
-            }
-        }
-        let placement = {
-            let producers = self.producer_views();
-            let cviews: Vec<NodeView<'_>> =
-                consumers.iter().filter_map(|c| self.view(*c)).collect();
-            self.policy.admit(&plan, &producers, &cviews)
+        let (policy, consumers) = match self.precheck(&plan) {
+            Ok(x) => x,
+            Err(r) => return refuse(out, r),
         };
-        let placement = match placement {
+        let placement = match self.place(policy, &plan, &consumers, None) {
             Ok(p) => p,
             Err(r) => return refuse(out, r),
         };
@@ -1136,6 +1685,8 @@ impl Scheduler {
                 ring: *ring,
                 alloc: Alloc::Pending,
                 frontier: 0,
+                read: 0,
+                read_at: 0,
             })
             .collect();
         let part_ring = (0..parts)
@@ -1159,12 +1710,22 @@ impl Scheduler {
             .filter(|&p| layout.part_chunks(p) > 0)
             .map(|p| (0, p))
             .collect();
+        let Plan { deal, summary, .. } = placement.plan;
+        let (dealer, reserved) = match deal {
+            Deal::OnDemand => (None, Reservation::default()),
+            Deal::Weighted(w) => {
+                let r = self.reservation(&plan, &consumers, &w, &summary);
+                (Some(Dealer::new(w, self.now)), r)
+            }
+        };
         let job = Job {
             id,
             client,
             layout,
             state: JobState::Allocating,
-            alloc_deadline: self.now.saturating_add(self.policy.alloc_timeout_ms()),
+            alloc_deadline: self
+                .now
+                .saturating_add(self.policies[policy].alloc_timeout_ms()),
             streams,
             producers: BTreeMap::new(),
             preload_failed: BTreeSet::new(),
@@ -1177,6 +1738,14 @@ impl Scheduler {
             in_flight: 0,
             attempts: BTreeMap::new(),
             plan,
+            policy,
+            summary,
+            dealer,
+            per_node: BTreeMap::new(),
+            reserved,
+            warning: None,
+            duplicated: 0,
+            done_since_plan: 0,
         };
         self.jobs.insert(id, job);
     }
@@ -1225,6 +1794,7 @@ impl Scheduler {
                 })
                 .collect::<Vec<_>>();
             let client = j.client;
+            let plan = j.summary.clone();
             let streams = streams
                 .into_iter()
                 .map(|mut p| {
@@ -1234,7 +1804,7 @@ impl Scheduler {
                 .collect();
             out.push(Command::Reply {
                 client,
-                reply: Reply::Accepted { job, streams },
+                reply: Reply::Accepted { job, streams, plan },
             });
         }
     }
@@ -1285,13 +1855,16 @@ impl Scheduler {
             client,
             reply: Reply::Ok(job),
         });
-        let chosen = {
-            let producers: Vec<NodeView<'_>> = self
-                .producer_views()
-                .into_iter()
-                .filter(|p| !j.preload_failed.contains(&p.id))
-                .collect();
-            self.policy.producers_for(&self.job_view(j), &producers)
+        let chosen = match &j.dealer {
+            Some(d) => d.swrr.nodes().collect(),
+            None => {
+                let producers: Vec<NodeView<'_>> = self
+                    .producer_views()
+                    .into_iter()
+                    .filter(|p| !j.preload_failed.contains(&p.id))
+                    .collect();
+                self.policies[j.policy].producers_for(&self.job_view(j), &producers)
+            }
         };
         let chosen: Vec<NodeId> = chosen
             .into_iter()
@@ -1307,8 +1880,14 @@ impl Scheduler {
             );
             return;
         }
+        let now = self.now;
         if let Some(j) = self.jobs.get_mut(&job) {
             j.state = JobState::Running;
+            if let Some(d) = j.dealer.as_mut() {
+                // The first window goes out at once; then the pace holds.
+                d.filled_at = now;
+                d.tokens = j.summary.chunk_bytes as f64 * d.plan.window.max(1) as f64;
+            }
             for n in chosen {
                 j.producers.insert(n, false);
                 out.push(Command::Preload { node: n, job });
@@ -1386,14 +1965,32 @@ impl Scheduler {
         let Some(t) = self.take_task(node, task) else {
             return;
         };
+        // The first copy to land wins; the other is cancelled.
+        if let Some(twin) = t.twin
+            && let Some(other) = self.forget_task(twin)
+        {
+            out.push(Command::CancelTask {
+                node: other.node,
+                task: twin,
+            });
+        }
         let Some(j) = self.jobs.get_mut(&t.job) else {
             return;
         };
+        let mut replan = false;
+        if let Some(d) = j.dealer.as_mut() {
+            d.suspect.remove(&node);
+            j.done_since_plan += 1;
+            let every =
+                (REPLAN_TASKS_PER_PRODUCER * d.plan.shares.len() as u32).max(REPLAN_MIN_TASKS);
+            replan = j.done_since_plan >= every;
+        }
         if let Some((part, rank)) = j.layout.locate(t.chunk) {
             j.deliver(part, rank);
         }
         if j.delivered == j.layout.chunk_count() && j.state == JobState::Running {
             j.state = JobState::Delivered;
+            j.reserved = Reservation::default();
             let producers = std::mem::take(&mut j.producers);
             for p in producers.keys() {
                 out.push(Command::Unload {
@@ -1405,6 +2002,9 @@ impl Scheduler {
                 client: j.client,
                 job: t.job,
             });
+        } else if replan {
+            // Measured rates fed back: the shares, window and deadlines follow them.
+            self.replan(t.job, out);
         }
     }
 
@@ -1418,10 +2018,14 @@ impl Scheduler {
         let Some(t) = self.take_task(node, task) else {
             return;
         };
-        let max = self.policy.max_attempts();
+        if t.twin.is_some() {
+            // Its other copy goes on.
+            return;
+        }
         let Some(j) = self.jobs.get_mut(&t.job) else {
             return;
         };
+        let max = self.policies[j.policy].max_attempts();
         let attempts = j.attempts.entry(t.chunk).or_insert(0);
         *attempts += 1;
         let attempts = *attempts;
@@ -1465,12 +2069,32 @@ impl Scheduler {
         if self.tasks.get(&task)?.node != node {
             return None;
         }
+        self.forget_task(task)
+    }
+
+    /// Removes a task from every table (its node, its job's counters); its twin, if any,
+    /// becomes the only copy.
+    fn forget_task(&mut self, task: TaskId) -> Option<Task> {
         let t = self.tasks.remove(&task)?;
-        if let Some(n) = self.nodes.get_mut(&node) {
+        if let Some(d) = t.deadline {
+            self.deadlines.remove(&(d, task));
+        }
+        if let Some(n) = self.nodes.get_mut(&t.node) {
             n.tasks.remove(&task);
         }
         if let Some(j) = self.jobs.get_mut(&t.job) {
             j.in_flight -= 1;
+            if let Some(c) = j.per_node.get_mut(&t.node) {
+                *c = c.saturating_sub(1);
+                if *c == 0 {
+                    j.per_node.remove(&t.node);
+                }
+            }
+        }
+        if let Some(twin) = t.twin
+            && let Some(o) = self.tasks.get_mut(&twin)
+        {
+            o.twin = None;
         }
         Some(t)
     }
@@ -1491,6 +2115,7 @@ impl Scheduler {
             let node = self.name(node);
             self.refuse_job(id, Refusal::AllocTimeout { node }, out);
         }
+        self.check_stragglers(out);
     }
 
     /// Refuses a job that is still allocating: releases what was asked for.
@@ -1573,11 +2198,34 @@ impl Scheduler {
 
     // -- dispatch -----------------------------------------------------------------------------
 
-    /// Hands out tasks: round after round, each producer below its depth takes one chunk from
-    /// the job it ranks best, until no producer can take more.
+    /// Hands out tasks. Dealt jobs first (rate jobs, then latency-bound ones, then the rest,
+    /// each in id order): chunks go to their producers by weighted turns, within the window,
+    /// the credits and the pace. Then on-demand jobs: round after round, each producer below
+    /// its depth takes one chunk from the job it ranks best, until no producer can take more.
     fn dispatch(&mut self, out: &mut Vec<Command>) {
         if !self.jobs.values().any(|j| j.state == JobState::Running) {
             return;
+        }
+        let mut dealt: Vec<(u8, JobId)> = self
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Running)
+            .filter_map(|j| {
+                j.dealer.as_ref().map(|d| {
+                    let class = if d.plan.pace.is_some() {
+                        0
+                    } else if d.plan.reserve {
+                        1
+                    } else {
+                        2
+                    };
+                    (class, j.id)
+                })
+            })
+            .collect();
+        dealt.sort();
+        for (_, id) in dealt {
+            self.deal(id, out);
         }
         let producers: Vec<NodeId> = self
             .nodes
@@ -1600,16 +2248,87 @@ impl Scheduler {
         }
     }
 
+    /// Deals a dealt job's chunks while it may.
+    fn deal(&mut self, id: JobId, out: &mut Vec<Command>) {
+        loop {
+            let now = self.now;
+            let Some(j) = self.jobs.get_mut(&id) else {
+                return;
+            };
+            let chunk_bytes = j.summary.chunk_bytes.max(1) as f64;
+            let rate = j.plan.rate_bps.map_or(0.0, |r| r as f64 / 8.0);
+            let Some(d) = j.dealer.as_mut() else {
+                return;
+            };
+            if let Some(pace) = d.plan.pace {
+                let dt = now.saturating_sub(d.filled_at) as f64 / 1000.0;
+                d.filled_at = now;
+                let burst = chunk_bytes * d.plan.window.max(1) as f64;
+                d.tokens = (d.tokens + dt * pace).min(burst);
+                if d.tokens < chunk_bytes {
+                    return;
+                }
+            }
+            if j.in_flight as u64 >= d.plan.window {
+                return;
+            }
+            let follow = d.plan.follow_reader;
+            let pick = if follow {
+                j.peek_from(|j, part| j.reader_start(part, now, rate))
+            } else {
+                j.peek()
+            };
+            let Some(pick) = pick else {
+                return;
+            };
+            let Job {
+                dealer,
+                producers,
+                per_node,
+                ..
+            } = j;
+            let Some(Dealer {
+                plan,
+                swrr,
+                suspect,
+                tokens,
+                ..
+            }) = dealer.as_mut()
+            else {
+                return;
+            };
+            let eligible = |n: NodeId| {
+                producers.get(&n) == Some(&true)
+                    && !suspect.contains(&n)
+                    && plan
+                        .shares
+                        .iter()
+                        .any(|s| s.node == n && per_node.get(&n).copied().unwrap_or(0) < s.credits)
+            };
+            let Some(p) = swrr.next(eligible) else {
+                return;
+            };
+            if plan.pace.is_some() {
+                *tokens -= chunk_bytes;
+            }
+            self.assign(p, id, pick, out);
+        }
+    }
+
     fn pick_for(&self, p: NodeId) -> Option<(JobId, (u64, u32))> {
         let view = self.view(p)?;
-        if view.tasks >= self.policy.tasks_in_flight(&view).max(2) {
-            return None;
-        }
         self.jobs
             .values()
             .filter(|j| j.state == JobState::Running && j.producers.get(&p) == Some(&true))
+            .filter(|j| j.dealer.is_none())
+            .filter(|j| view.tasks < self.policies[j.policy].tasks_in_flight(&view).max(2))
             .filter_map(|j| j.peek().map(|c| (j, c)))
-            .min_by_key(|(j, _)| (self.policy.job_rank(&view, &self.job_view(j)), j.id))
+            .min_by_key(|(j, _)| {
+                (
+                    self.policies[j.policy].job_rank(&view, &self.job_view(j)),
+                    j.id,
+                )
+            })
             .map(|(j, c)| (j.id, c))
     }
 
@@ -1618,13 +2337,35 @@ impl Scheduler {
             return;
         };
         j.take((rank, part));
-        j.in_flight += 1;
         let Some(index) = j.layout.index(part, rank) else {
             return;
         };
-        let Some(chunk) = j.layout.chunk(index) else {
-            return;
-        };
+        self.issue(p, job, index, None, out);
+    }
+
+    /// Hands chunk `index` of `job` to producer `p` as a new task (a copy of `twin` when set).
+    fn issue(
+        &mut self,
+        p: NodeId,
+        job: JobId,
+        index: u64,
+        twin: Option<TaskId>,
+        out: &mut Vec<Command>,
+    ) -> Option<TaskId> {
+        let now = self.now;
+        let ahead = self.nodes.get(&p).map_or(0, |n| n.tasks.len());
+        let j = self.jobs.get_mut(&job)?;
+        let chunk = j.layout.chunk(index)?;
+        j.in_flight += 1;
+        *j.per_node.entry(p).or_insert(0) += 1;
+        // When a dealt job's task is late: its producer's latency, plus the periods of the
+        // tasks queued before it, times (1 + slack), and a floor for control-plane jitter.
+        let deadline = j.dealer.as_ref().and_then(|d| {
+            let slack = d.plan.straggler_slack?;
+            let s = d.share(p)?;
+            let expected = s.latency + ahead as f64 * s.period;
+            Some(now + ((1.0 + slack) * expected * 1000.0).ceil() as u64 + STRAGGLER_FLOOR_MS)
+        });
         let task = TaskId(self.next_task);
         self.next_task += 1;
         self.tasks.insert(
@@ -1633,8 +2374,18 @@ impl Scheduler {
                 job,
                 chunk: index,
                 node: p,
+                deadline,
+                twin,
             },
         );
+        if let Some(d) = deadline {
+            self.deadlines.insert((d, task));
+        }
+        if let Some(tw) = twin
+            && let Some(o) = self.tasks.get_mut(&tw)
+        {
+            o.twin = Some(task);
+        }
         let mut seq = 0;
         if let Some(n) = self.nodes.get_mut(&p) {
             n.tasks.insert(task);
@@ -1642,8 +2393,9 @@ impl Scheduler {
             n.assigned += 1;
         }
         let (Some(j), Some(pv)) = (self.jobs.get(&job), self.view(p)) else {
-            return;
+            return Some(task);
         };
+        let policy = &self.policies[j.policy];
         let targets = chunk
             .pieces
             .iter()
@@ -1651,7 +2403,7 @@ impl Scheduler {
                 let node = j.streams[piece.stream as usize].node;
                 let route = self
                     .view(node)
-                    .map_or(Route::Remote(None), |cv| self.policy.route(&pv, &cv, seq));
+                    .map_or(Route::Remote(None), |cv| policy.route(&pv, &cv, seq));
                 Target {
                     piece: *piece,
                     node,
@@ -1666,5 +2418,230 @@ impl Scheduler {
             chunk,
             targets,
         });
+        Some(task)
+    }
+
+    /// Stragglers: a dealt job's task past its deadline makes its producer suspect (no new
+    /// chunks until it finishes one), and every task of the job it holds without a copy is
+    /// duplicated on the least loaded other producer of the job.
+    fn check_stragglers(&mut self, out: &mut Vec<Command>) {
+        let now = self.now;
+        while let Some(&(d, id)) = self.deadlines.first() {
+            if d > now {
+                break;
+            }
+            self.deadlines.remove(&(d, id));
+            let Some(t) = self.tasks.get(&id) else {
+                continue;
+            };
+            if t.twin.is_some() || t.deadline != Some(d) {
+                continue;
+            }
+            let (job, slow) = (t.job, t.node);
+            let mut victims: Vec<(TaskId, u64)> = self
+                .nodes
+                .get(&slow)
+                .map(|n| {
+                    n.tasks
+                        .iter()
+                        .filter_map(|tid| self.tasks.get(tid).map(|u| (*tid, u)))
+                        .filter(|(_, u)| u.job == job && u.twin.is_none())
+                        .map(|(tid, u)| (tid, u.chunk))
+                        .collect()
+                })
+                .unwrap_or_default();
+            victims.sort_by_key(|v| v.1);
+            // With no other producer to take a copy, the straggler keeps its work.
+            if self.helper_for(job, slow).is_none() {
+                for (vid, _) in victims {
+                    if let Some(v) = self.tasks.get_mut(&vid)
+                        && let Some(dl) = v.deadline.take()
+                    {
+                        self.deadlines.remove(&(dl, vid));
+                    }
+                }
+                continue;
+            }
+            if let Some(d) = self.jobs.get_mut(&job).and_then(|j| j.dealer.as_mut()) {
+                d.suspect.insert(slow);
+            }
+            for (vid, chunk) in victims {
+                if let Some(v) = self.tasks.get_mut(&vid)
+                    && let Some(dl) = v.deadline.take()
+                {
+                    self.deadlines.remove(&(dl, vid));
+                }
+                let Some(helper) = self.helper_for(job, slow) else {
+                    continue;
+                };
+                if self.issue(helper, job, chunk, Some(vid), out).is_some()
+                    && let Some(j) = self.jobs.get_mut(&job)
+                {
+                    j.duplicated += 1;
+                }
+            }
+        }
+    }
+
+    /// The other producer of a dealt job that should take a straggler's copy: ready, not
+    /// suspect, the fewest of the job's tasks for its credits.
+    fn helper_for(&self, job: JobId, slow: NodeId) -> Option<NodeId> {
+        let j = self.jobs.get(&job)?;
+        if j.state != JobState::Running {
+            return None;
+        }
+        let d = j.dealer.as_ref()?;
+        d.plan
+            .shares
+            .iter()
+            .filter(|s| s.node != slow && !d.suspect.contains(&s.node))
+            .filter(|s| j.producers.get(&s.node) == Some(&true) && self.nodes.contains_key(&s.node))
+            .min_by(|a, b| {
+                let load = |s: &crate::policy::Share| {
+                    j.per_node.get(&s.node).copied().unwrap_or(0) as f64
+                        / f64::from(s.credits.max(1))
+                };
+                load(a).total_cmp(&load(b)).then(a.node.cmp(&b.node))
+            })
+            .map(|s| s.node)
+    }
+
+    // -- measurements and re-planning ---------------------------------------------------------
+
+    fn on_task_times(
+        &mut self,
+        node: NodeId,
+        task: TaskId,
+        r: &TaskReport,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(t) = self.tasks.get(&task).filter(|t| t.node == node) else {
+            return;
+        };
+        let Some(j) = self.jobs.get(&t.job) else {
+            return;
+        };
+        let Some(pn) = self
+            .nodes
+            .get(&node)
+            .map(|n| (n.info.name.clone(), n.info.host.clone()))
+        else {
+            return;
+        };
+        let kernel = j.plan.kernel.name();
+        if r.bytes > 0 && r.compute_us > 0 {
+            self.caps
+                .observe_compute(&pn.0, kernel, r.bytes, r.compute_us as f64 / 1e6);
+        }
+        let mut links = Vec::new();
+        for &(stream, bytes, us) in &r.pieces {
+            let Some(s) = j.streams.get(stream as usize) else {
+                continue;
+            };
+            // A ring nearly full makes the producer wait for room: not the link's time.
+            if s.frontier.saturating_sub(s.read) * 5 >= s.ring * 4 {
+                continue;
+            }
+            if let Some(q) = self.nodes.get(&s.node) {
+                links.push((q.info.name.clone(), q.info.host == pn.1, bytes, us));
+            }
+        }
+        for (q, local, bytes, us) in links {
+            if bytes > 0 && us > 0 {
+                self.caps
+                    .observe_link(&pn.0, &q, local, bytes, us as f64 / 1e6);
+            }
+        }
+        // Drift: a producer computing slower than its plan assumed re-plans its dealt jobs.
+        let drifted: Vec<JobId> = self
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Running)
+            .filter_map(|j| {
+                let d = j.dealer.as_ref()?;
+                let s = d.share(node)?;
+                let tol = self.policies[j.policy].drift()?;
+                let est = self
+                    .caps
+                    .compute(&pn.0, j.plan.kernel.name(), 0, 1)
+                    .rate_at(j.summary.chunk_bytes as f64);
+                (est < (1.0 - tol) * s.compute_rate).then_some(j.id)
+            })
+            .collect();
+        for id in drifted {
+            self.replan(id, out);
+        }
+    }
+
+    /// Re-plans a running dealt job on today's estimates (its chunk size kept); warns its
+    /// submitter when its promise can no longer be kept.
+    fn replan(&mut self, id: JobId, out: &mut Vec<Command>) {
+        let Some(j) = self.jobs.get(&id) else {
+            return;
+        };
+        if j.state != JobState::Running {
+            return;
+        }
+        let Some(d) = j.dealer.as_ref() else {
+            return;
+        };
+        let consumers: Vec<NodeId> = j.streams.iter().map(|s| s.node).collect();
+        let cluster = self.cluster_for(
+            j.plan.kernel.name(),
+            &consumers,
+            Some(id),
+            &j.preload_failed,
+        );
+        let current = Plan {
+            policy: self.policies[j.policy].name(),
+            deal: Deal::Weighted(d.plan.clone()),
+            summary: j.summary.clone(),
+        };
+        let cviews: Vec<NodeView<'_>> = consumers.iter().filter_map(|c| self.view(*c)).collect();
+        let Some((new, warning)) =
+            self.policies[j.policy].replan(&j.plan, &j.layout, &current, &cviews, &cluster)
+        else {
+            return;
+        };
+        let Deal::Weighted(w) = new.deal else {
+            return;
+        };
+        let reserved = self.reservation(&j.plan, &consumers, &w, &new.summary);
+        let Some(j) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        j.done_since_plan = 0;
+        let mut summary = new.summary;
+        summary.rings = j.summary.rings.clone();
+        summary.prefill = j.summary.prefill.clone();
+        j.summary = summary;
+        j.reserved = reserved;
+        for s in &w.shares {
+            if !j.producers.contains_key(&s.node) && !j.preload_failed.contains(&s.node) {
+                j.producers.insert(s.node, false);
+                out.push(Command::Preload {
+                    node: s.node,
+                    job: id,
+                });
+            }
+        }
+        if let Some(d) = j.dealer.as_mut() {
+            d.swrr
+                .set_weights(w.shares.iter().map(|s| (s.node, s.weight)));
+            d.plan = w;
+        }
+        // The submitter hears when the promise becomes at risk; status shows the latest.
+        match warning {
+            Some(msg) if j.warning.is_none() => {
+                j.warning = Some(msg.clone());
+                out.push(Command::JobWarning {
+                    client: j.client,
+                    job: id,
+                    message: msg,
+                });
+            }
+            Some(msg) => j.warning = Some(msg),
+            None => j.warning = None,
+        }
     }
 }

@@ -35,8 +35,11 @@
 //!
 //! chunk = "200Mbit"                # optional: bytes of ONE channel per task, rounded down to
 //!                                  # whole lines; or { lines = 100 }; else the policy picks
-//! rate = "2.5Gbit"                 # optional constant read rate per stream (per second)
-//! latency = "2s"                   # optional latency bound
+//! rate = "2.5Gbit"                 # optional: every stream is read at this rate (per second);
+//!                                  # the scheduler admits the job only if it can feed it
+//! latency = "2s"                   # optional chunk latency bound (task created -> released
+//!                                  # in order); with a rate both must hold, else refused
+//! policy = "tclo"                  # optional: "tclo" (default) | "load-balance"
 //! on_reader_death = "abort"        # "abort" (default) | "keep"
 //!
 //! [[stream]]                       # optional, in stream order: overrides for stream 0, 1, ...
@@ -70,7 +73,7 @@ pub const DEFAULT_LINE_BYTES: u64 = 64 << 10;
 
 /// A refused spec: which field, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {kind}")]
+#[error("{}: {kind}", spate_netlib::text::Quoted::new(field).bare())]
 pub struct SpecError {
     /// Path of the offending field, e.g. `stream[2]`, `split.lines`, or `(spec)` for the whole.
     pub field: String,
@@ -82,10 +85,10 @@ pub struct SpecError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecErrorKind {
     /// Not valid TOML, or a value of the wrong type (the parser's message).
-    #[error("{0}")]
+    #[error("{}", spate_netlib::text::Quoted::new(.0).bare().max(400))]
     Syntax(String),
     /// A field the spec does not have (typo?); the error's `field` is its path.
-    #[error("no such field (known: {known})")]
+    #[error("no such field (known: {})", spate_netlib::text::Quoted::new(known).bare().max(400))]
     UnknownField {
         /// The field as written.
         name: String,
@@ -99,22 +102,25 @@ pub enum SpecErrorKind {
         hint: String,
     },
     /// The kernel is not one we have.
-    #[error("unknown kernel \"{name}\" (known: pattern, null, rip)")]
+    #[error(
+        "unknown kernel {} (known: pattern, null, rip)",
+        spate_netlib::text::quote(name)
+    )]
     UnknownKernel {
         /// The kernel as written.
         name: String,
     },
     /// A value that must be positive is zero.
-    #[error("\"{value}\" must be > 0")]
+    #[error("{} must be > 0", spate_netlib::text::quote(value))]
     NotPositive {
         /// The value as written.
         value: String,
     },
     /// A size, rate or duration that could not be read.
-    #[error("{0}")]
+    #[error("{}", spate_netlib::text::Quoted::new(&.0.to_string()).bare().max(400))]
     Unit(#[from] UnitError),
     /// Two fields that cannot be used together.
-    #[error("cannot be used together with `{other}`: {hint}")]
+    #[error("cannot be used together with `{}`: {hint}", spate_netlib::text::Quoted::new(other).bare())]
     Conflict {
         /// The other field.
         other: String,
@@ -122,7 +128,7 @@ pub enum SpecErrorKind {
         hint: String,
     },
     /// Any other invalid value.
-    #[error("\"{value}\" is invalid: {reason}")]
+    #[error("{} is invalid: {}", spate_netlib::text::quote(value), spate_netlib::text::Quoted::new(reason).bare().max(400))]
     Invalid {
         /// The value as written.
         value: String,
@@ -272,6 +278,8 @@ pub struct JobPlan {
     pub rate_bps: Option<u64>,
     /// Latency bound.
     pub latency: Option<Duration>,
+    /// The scheduling policy asked for (None: the scheduler's default).
+    pub policy: Option<String>,
     /// What to do when a reader dies.
     pub on_reader_death: ReaderDeath,
 }
@@ -474,6 +482,7 @@ struct RawSpec {
     chunk: Option<toml::Value>,
     rate: Option<toml::Value>,
     latency: Option<toml::Value>,
+    policy: Option<String>,
     on_reader_death: Option<String>,
 }
 
@@ -938,6 +947,15 @@ fn validate(raw: RawSpec) -> Result<JobPlan, SpecError> {
             ));
         }
     };
+    if let Some(p) = &raw.policy
+        && (p.is_empty() || p.len() > 32 || !p.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
+    {
+        return Err(SpecError::invalid(
+            "policy",
+            p,
+            "write a policy name, e.g. \"tclo\" or \"load-balance\"",
+        ));
+    }
     let on_reader_death = match raw.on_reader_death.as_deref() {
         None | Some("abort") => ReaderDeath::Abort,
         Some("keep") => ReaderDeath::Keep,
@@ -961,6 +979,7 @@ fn validate(raw: RawSpec) -> Result<JobPlan, SpecError> {
         chunk_lines,
         rate_bps,
         latency,
+        policy: raw.policy,
         on_reader_death,
     })
 }

@@ -7,7 +7,9 @@
 //!   commands it issued;
 //! - every running job has a live producer (or has been aborted);
 //! - jobs whose consumer died are aborted (or refused) in the same step, naming the node;
-//! - a producer ready for a job that has work left keeps at least 2 tasks.
+//! - load-balance: a producer ready for a job that has work left keeps at least 2 tasks;
+//! - tclo: a straggler's copy and its original are never both reported done (the first to
+//!   land wins, the other is cancelled), and every job still finishes.
 
 mod common;
 
@@ -20,7 +22,7 @@ use spate_scheduler::core::{
     AbortReason, ClientId, Command, Event, JobEnd, JobId, JobState, Leave, NodeId, Refusal, Reply,
     Scheduler, Submission, Target, TaskId,
 };
-use spate_scheduler::policy::LoadBalance;
+use spate_scheduler::policy::{LoadBalance, Policy, Tclo};
 use spate_scheduler::spec::{Chunk, JobPlan};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +53,8 @@ struct MNode {
 
 struct Sim {
     s: Scheduler,
+    /// The on-demand baseline (its depth invariant is checked).
+    on_demand: bool,
     rng: ChaCha8Rng,
     now: u64,
     next_node: u64,
@@ -67,9 +71,10 @@ struct Sim {
 }
 
 impl Sim {
-    fn new(seed: u64) -> Self {
+    fn new(seed: u64, policy: Box<dyn Policy>) -> Self {
         Sim {
-            s: Scheduler::new(Box::new(LoadBalance::default())),
+            on_demand: policy.name() == "load-balance",
+            s: Scheduler::new(policy),
             rng: ChaCha8Rng::seed_from_u64(seed),
             now: 0,
             next_node: 1,
@@ -459,7 +464,7 @@ impl Sim {
                     self.allocs.insert((*node, *job, *stream));
                 }
                 Command::Reply { client, reply } => match reply {
-                    Reply::Accepted { job, streams } => {
+                    Reply::Accepted { job, streams, .. } => {
                         let j = self.jobs.get_mut(job).unwrap();
                         assert_eq!(j.state, MState::Allocating);
                         assert_eq!(j.client, *client);
@@ -552,6 +557,12 @@ impl Sim {
                     });
                 }
                 Command::RefuseNode { .. } => {}
+                Command::CancelTask { node, task } => {
+                    let t = self.tasks.remove(task).expect("cancel of an unknown task");
+                    assert_eq!(t.0, *node);
+                    self.count("cancelled copy");
+                }
+                Command::JobWarning { .. } => self.count("warning"),
             }
         }
         for job in ended {
@@ -592,7 +603,7 @@ impl Sim {
                     for (p, ready) in &st.producers {
                         assert!(self.nodes[p].producer);
                         // At least 2 tasks on every ready producer while work is assignable.
-                        if *ready && self.s.has_assignable(*id) {
+                        if self.on_demand && *ready && self.s.has_assignable(*id) {
                             assert!(self.s.tasks_of(*p).len() >= 2, "{p:?} starved on {id}");
                         }
                     }
@@ -603,8 +614,8 @@ impl Sim {
     }
 }
 
-fn run(seed: u64, steps: usize) -> BTreeMap<&'static str, u64> {
-    let mut sim = Sim::new(seed);
+fn run(seed: u64, steps: usize, policy: Box<dyn Policy>) -> BTreeMap<&'static str, u64> {
+    let mut sim = Sim::new(seed, policy);
     // Start with some nodes.
     for (i, (p, c)) in [(true, false), (true, false), (false, true), (false, true)]
         .into_iter()
@@ -661,7 +672,7 @@ fn run(seed: u64, steps: usize) -> BTreeMap<&'static str, u64> {
 fn random_runs_keep_invariants() {
     let mut total: BTreeMap<&'static str, u64> = BTreeMap::new();
     for seed in 0..150 {
-        for (k, v) in run(seed, 600) {
+        for (k, v) in run(seed, 600, Box::new(LoadBalance::default())) {
             *total.entry(k).or_default() += v;
         }
     }
@@ -675,6 +686,31 @@ fn random_runs_keep_invariants() {
         "cancelled",
         "task failed",
         "node left",
+    ] {
+        assert!(
+            total.get(what).copied().unwrap_or(0) > 10,
+            "too few '{what}': {total:?}"
+        );
+    }
+}
+
+#[test]
+fn random_runs_keep_invariants_under_tclo() {
+    let mut total: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for seed in 0..150 {
+        for (k, v) in run(seed, 600, Box::new(Tclo::default())) {
+            *total.entry(k).or_default() += v;
+        }
+    }
+    for what in [
+        "accepted",
+        "delivered",
+        "completed",
+        "aborted",
+        "cancelled",
+        "task failed",
+        "node left",
+        "cancelled copy",
     ] {
         assert!(
             total.get(what).copied().unwrap_or(0) > 10,

@@ -7,7 +7,7 @@ use spate_scheduler::core::{
     AbortReason, ClientError, ClientId, Command, Event, JobEnd, JobId, JobState, Leave, NodeId,
     Refusal, ReleaseWhy, Reply, Scheduler, StreamPlacement, Submission, Target, TaskId,
 };
-use spate_scheduler::policy::{LoadBalance, Route};
+use spate_scheduler::policy::{LoadBalance, PlanSummary, Route};
 use spate_scheduler::spec::{Piece, SpecErrorKind};
 
 const U: ClientId = ClientId(100);
@@ -141,7 +141,14 @@ fn happy_path_exact_sequence() {
                     key: 7,
                     len: 800,
                     ring: 800
-                }]
+                }],
+                plan: PlanSummary {
+                    chunk_bytes: 200,
+                    chunk_lines: 2,
+                    rings: vec![800],
+                    prefill: vec![0],
+                    ..PlanSummary::default()
+                }
             }
         }]
     );

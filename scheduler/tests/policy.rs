@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use spate_scheduler::core::{Interface, JobId, NodeId, NodeInfo, Refusal};
+use spate_scheduler::model::Cluster;
 use spate_scheduler::policy::{JobView, LoadBalance, NodeView, Policy, Route};
 use spate_scheduler::spec::JobPlan;
 
@@ -32,7 +33,7 @@ fn reference_job_c_sizes() {
         .map(|(i, p)| view(NodeId(i as u64), p))
         .collect();
     let cv = vec![view(NodeId(9), &c); 4];
-    let placement = pol.admit(&plan, &pv, &cv).unwrap();
+    let placement = pol.admit(&plan, &pv, &cv, &Cluster::default()).unwrap();
     // A line is 120000 bytes; 200 Mbit = 25 MB = 208 lines; 1 GiB / (4 producers x 4) = 67 MB.
     assert_eq!(placement.chunk_lines, 208);
     // Ring = chunk x producers x 4 = 208 x 120000 x 16, under the 1 GiB cap.
@@ -46,7 +47,7 @@ fn reference_job_c_sizes() {
         .enumerate()
         .map(|(i, p)| view(NodeId(i as u64), p))
         .collect();
-    let placement = pol.admit(&plan, &pv, &cv).unwrap();
+    let placement = pol.admit(&plan, &pv, &cv, &Cluster::default()).unwrap();
     assert_eq!(placement.chunk_lines, 34);
     assert!(placement.rings.iter().all(|&r| r <= 1 << 30));
 }
@@ -61,18 +62,26 @@ fn consumer_capacity_shrinks_rings_or_refuses() {
     let pv = [view(NodeId(1), &p)];
     let cv = [view(NodeId(2), &c), view(NodeId(2), &c)];
     // Wanted 4000 per ring (1 producer x 4 chunks), 8000 > 6000: shrunk to 3000 each.
-    assert_eq!(pol.admit(&plan, &pv, &cv).unwrap().rings, vec![3000, 3000]);
+    assert_eq!(
+        pol.admit(&plan, &pv, &cv, &Cluster::default())
+            .unwrap()
+            .rings,
+        vec![3000, 3000]
+    );
     c.capacity = 1500;
     let cv = [view(NodeId(2), &c), view(NodeId(2), &c)];
     assert_eq!(
-        pol.admit(&plan, &pv, &cv),
+        pol.admit(&plan, &pv, &cv, &Cluster::default()),
         Err(Refusal::Capacity {
             node: "c".into(),
             need: 2000,
             free: 1500
         })
     );
-    assert_eq!(pol.admit(&plan, &[], &cv), Err(Refusal::NoProducers));
+    assert_eq!(
+        pol.admit(&plan, &[], &cv, &Cluster::default()),
+        Err(Refusal::NoProducers)
+    );
 }
 
 #[test]
@@ -86,12 +95,22 @@ fn producer_memory_bounds_the_chunk() {
     p.capacity = 60_000; // 3 tasks x 2 channels x 10 lines
     let c = info("c", "h", false, true);
     let placement = pol
-        .admit(&plan, &[view(NodeId(1), &p)], &[view(NodeId(2), &c); 2])
+        .admit(
+            &plan,
+            &[view(NodeId(1), &p)],
+            &[view(NodeId(2), &c); 2],
+            &Cluster::default(),
+        )
         .unwrap();
     assert_eq!(placement.chunk_lines, 10);
     p.capacity = 1000; // not even one line of both channels x 3 tasks
     assert!(matches!(
-        pol.admit(&plan, &[view(NodeId(1), &p)], &[view(NodeId(2), &c); 2]),
+        pol.admit(
+            &plan,
+            &[view(NodeId(1), &p)],
+            &[view(NodeId(2), &c); 2],
+            &Cluster::default()
+        ),
         Err(Refusal::Capacity { .. })
     ));
 }

@@ -158,6 +158,8 @@ fn info(name: &str, host: u128, producer: bool, consumer: bool) -> NodeInfo {
             vec![]
         },
         handoff_socket: consumer.then(|| format!("/tmp/{name}.handoff").into()),
+        nic_bytes_per_sec: 0,
+        ports: 0,
     }
 }
 
@@ -192,6 +194,7 @@ fn fake_consumer(mut c: Conn, released: mpsc::Sender<JobId>) -> JoinHandle<()> {
                     stream,
                     capacity,
                     total_len,
+                    ..
                 } => {
                     assert!(capacity > 0 && capacity <= total_len);
                     let allocated = Message::Allocated {
@@ -274,6 +277,8 @@ fn fake_producer(
                         kind: TaskKind::Expel,
                         bytes: 8192,
                         micros: 1,
+                        compute_micros: 0,
+                        pieces: vec![],
                     };
                     if c.send(&done).is_err() {
                         return;
@@ -474,7 +479,7 @@ fn submissions_are_refused_with_reasons_naming_the_problem() {
 /// Submits SPEC, waits for Accepted, checks the placement; returns the job id.
 fn accept(u: &mut Conn) -> JobId {
     match submit(u, SPEC, &[]) {
-        Message::Accepted { job, streams } => {
+        Message::Accepted { job, streams, .. } => {
             assert_eq!(streams.len(), 1);
             let s = &streams[0];
             assert_eq!(s.stream, StreamIndex(0));

@@ -26,6 +26,8 @@ fn node(name: &str, host: u128, eps: Vec<DataEndpoint>, ifs: Vec<Interface>) -> 
         ring_budget: 1 << 30,
         data_endpoints: eps,
         handoff_socket: None,
+        nic_bytes_per_sec: 0,
+        ports: 0,
     }
 }
 

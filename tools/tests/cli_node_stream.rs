@@ -148,6 +148,8 @@ fn a_producer_and_a_consumer_process_deliver_a_pattern_stream_byte_exact() {
         stream: StreamIndex(0),
         capacity: 2 << 20,
         total_len: total,
+        rate_bps: None,
+        prefill: 0,
     })
     .unwrap();
     let key = match next(&mut cc) {

@@ -115,6 +115,8 @@ fn consumer_info(name: &str) -> NodeInfo {
             path: "/tmp/c1.data".into(),
         }],
         handoff_socket: Some("/tmp/c1.handoff".into()),
+        nic_bytes_per_sec: 0,
+        ports: 0,
     }
 }
 
@@ -263,6 +265,9 @@ fn submit_wait_reports_a_scheduler_that_goes_away() {
         "  stream 0 (65536 bytes) on node c1: spate read --socket '/tmp/c1 handoff' \
          --key 00000000000000000000000000000abc --verify 5:0"
     );
+    // Then the plan of the default policy, with its prediction.
+    let plan = lines.next().unwrap().unwrap();
+    assert!(plan.starts_with("  policy tclo: predicted "), "{plan}");
     // Wait until the submitter watches the job, then stop the scheduler.
     let deadline = Instant::now() + WAIT;
     loop {

@@ -18,6 +18,7 @@ fn serve(name: &str, extra: &[&str]) -> (Child, PathBuf) {
         .args(["ring-serve", "--no-hugetlb", "--socket"])
         .arg(&path)
         .args(extra)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -148,6 +149,62 @@ fn dead_writer_exits_with_message() {
     let _ = std::fs::remove_file(&path);
 }
 
+/// Issue 12, defect 1: each reader reports the bytes it read itself. One that joins after an
+/// earlier reader left reads the rest and says where it started; reading a stream that was
+/// read to its end fails (exit 1) and says so, never a success with the stream's length.
+#[test]
+fn a_late_reader_reports_its_own_bytes_and_a_consumed_stream_is_an_error() {
+    const TOTAL: u64 = 3 * 1024 * 1024 + 77;
+    const FIRST: u64 = 1_000_003;
+    let (mut srv, path) = serve(
+        "again",
+        &[
+            "--bytes",
+            &TOTAL.to_string(),
+            "--seed",
+            "5",
+            "--capacity",
+            "4MiB",
+            "--hold",
+        ],
+    );
+    // The earlier reader (this process) reads the first FIRST bytes, then detaches.
+    let mut r = spate_ring::handoff::connect(&path, "s").unwrap();
+    while r.position() < FIRST {
+        let want = (FIRST - r.position()) as usize;
+        let n = match r.acquire(1, want, None).unwrap() {
+            spate_ring::Acquired::Data(b) => b.data.len(),
+            other => panic!("{other:?} before offset {FIRST}"),
+        };
+        r.release(n).unwrap();
+    }
+    drop(r);
+    let o = read(&path, &["--verify", "5:0", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v = json(&o);
+    assert_eq!(v["outcome"], "end");
+    assert_eq!(v["bytes"], TOTAL - FIRST, "{v}");
+    assert_eq!(v["start_offset"], FIRST, "{v}");
+    assert_eq!(v["verified"], true);
+    // The stream is read to its end now: a third reader is told so.
+    for extra in [&["--verify", "5:0", "--json"][..], &[]] {
+        let o = read(&path, extra);
+        assert_eq!(o.status.code(), Some(1), "{o:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("the stream was already read to its end: an earlier reader (pid ")
+                && err.contains(&format!(
+                    ", detached) read and released all {TOTAL} bytes; nothing is left to read"
+                )),
+            "{err}"
+        );
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(!out.contains("verified"), "{out}");
+    }
+    drop(srv.stdin.take());
+    assert!(srv.wait().unwrap().success());
+}
+
 #[test]
 fn unknown_key_and_missing_socket_fail_clearly() {
     let o = read(&sock("none"), &[]);
@@ -155,4 +212,60 @@ fn unknown_key_and_missing_socket_fail_clearly() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("cannot attach to stream \"s\""), "{err}");
     assert!(err.contains("connect to hand-off socket"), "{err}");
+}
+
+#[test]
+fn a_reader_of_a_job_with_a_rate_reads_at_it_after_the_prefill() {
+    // 4 MiB told to be read at 80 Mbit/s (10 MB/s: about 0.4 s) after 1 MiB of prefill.
+    let bytes = 4u64 << 20;
+    let (mut srv, path) = serve(
+        "paced",
+        &[
+            "--bytes",
+            &bytes.to_string(),
+            "--seed",
+            "3",
+            "--pace-bps",
+            "80000000",
+            "--prefill",
+            "1048576",
+            "--capacity",
+            "2MiB",
+        ],
+    );
+    let o = read(&path, &["--verify", "3:0", "--json", "--block", "64KiB"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = json(&o);
+    assert_eq!(r["rate_from"], "job", "{r}");
+    assert_eq!(r["rate_gbit_per_s"].as_f64(), Some(0.08), "{r}");
+    assert_eq!(r["prefill_bytes"].as_u64(), Some(1 << 20), "{r}");
+    assert_eq!(r["bytes"].as_u64(), Some(bytes), "{r}");
+    assert_eq!(r["verified"], true, "{r}");
+    // Paced: it cannot have read 4 MiB at 10 MB/s in much less than 0.3 s (3 MiB after the
+    // first block of the prefill is due at once).
+    assert!(r["seconds"].as_f64().unwrap() > 0.25, "{r}");
+    assert!(srv.wait().unwrap().success());
+
+    // --no-pace reads as fast as it can, and says it was unpaced.
+    let (mut srv, path) = serve(
+        "unpaced",
+        &[
+            "--bytes",
+            &bytes.to_string(),
+            "--seed",
+            "3",
+            "--pace-bps",
+            "80000000",
+            "--prefill",
+            "1048576",
+            "--capacity",
+            "2MiB",
+        ],
+    );
+    let o = read(&path, &["--verify", "3:0", "--json", "--no-pace"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = json(&o);
+    assert_eq!(r["rate_from"], serde_json::Value::Null, "{r}");
+    assert_eq!(r["prefill_bytes"].as_u64(), Some(0), "{r}");
+    assert!(srv.wait().unwrap().success());
 }

@@ -254,6 +254,8 @@ struct Bench {
     dir: PathBuf,
     out: PathBuf,
     cluster: Option<emu::Cluster>,
+    /// The shaped link rate (Mbit/s), announced by every node as its interfaces' rate.
+    link_mbit: Option<u32>,
     /// Expected XXH3-128 per stream of a rip job, by (job, height).
     rip_digests: HashMap<(String, u64), Vec<String>>,
     control: Histogram<u64>,
@@ -327,6 +329,10 @@ impl Bench {
                 for k in 0..2 {
                     c.arg("--interface")
                         .arg(format!("{}={}", node.ifnames[k], node.addrs[k]));
+                }
+                // An operator announces its NICs' rate; here tbf sets it (veth says 10 Gbit).
+                if let Some(m) = self.link_mbit {
+                    c.arg("--link-rate").arg(format!("{m}Mbit"));
                 }
             }
             procs.push(Proc::spawn(
@@ -464,7 +470,7 @@ impl Bench {
                 inputs,
             },
             |m| match m {
-                Message::Accepted { job, streams } => Some(Ok((job, streams))),
+                Message::Accepted { job, streams, .. } => Some(Ok((job, streams))),
                 Message::Refused { message, .. } => Some(Err(message)),
                 Message::Error { message, .. } => Some(Err(message)),
                 _ => None,
@@ -811,6 +817,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         dir,
         out: out.clone(),
         cluster: None,
+        link_mbit: rate_mbit,
         rip_digests: HashMap::new(),
         control: Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?,
         files: Vec::new(),

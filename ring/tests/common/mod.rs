@@ -12,6 +12,7 @@ pub fn writer(cap: usize, total: Option<u64>, pref: BackingPref) -> Writer {
         capacity: cap,
         backing: pref,
         total_len: total,
+        pacing: None,
     })
     .unwrap()
 }

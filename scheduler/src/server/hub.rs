@@ -17,9 +17,10 @@ use spate_netlib::proto::{
 
 use crate::core::{
     self, ClientError, ClientId, Command, Event, JobEnd, JobId, Leave, Millis, NodeId, Refusal,
-    Reply, Scheduler, Submission, Target, TaskId,
+    Reply, Scheduler, Submission, Target, TaskId, TaskReport,
 };
 use crate::files::{FileService, check_name};
+use crate::policy::PlanSummary;
 use crate::policy::Route;
 use crate::spec::{Chunk, JobPlan, SpecError, SpecErrorKind};
 
@@ -64,7 +65,7 @@ struct Fetch {
 #[derive(Debug)]
 struct Daemon {
     /// What it announced (once joined and admitted by the core).
-    info: Option<proto::NodeInfo>,
+    info: Option<Box<proto::NodeInfo>>,
     last_seen: Millis,
     /// It quit, was refused or was declared dead: no NodeLeft on disconnect.
     gone: bool,
@@ -420,6 +421,7 @@ impl Hub {
                     job: id,
                     stream: stream.0,
                     frontier,
+                    read: read_pos,
                 });
             }
             Message::ReaderAttached { job, stream } => {
@@ -445,9 +447,28 @@ impl Hub {
                 offset,
                 len,
             } => self.on_fetch(conn, job, name, offset, len),
-            Message::TaskDone { task, kind, .. } => {
+            Message::TaskDone {
+                task,
+                kind,
+                bytes,
+                compute_micros,
+                pieces,
+                ..
+            } => {
                 // Compute+Expel is one core task: only the expel's report finishes it.
                 if kind == proto::TaskKind::Expel {
+                    self.feed(Event::TaskTimes {
+                        node,
+                        task: TaskId(task.0),
+                        report: TaskReport {
+                            compute_us: compute_micros,
+                            bytes,
+                            pieces: pieces
+                                .iter()
+                                .map(|p| (p.stream.0, p.bytes, p.micros))
+                                .collect(),
+                        },
+                    });
                     if let Some((job, chunk)) = self.task_chunks.remove(&TaskId(task.0)) {
                         let now = self.now_us();
                         self.latency.done(job, chunk, now);
@@ -487,6 +508,10 @@ impl Hub {
         let client = ClientId(conn);
         match msg {
             Message::Submit { spec_toml, inputs } => self.on_submit(conn, spec_toml, inputs),
+            Message::Plan { spec_toml, inputs } => {
+                let reply = self.dry_run(&spec_toml, inputs);
+                self.send(conn, reply);
+            }
             Message::Ready { job } => self.feed(Event::Ready {
                 client,
                 job: JobId(job.0),
@@ -556,7 +581,7 @@ impl Hub {
                 "node joined"
             );
             if let Some(Peer::Daemon(d)) = self.peers.get_mut(&conn) {
-                d.info = Some(info);
+                d.info = Some(Box::new(info));
             }
             self.send(
                 conn,
@@ -569,18 +594,17 @@ impl Hub {
         self.drain();
     }
 
-    fn on_submit(&mut self, conn: ConnId, spec_toml: String, inputs: Vec<String>) {
-        let refuse = |hub: &mut Hub, reason: RefuseReason, message: String| {
-            tracing::info!(conn, "job refused: {message}");
-            hub.send(conn, Message::Refused { reason, message });
-        };
-        let plan = match JobPlan::parse(&spec_toml) {
-            Ok(p) => p,
-            Err(e) => {
-                let r = Refusal::InvalidSpec(e);
-                return refuse(self, refuse_reason(&r), r.to_string());
-            }
-        };
+    /// A submitted spec parsed and checked as far as the hub can (kernel parameters' depth,
+    /// inputs present in the file service), or the refusal.
+    fn checked_plan(
+        &self,
+        spec_toml: &str,
+        inputs: Vec<String>,
+    ) -> Result<JobPlan, (RefuseReason, String)> {
+        let plan = JobPlan::parse(spec_toml).map_err(|e| {
+            let r = Refusal::InvalidSpec(e);
+            (refuse_reason(&r), r.to_string())
+        })?;
         let params = table_to_value(&plan.params);
         if params.depth() > proto::MAX_VALUE_DEPTH {
             let r = Refusal::InvalidSpec(SpecError {
@@ -593,7 +617,7 @@ impl Hub {
                     ),
                 },
             });
-            return refuse(self, refuse_reason(&r), r.to_string());
+            return Err((refuse_reason(&r), r.to_string()));
         }
         let mut names: Vec<String> = plan.inputs.clone();
         for n in inputs {
@@ -607,17 +631,128 @@ impl Hub {
                 Some(f) => f.size(&name).map(|_| ()),
             };
             if let Err(e) = checked {
-                return refuse(
-                    self,
-                    RefuseReason::InputUnavailable { name },
-                    format!("{e}"),
-                );
+                return Err((RefuseReason::InputUnavailable { name }, format!("{e}")));
             }
         }
-        self.feed(Event::Submit {
-            client: ClientId(conn),
-            spec: Submission::Plan(Box::new(plan)),
-        });
+        Ok(plan)
+    }
+
+    fn on_submit(&mut self, conn: ConnId, spec_toml: String, inputs: Vec<String>) {
+        match self.checked_plan(&spec_toml, inputs) {
+            Ok(plan) => self.feed(Event::Submit {
+                client: ClientId(conn),
+                spec: Submission::Plan(Box::new(plan)),
+            }),
+            Err((reason, message)) => {
+                tracing::info!(conn, "job refused: {message}");
+                self.send(conn, Message::Refused { reason, message });
+            }
+        }
+    }
+
+    /// The answer to a Plan request: what Submit would get now, admitting nothing.
+    fn dry_run(&self, spec_toml: &str, inputs: Vec<String>) -> Message {
+        let plan = match self.checked_plan(spec_toml, inputs) {
+            Ok(p) => p,
+            Err((reason, message)) => {
+                return Message::PlanReply {
+                    admitted: false,
+                    plan: None,
+                    reason: Some(reason),
+                    message,
+                };
+            }
+        };
+        match self.core.dry_run(&plan) {
+            Ok((policy, summary)) => Message::PlanReply {
+                admitted: true,
+                plan: Some(Box::new(self.plan_info(policy, &summary))),
+                reason: None,
+                message: String::new(),
+            },
+            Err(r) => {
+                let info = match &r {
+                    Refusal::Infeasible {
+                        policy,
+                        requested,
+                        latency_bound,
+                        max_feasible,
+                        ..
+                    } => Some(Box::new(proto::PlanInfo {
+                        policy: policy.clone(),
+                        max_feasible_bps: (max_feasible * 8.0) as u64,
+                        requested_bps: requested.map(|r| (r * 8.0) as u64),
+                        latency_bound_us: latency_bound.map(|l| (l * 1e6) as u64),
+                        ..proto::PlanInfo::default()
+                    })),
+                    _ => None,
+                };
+                Message::PlanReply {
+                    admitted: false,
+                    plan: info,
+                    reason: Some(refuse_reason(&r)),
+                    message: r.to_string(),
+                }
+            }
+        }
+    }
+
+    /// A plan summary as the protocol carries it (node names for ids, bits per second).
+    fn plan_info(&self, policy: &str, s: &PlanSummary) -> proto::PlanInfo {
+        proto::PlanInfo {
+            policy: policy.to_string(),
+            chunk_bytes: s.chunk_bytes,
+            chunk_lines: s.chunk_lines,
+            producers: s
+                .producers
+                .iter()
+                .map(|n| {
+                    self.daemon_info(*n)
+                        .map_or_else(|| format!("node {}", n.0), |i| i.name.clone())
+                })
+                .collect(),
+            predicted_bps: (s.predicted_rate * 8.0) as u64,
+            predicted_latency_us: (s.predicted_latency * 1e6) as u64,
+            window_chunks: s.window,
+            ring_bytes: s.rings.clone(),
+            prefill_bytes: s.prefill.clone(),
+            max_feasible_bps: (s.max_feasible * 8.0) as u64,
+            requested_bps: s.requested_rate.map(|r| (r * 8.0) as u64),
+            latency_bound_us: s.latency_bound.map(|l| (l * 1e6) as u64),
+        }
+    }
+
+    /// What the core measured of a node, as status shows it.
+    fn node_capacity(&self, i: &proto::NodeInfo) -> proto::NodeCapacity {
+        let caps = self.core.capacities();
+        let compute = caps
+            .computes()
+            .into_iter()
+            .filter(|(n, _, _)| *n == i.name)
+            .map(|(_, k, c)| proto::ComputeEstimate {
+                kernel: k,
+                bytes_per_sec: c.rate as u64,
+                overhead_us: (c.overhead * 1e6) as u64,
+                source: c.source.name().to_string(),
+                samples: c.samples,
+            })
+            .collect();
+        let links = caps
+            .links()
+            .into_iter()
+            .filter(|(p, _, _)| *p == i.name)
+            .map(|(_, q, l)| proto::LinkEstimate {
+                consumer: q,
+                bytes_per_sec: l.rate as u64,
+                overhead_us: (l.overhead * 1e6) as u64,
+                samples: l.samples,
+            })
+            .collect();
+        proto::NodeCapacity {
+            compute,
+            links,
+            nic_bytes_per_sec: i.nic_bytes_per_sec,
+        }
     }
 
     fn on_fetch(&mut self, conn: ConnId, job: proto::JobId, name: String, offset: u64, len: u64) {
@@ -758,6 +893,12 @@ impl Hub {
                     ring,
                 } => {
                     self.track(job);
+                    let rate_bps = self.core.plan(job).and_then(|p| p.rate_bps);
+                    let prefill = self
+                        .core
+                        .job(job)
+                        .and_then(|s| s.plan.prefill.get(stream as usize).copied())
+                        .unwrap_or(0);
                     self.send(
                         node.0,
                         Message::AllocStream {
@@ -765,6 +906,8 @@ impl Hub {
                             stream: StreamIndex(stream),
                             capacity: ring,
                             total_len: len,
+                            rate_bps,
+                            prefill,
                         },
                     );
                 }
@@ -808,6 +951,39 @@ impl Hub {
                             .push_back(Event::TaskFailed { node, task, reason });
                     }
                 },
+                Command::CancelTask { node, task } => {
+                    self.task_chunks.remove(&task);
+                    let job = self.core.task(task).map_or(0, |t| t.0.0);
+                    self.send(
+                        node.0,
+                        Message::CancelTask {
+                            task: proto::TaskId(task.0),
+                            job: proto::JobId(job),
+                        },
+                    );
+                }
+                Command::JobWarning {
+                    client,
+                    job,
+                    message,
+                } => {
+                    tracing::warn!(%job, "promise at risk: {message}");
+                    let mut to: BTreeSet<ConnId> = BTreeSet::from([client.0]);
+                    if let Some(j) = self.jobs.get(&job) {
+                        to.extend(j.watchers.iter().copied());
+                    }
+                    for c in to {
+                        if self.peers.contains_key(&c) {
+                            self.send(
+                                c,
+                                Message::JobWarning {
+                                    job: proto::JobId(job.0),
+                                    message: message.clone(),
+                                },
+                            );
+                        }
+                    }
+                }
                 Command::Unload { node, job } => self.send(
                     node.0,
                     Message::Unload {
@@ -924,7 +1100,7 @@ impl Hub {
 
     fn reply(&mut self, conn: ConnId, reply: Reply) {
         let msg = match reply {
-            Reply::Accepted { job, streams } => {
+            Reply::Accepted { job, streams, plan } => {
                 let slots = self.jobs.get(&job).map(|j| j.slots.clone());
                 let streams = streams
                     .into_iter()
@@ -946,10 +1122,13 @@ impl Hub {
                         }
                     })
                     .collect();
+                let policy = self.core.job(job).map_or("", |s| s.policy);
+                let plan = Box::new(self.plan_info(policy, &plan));
                 tracing::info!(%job, "job accepted");
                 Message::Accepted {
                     job: proto::JobId(job.0),
                     streams,
+                    plan,
                 }
             }
             Reply::Refused(r) => {
@@ -1025,7 +1204,7 @@ impl Hub {
 
     fn daemon_info(&self, node: NodeId) -> Option<&proto::NodeInfo> {
         match self.peers.get(&node.0) {
-            Some(Peer::Daemon(d)) => d.info.as_ref(),
+            Some(Peer::Daemon(d)) => d.info.as_deref(),
             _ => None,
         }
     }
@@ -1091,6 +1270,9 @@ impl Hub {
                 read: info.map_or(0, |j| j.slots.iter().map(|s| s.read_pos).sum()),
                 total,
             },
+            plan: Some(Box::new(self.plan_info(st.policy, &st.plan))),
+            warning: st.warning.clone(),
+            duplicated: st.duplicated,
         })
     }
 
@@ -1131,6 +1313,7 @@ impl Hub {
                     .flat_map(|j| j.streams.iter())
                     .filter(|s| s.0 == NodeId(id))
                     .count() as u32,
+                capacity: self.node_capacity(i),
             })
             .collect();
         Message::StatusReply { jobs, nodes }
@@ -1205,6 +1388,9 @@ pub fn core_info(i: &proto::NodeInfo) -> core::NodeInfo {
         },
         capacity: if i.roles.consumer { i.ring_budget } else { 0 },
         interfaces,
+        compute_bps: i.compute.bytes_per_sec,
+        nic_bps: i.nic_bytes_per_sec,
+        ports: i.ports,
     }
 }
 
@@ -1320,6 +1506,15 @@ pub fn refuse_reason(r: &Refusal) -> RefuseReason {
             node: node.clone(),
             stream: StreamIndex(0),
         },
+        Refusal::Infeasible {
+            reason,
+            max_feasible,
+            ..
+        } => RefuseReason::Infeasible {
+            constraint: reason.name().to_string(),
+            max_feasible_bps: (max_feasible * 8.0) as u64,
+        },
+        Refusal::UnknownPolicy { name, .. } => RefuseReason::UnknownPolicy { name: name.clone() },
     }
 }
 

@@ -45,7 +45,7 @@ pub use hub::{
 
 use crate::core::Scheduler;
 use crate::files::{FileError, FileService};
-use crate::policy::{LoadBalance, LoadBalanceConfig};
+use crate::policy::{LoadBalance, LoadBalanceConfig, Policy, Tclo, TcloConfig};
 
 /// How long a stopping server waits for its connections to flush.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -75,13 +75,30 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Largest frame payload accepted and sent.
     pub max_frame: u32,
-    /// Settings of the default policy.
+    /// Settings of the load-balancing policy.
     pub policy: LoadBalanceConfig,
+    /// Settings of the TCLO policy.
+    pub tclo: TcloConfig,
+    /// The policy of jobs that name none: "tclo" or "load-balance".
+    pub default_policy: String,
 }
 
+/// The policies a server offers, and the index of `default` among them (None: unknown name).
+pub fn policies(cfg: &ServerConfig) -> Option<(Vec<Box<dyn Policy>>, usize)> {
+    let all: Vec<Box<dyn Policy>> = vec![
+        Box::new(Tclo::new(cfg.tclo.clone())),
+        Box::new(LoadBalance::new(cfg.policy.clone())),
+    ];
+    let i = all.iter().position(|p| p.name() == cfg.default_policy)?;
+    Some((all, i))
+}
+
+/// Names of the policies a server offers.
+pub const POLICY_NAMES: [&str; 2] = ["tclo", "load-balance"];
+
 impl ServerConfig {
-    /// Defaults: heartbeat 1 s, tick 100 ms, handshake timeout 10 s, 1 MiB frames, the default
-    /// load-balancing policy, no file service.
+    /// Defaults: heartbeat 1 s, tick 100 ms, handshake timeout 10 s, 1 MiB frames, the TCLO
+    /// policy by default (load balancing for jobs that ask for it), no file service.
     pub fn new(listen: Vec<Endpoint>, secret: Secret) -> ServerConfig {
         ServerConfig {
             listen,
@@ -92,6 +109,8 @@ impl ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             max_frame: DEFAULT_MAX_FRAME,
             policy: LoadBalanceConfig::default(),
+            tclo: TcloConfig::default(),
+            default_policy: "tclo".into(),
         }
     }
 }
@@ -110,6 +129,9 @@ pub enum ServerError {
     /// The file service directory is unusable.
     #[error("file service: {0}")]
     Files(#[from] FileError),
+    /// The default policy is not one the scheduler has.
+    #[error("unknown policy \"{0}\" (known: tclo, load-balance)")]
+    UnknownPolicy(String),
     /// io_uring or the eventfd failed.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
@@ -153,6 +175,9 @@ impl Server {
         if cfg.listen.is_empty() {
             return Err(ServerError::NoEndpoint);
         }
+        if policies(&cfg).is_none() {
+            return Err(ServerError::UnknownPolicy(cfg.default_policy.clone()));
+        }
         let files = cfg.files.as_deref().map(FileService::new).transpose()?;
         let mut listeners = Vec::with_capacity(cfg.listen.len());
         for ep in &cfg.listen {
@@ -195,7 +220,9 @@ impl Server {
             files,
             stop,
         } = self;
-        let core = Scheduler::new(Box::new(LoadBalance::new(cfg.policy.clone())));
+        let (all, default) =
+            policies(&cfg).ok_or_else(|| ServerError::UnknownPolicy(cfg.default_policy.clone()))?;
+        let core = Scheduler::with_policies(all, default);
         let hub = Hub::new(core, files, cfg.heartbeat_ms);
         let mut lp = Loop {
             start: Instant::now(),

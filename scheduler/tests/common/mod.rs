@@ -11,6 +11,7 @@ pub fn info(name: &str, host: &str, producer: bool, consumer: bool) -> NodeInfo 
         cores: 2,
         capacity: 0,
         interfaces: vec![],
+        ..NodeInfo::default()
     }
 }
 

@@ -226,8 +226,12 @@ fn job_spec(a: &Args, files: &Path) -> anyhow::Result<Job> {
         if a.kernel == DemoKernel::Rip {
             bail!("--kernel rip needs --job A, B or C (the reference printing jobs)");
         }
-        let size = spate_scheduler::spec::parse_size(&a.job)
-            .map_err(|e| anyhow!("--job {:?}: {e} (or A, B, C)", a.job))?;
+        let size = spate_scheduler::spec::parse_size(&a.job).map_err(|e| {
+            anyhow!(
+                "--job {}: {e} (or A, B, C)",
+                spate_netlib::text::quote(&a.job)
+            )
+        })?;
         let parts = a.consumers.max(1);
         // Lines of 64 KiB (or fewer bytes when the size is small), as many parts as consumers.
         let line = (64u64 << 10).min(size.max(1));
@@ -602,7 +606,7 @@ fn run_in(a: &Args, dir: &Path) -> anyhow::Result<Report> {
     })?;
     let (id, streams): (JobId, Vec<StreamPlacement>) =
         expect(&mut conn, deadline, &mut daemons, |m| match m {
-            Message::Accepted { job, streams } => Some(Ok((job, streams))),
+            Message::Accepted { job, streams, .. } => Some(Ok((job, streams))),
             Message::Refused { reason, message } => {
                 Some(Err(anyhow!("job refused: {message} ({reason:?})")))
             }

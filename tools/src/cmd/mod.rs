@@ -7,6 +7,7 @@ pub mod cancel;
 pub mod demo;
 pub mod doctor;
 pub mod node;
+pub mod plan;
 pub mod read;
 pub mod ring_serve;
 pub mod scheduler;
@@ -22,6 +23,7 @@ pub enum Cmd {
     /// Run a node daemon: producer and/or consumer roles on this host.
     Node(node::Args),
     Submit(submit::Args),
+    Plan(plan::Args),
     Status(status::Args),
     Cancel(cancel::Args),
     Read(read::Args),
@@ -41,6 +43,7 @@ pub fn run(cmd: Cmd) -> anyhow::Result<i32> {
         Cmd::Scheduler(a) => scheduler::run(a),
         Cmd::Node(a) => node::run(a),
         Cmd::Submit(a) => submit::run(a),
+        Cmd::Plan(a) => plan::run(a),
         Cmd::Status(a) => status::run(a),
         Cmd::Cancel(a) => cancel::run(a),
         Cmd::Read(a) => read::run(a),

@@ -21,6 +21,7 @@ use spate_netlib::msg::{MsgConfig, MsgConn, MsgError, SetReadTimeout, TryCloneSt
 use spate_netlib::proto::{
     ComputeCapacity, DataEndpoint, HostId, Interface, Message, NodeInfo, NodeRoles,
 };
+use spate_netlib::text::{Quoted, quote};
 use spate_producer::daemon::ProducerNode;
 use spate_producer::engine::{EngineConfig as ProducerConfig, LocalPath, ProducerEngine};
 
@@ -73,6 +74,14 @@ pub struct Args {
     /// The same as `--local-path socket` (kept for older configs: `local_pull = false`).
     #[arg(long, hide = true)]
     no_local_pull: bool,
+    /// Rate of each data interface, per direction (e.g. `10Gbit`); seeds the scheduler's link
+    /// estimates until it has measured them [default: the interface's speed in sysfs].
+    #[arg(long, value_name = "RATE")]
+    link_rate: Option<String>,
+    /// Compute rate this producer announces (output per second, e.g. `8Gbit`); seeds the
+    /// scheduler's compute estimate until it has measured one.
+    #[arg(long, value_name = "RATE")]
+    compute_rate: Option<String>,
 }
 
 /// The settings file.
@@ -92,6 +101,8 @@ struct FileConfig {
     secret_file: Option<PathBuf>,
     local_pull: Option<bool>,
     local_path: Option<String>,
+    link_rate: Option<String>,
+    compute_rate: Option<String>,
 }
 
 /// Resolved settings.
@@ -108,13 +119,35 @@ struct Settings {
     data_port: u16,
     secret_file: Option<PathBuf>,
     local_path: LocalPath,
+    /// NIC bytes/s per direction, all data interfaces (0: unknown).
+    nic_bytes_per_sec: u64,
+    /// Announced compute bytes/s (0: none).
+    compute_bytes_per_sec: u64,
+}
+
+/// A rate flag as bytes per second.
+fn rate_flag(flag: &str, s: &str) -> anyhow::Result<u64> {
+    let bits =
+        spate_scheduler::spec::parse_rate(s).map_err(|e| anyhow::anyhow!("--{flag} {s:?}: {e}"))?;
+    Ok(bits / 8)
+}
+
+/// An interface's speed from sysfs (`/sys/class/net/NAME/speed`, Mbit/s), in bytes/s.
+fn sysfs_speed(name: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/sys/class/net/{name}/speed")).ok()?;
+    let mbit: i64 = s.trim().parse().ok()?;
+    (mbit > 0).then(|| mbit as u64 * 1_000_000 / 8)
 }
 
 fn parse_interface(s: &str) -> anyhow::Result<Interface> {
     match s.split_once('=') {
         Some((name, addr)) if !name.trim().is_empty() => {
             let addr: IpAddr = addr.trim().parse().with_context(|| {
-                format!("interface {s:?}: {addr:?} is not an IP address (want NAME=ADDRESS)")
+                format!(
+                    "interface {}: {} is not an IP address (want NAME=ADDRESS)",
+                    quote(s),
+                    quote(addr)
+                )
             })?;
             Ok(Interface {
                 name: name.trim().to_string(),
@@ -126,9 +159,10 @@ fn parse_interface(s: &str) -> anyhow::Result<Interface> {
             addr: IpAddr::from([127, 0, 0, 1]),
         }),
         _ => bail!(
-            "interface {s:?}: give its address too, as --interface {}=ADDRESS (e.g. {}=10.0.0.1)",
-            s.trim(),
-            s.trim()
+            "interface {}: give its address too, as --interface {}=ADDRESS (e.g. {}=10.0.0.1)",
+            quote(s),
+            Quoted::new(s.trim()).bare(),
+            Quoted::new(s.trim()).bare()
         ),
     }
 }
@@ -137,8 +171,8 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
     let file: FileConfig = match &a.config {
         Some(p) => {
             let text = std::fs::read_to_string(p)
-                .with_context(|| format!("reading the node config {}", p.display()))?;
-            toml::from_str(&text).with_context(|| format!("node config {}", p.display()))?
+                .with_context(|| format!("reading the node config {}", Quoted::path(p)))?;
+            toml::from_str(&text).with_context(|| format!("node config {}", Quoted::path(p)))?
         }
         None => FileConfig::default(),
     };
@@ -155,7 +189,7 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
         .unwrap_or_else(|| spate_scheduler::server::user::DEFAULT_ENDPOINT.to_string());
     let scheduler: Endpoint = sched
         .parse()
-        .with_context(|| format!("--scheduler {sched:?}"))?;
+        .with_context(|| format!("--scheduler {}", quote(&sched)))?;
     let producer = a.producer || file.producer.unwrap_or(false);
     let consumer = a.consumer || file.consumer.unwrap_or(false);
     if !producer && !consumer {
@@ -182,8 +216,20 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
     });
     let ring_budget = match a.ring_budget.or(file.ring_budget) {
         Some(s) => spate_scheduler::spec::parse_size(&s)
-            .map_err(|e| anyhow::anyhow!("--ring-budget {s:?}: {e}"))?,
+            .map_err(|e| anyhow::anyhow!("--ring-budget {}: {e}", quote(&s)))?,
         None => 1 << 30,
+    };
+    let nic_bytes_per_sec = match a.link_rate.or(file.link_rate) {
+        Some(r) => rate_flag("link-rate", &r)? * interfaces.len().max(1) as u64,
+        None => interfaces
+            .iter()
+            .map(|i| sysfs_speed(&i.name))
+            .sum::<Option<u64>>()
+            .unwrap_or(0),
+    };
+    let compute_bytes_per_sec = match a.compute_rate.or(file.compute_rate) {
+        Some(r) => rate_flag("compute-rate", &r)?,
+        None => 0,
     };
     Ok(Settings {
         name,
@@ -207,6 +253,8 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
                 None => LocalPath::default(),
             }
         },
+        nic_bytes_per_sec,
+        compute_bytes_per_sec,
     })
 }
 
@@ -418,11 +466,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         interfaces: s.interfaces.clone(),
         compute: ComputeCapacity {
             cores: u32::from(s.producer),
-            bytes_per_sec: 0,
+            bytes_per_sec: s.compute_bytes_per_sec,
         },
         ring_budget: if s.consumer { s.ring_budget } else { 0 },
         data_endpoints,
         handoff_socket: handoff,
+        nic_bytes_per_sec: s.nic_bytes_per_sec,
+        ports: 0,
     };
     let roles = Roles { consumer, producer };
     let stream = s

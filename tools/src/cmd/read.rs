@@ -2,6 +2,7 @@
 
 use anyhow::Context as _;
 use clap::Args as ClapArgs;
+use spate_netlib::text::{Quoted, quote};
 use spate_producer::rip::{self, Ink};
 use spate_ring::handoff;
 use spate_ring::{Acquired, ReadError, Reader, pattern};
@@ -40,13 +41,17 @@ the stream is taken as lines of W pixels of one ink channel (one byte, a drop le
 coverage on white paper (in the ink's colour with --ink). Only one band of --scale lines is \
 accumulated at a time, so memory stays small whatever the stream's size. A stream that is not \
 a whole number of W-pixel lines gives no preview and an error.\n\n\
+The report counts the bytes this reader read (and checked, with --verify or --hash). A reader \
+that joins a stream after an earlier reader left reads on from where that one stopped and reports \
+that offset; a stream that an earlier reader read to its end cannot be read again (an error, \
+exit status 1).\n\n\
 The report goes to stdout (to stderr when the data goes to stdout). --json prints it as one \
-JSON object: {\"outcome\", \"bytes\", \"seconds\", \"gbit_per_s\", \"backing\", \"verified\", \
+JSON object: {\"outcome\", \"bytes\", \"start_offset\", \"seconds\", \"gbit_per_s\", \"backing\", \"verified\", \
 \"rate_gbit_per_s\", \"starvations\", \"starvation_seconds\", \"error\", \"bad_offset\", \
 \"preview\", \"first_data_seconds\", \"active_gbit_per_s\", \"xxh3_128\"} (preview: the PNG \
 written, else null; first_data_seconds: from attaching to the first byte; active_gbit_per_s: \
 bytes over the time from the first byte to the end; xxh3_128: 32 hex digits with --hash, else \
-null).\n\n\
+null; bytes: read by this reader, from the stream offset start_offset).\n\n\
 Exit status: 0 the stream was read to its end; 2 verification failed (the message names the \
 first bad offset); 3 the stream was aborted (with the reason); 4 the writer died before the \
 end; 1 any other error (cannot attach, bad arguments, output error).",
@@ -69,8 +74,13 @@ pub struct Args {
     /// Constant read rate, per second. Units: bit, kbit, Mbit, Gbit, Tbit (decimal bits);
     /// B, kB, MB, GB (decimal bytes); KiB, MiB, GiB (binary bytes), case-insensitive; an
     /// optional "/s" suffix, or "bps" for bits. Examples: 2.5Gbit, 800Mbit/s, 1.2GB, 300MiB.
+    /// Without --rate, a stream of a job with a rate is read at that rate, starting once the
+    /// job's planned prefill is there (the report says `rate_from: "job"`).
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub rate: Option<f64>,
+    /// Read as fast as possible even when the job has a rate.
+    #[arg(long, conflicts_with = "rate")]
+    pub no_pace: bool,
     /// Check every byte against the test pattern of seed SEED, stream index STREAM.
     #[arg(long, value_name = "SEED:STREAM", value_parser = parse_verify)]
     pub verify: Option<(u64, u64)>,
@@ -216,24 +226,24 @@ use spate_bench::parse_size;
 /// Parse a rate (the job spec's units, e.g. `2.5Gbit`, `300MB/s`) into bytes per second.
 pub fn parse_rate(s: &str) -> Result<f64, String> {
     match spate_scheduler::spec::parse_rate(s) {
-        Ok(0) => Err(format!("rate {s:?} must be more than zero")),
+        Ok(0) => Err(format!("rate {} must be more than zero", quote(s))),
         Ok(bits) => Ok(bits as f64 / 8.0),
-        Err(e) => Err(format!("rate {s:?}: {e}")),
+        Err(e) => Err(format!("rate {}: {e}", quote(s))),
     }
 }
 
 fn parse_verify(s: &str) -> Result<(u64, u64), String> {
     let (a, b) = s
         .split_once(':')
-        .ok_or_else(|| format!("bad --verify {s:?}: expected SEED:STREAM, e.g. 42:0"))?;
+        .ok_or_else(|| format!("bad --verify {}: expected SEED:STREAM, e.g. 42:0", quote(s)))?;
     let seed = a
         .trim()
         .parse()
-        .map_err(|_| format!("bad seed {a:?} in --verify"))?;
+        .map_err(|_| format!("bad seed {} in --verify", quote(a)))?;
     let stream = b
         .trim()
         .parse()
-        .map_err(|_| format!("bad stream index {b:?} in --verify"))?;
+        .map_err(|_| format!("bad stream index {} in --verify", quote(b)))?;
     Ok((seed, stream))
 }
 
@@ -241,11 +251,16 @@ fn parse_verify(s: &str) -> Result<(u64, u64), String> {
 struct Report {
     outcome: &'static str,
     bytes: u64,
+    start_offset: u64,
     seconds: f64,
     gbit_per_s: f64,
     backing: String,
     verified: bool,
     rate_gbit_per_s: Option<f64>,
+    /// Where the rate came from: "flag" (--rate) or "job" (the job's rate), null: unpaced.
+    rate_from: Option<&'static str>,
+    /// Bytes waited for before the constant-rate schedule started (the job's prefill).
+    prefill_bytes: u64,
     starvations: u64,
     starvation_seconds: f64,
     error: Option<String>,
@@ -265,23 +280,41 @@ enum Fail {
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let mut reader = handoff::connect(&a.socket, &a.key).with_context(|| {
         format!(
-            "cannot attach to stream {:?} at {}",
-            a.key,
-            a.socket.display()
+            "cannot attach to stream {} at {}",
+            quote(&a.key),
+            Quoted::path(&a.socket)
         )
     })?;
     let mut out: Option<Box<dyn Write>> = match a.out.as_deref() {
         None => None,
         Some("-") => Some(Box::new(std::io::stdout().lock())),
-        Some(p) => Some(Box::new(
-            std::fs::File::create(p).with_context(|| format!("cannot create output {p}"))?,
-        )),
+        Some(p) => {
+            Some(Box::new(std::fs::File::create(p).with_context(|| {
+                format!("cannot create output {}", quote(p))
+            })?))
+        }
     };
     let report_to_stderr = a.out.as_deref() == Some("-");
     let block = (a.block.min(reader.capacity())).max(1) as usize;
+    // A job with a rate tells its readers (in the ring header) its rate and prefill.
+    let job_pace = if a.no_pace || a.rate.is_some() {
+        None
+    } else {
+        reader.pacing()
+    };
+    let pace = Pace {
+        rate: a.rate.or(job_pace.map(|p| p.rate_bps as f64 / 8.0)),
+        prefill: job_pace.map_or(0, |p| p.prefill.min(reader.capacity())),
+    };
     let mut rep = Report {
         backing: reader.backing().to_string(),
-        rate_gbit_per_s: a.rate.map(|r| r * 8.0 / 1e9),
+        rate_gbit_per_s: pace.rate.map(|r| r * 8.0 / 1e9),
+        rate_from: match (a.rate, job_pace) {
+            (Some(_), _) => Some("flag"),
+            (None, Some(_)) => Some("job"),
+            (None, None) => None,
+        },
+        prefill_bytes: pace.prefill,
         ..Report::default()
     };
     let mut preview = match (&a.preview, a.width) {
@@ -298,6 +331,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let mut res = read_loop(
         &mut reader,
         &a,
+        pace,
         block,
         Sinks {
             out: out.as_mut(),
@@ -312,7 +346,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     {
         let written = p.finish(a.ink).and_then(|png| {
             std::fs::write(path, png)
-                .with_context(|| format!("cannot write the preview {}", path.display()))
+                .with_context(|| format!("cannot write the preview {}", Quoted::path(path)))
         });
         match written {
             Ok(()) => rep.preview = Some(path.display().to_string()),
@@ -325,7 +359,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         return Err(anyhow::Error::new(e).context("cannot flush output"));
     }
     let secs = t0.elapsed().as_secs_f64();
-    rep.bytes = reader.position();
+    // What this reader read, not where the stream stands: an earlier reader may have read the
+    // bytes before `start_offset`.
+    rep.bytes = reader.bytes_read();
+    rep.start_offset = reader.start_offset();
     rep.seconds = secs;
     rep.gbit_per_s = if secs > 0.0 {
         rep.bytes as f64 * 8.0 / secs / 1e9
@@ -379,8 +416,16 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let text = if a.json {
         serde_json::to_string(&rep)?
     } else {
+        let from = if rep.start_offset > 0 {
+            format!(
+                " (from stream offset {}, where an earlier reader stopped)",
+                rep.start_offset
+            )
+        } else {
+            String::new()
+        };
         let mut s = format!(
-            "{} bytes in {:.3} s: {:.2} Gbit/s ({:.1} MB/s), ring backing {}",
+            "{} bytes{from} in {:.3} s: {:.2} Gbit/s ({:.1} MB/s), ring backing {}",
             rep.bytes,
             rep.seconds,
             rep.gbit_per_s,
@@ -415,6 +460,14 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     Ok(code)
 }
 
+/// The constant-rate schedule: bytes per second (None: as fast as possible), and the bytes to
+/// wait for before it starts.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    rate: Option<f64>,
+    prefill: u64,
+}
+
 /// Where the bytes read go, besides verification.
 struct Sinks<'a> {
     out: Option<&'a mut Box<dyn Write>>,
@@ -427,13 +480,19 @@ struct Sinks<'a> {
 fn read_loop(
     r: &mut Reader,
     a: &Args,
+    pace: Pace,
     block: usize,
     mut sinks: Sinks<'_>,
     rep: &mut Report,
 ) -> Result<(), Fail> {
     let idle = a.idle_timeout.map(Duration::from_secs_f64);
-    // The first data (or the end of an empty stream): the constant-rate schedule starts here.
-    match r.acquire(1, block, idle).map_err(Fail::Read)? {
+    // The first data, or the prefill (or the end of a shorter stream): the constant-rate
+    // schedule starts here.
+    let first = pace.prefill.max(1) as usize;
+    match r
+        .acquire(first, first.max(block), idle)
+        .map_err(Fail::Read)?
+    {
         Acquired::TimedOut => {
             return Err(Fail::Other(anyhow::anyhow!(
                 "no data for {:?} at offset {}",
@@ -449,7 +508,7 @@ fn read_loop(
     let mut sched_pos = 0u64;
     loop {
         let mut min = 1;
-        if let Some(rate) = a.rate {
+        if let Some(rate) = pace.rate {
             let due = sched_t0 + Duration::from_secs_f64((r.position() - sched_pos) as f64 / rate);
             let now = Instant::now();
             if due > now {

@@ -1,7 +1,7 @@
 //! `spate ring-serve` (hidden): a stand-alone ring writer for tests and demos of `spate read`.
 //! Creates a ring, serves it on a hand-off socket under one key, waits for a reader, lands a
 //! pattern stream (chunk pairs landed second-first), and finishes — or aborts, dies, or
-//! corrupts a byte on request.
+//! corrupts a byte on request. With `--hold` it serves on after the end until stdin closes.
 
 use clap::Args as ClapArgs;
 use spate_ring::handoff::{HandoffConfig, HandoffServer};
@@ -45,6 +45,15 @@ pub struct Args {
     /// Flip one byte at this stream offset.
     #[arg(long)]
     pub corrupt_at: Option<u64>,
+    /// After the end, keep serving (readers may come and go) until stdin closes.
+    #[arg(long)]
+    pub hold: bool,
+    /// Tell readers the job's rate (bits/s) as a scheduler's plan would.
+    #[arg(long)]
+    pub pace_bps: Option<u64>,
+    /// With --pace-bps: the prefill readers wait for.
+    #[arg(long, default_value_t = 0)]
+    pub prefill: u64,
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
@@ -57,6 +66,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             BackingPref::Auto
         },
         total_len: Some(a.bytes),
+        pacing: a.pace_bps.map(|rate_bps| spate_ring::header::Pacing {
+            rate_bps,
+            prefill: a.prefill,
+        }),
     })?;
     let srv = HandoffServer::bind(&a.socket, HandoffConfig::default())?;
     srv.publish(&a.key, &w)?;
@@ -85,7 +98,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     if !w.is_closed() {
         w.finish()?;
     }
-    wait(&w, "the reader to detach", |s| s != ReaderStatus::Attached)?;
+    if a.hold {
+        std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())?;
+    } else {
+        wait(&w, "the reader to detach", |s| s != ReaderStatus::Attached)?;
+    }
     drop(srv);
     Ok(0)
 }

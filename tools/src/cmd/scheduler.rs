@@ -40,9 +40,19 @@ pub struct Args {
     /// Compute tasks kept queued per producer (at least 2).
     #[arg(long, value_name = "N")]
     pub tasks_in_flight: Option<usize>,
-    /// Largest chunk piece the policy picks when a spec gives no chunk size (e.g. 25MB).
+    /// Largest chunk piece the load-balance policy picks when a spec gives no chunk size
+    /// (e.g. 25MB).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_chunk: Option<u64>,
+    /// The policy of jobs that name none (a job chooses with `policy = "..."`): `tclo`
+    /// plans from measured capacities, promises what it admits and refuses what it cannot
+    /// feed; `load-balance` is the baseline (every producer on demand, promises nothing).
+    #[arg(long, value_name = "NAME", default_value = "tclo",
+          value_parser = clap::builder::PossibleValuesParser::new(spate_scheduler::server::POLICY_NAMES))]
+    pub policy: String,
+    /// TCLO: capacity asked above a job's rate, in percent.
+    #[arg(long, value_name = "PCT", default_value_t = 5.0)]
+    pub headroom: f64,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -56,8 +66,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             && !dir.as_os_str().is_empty()
             && !dir.exists()
         {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the socket directory {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!(
+                    "cannot create the socket directory {}",
+                    spate_netlib::text::Quoted::path(dir)
+                )
+            })?;
         }
     }
     let (secret, origin) = server_secret(a.secret_file.as_deref(), &a.listen)
@@ -71,6 +85,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     if let Some(c) = a.max_chunk {
         cfg.policy.max_chunk_bytes = c;
     }
+    if !(0.0..=100.0).contains(&a.headroom) {
+        anyhow::bail!("--headroom {}: give a percentage from 0 to 100", a.headroom);
+    }
+    cfg.tclo.headroom = a.headroom / 100.0;
+    cfg.default_policy = a.policy.clone();
     let server = Server::bind(cfg)?;
     stop_on_signals(server.stop_handle()).context("cannot set up SIGINT/SIGTERM handling")?;
     let eps: Vec<String> = server.endpoints().iter().map(|e| e.to_string()).collect();

@@ -67,6 +67,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                     "delivered": j.progress.delivered,
                     "read": j.progress.read,
                     "total": j.progress.total,
+                    "plan": j.plan.as_deref().map(super::plan::plan_json),
+                    "warning": j.warning,
+                    "duplicated": j.duplicated,
                 })
             })
             .collect();
@@ -80,6 +83,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                     "state": node_state(n.state),
                     "tasks_in_flight": n.tasks_in_flight,
                     "streams": n.streams,
+                    "capacity": capacity_json(&n.capacity),
                 })
             })
             .collect();
@@ -103,6 +107,29 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             n.streams
         );
     }
+    for n in &nodes {
+        for c in &n.capacity.compute {
+            println!(
+                "    {} computes {}: {:.3} Gbit/s, {} us per chunk ({}, {} tasks)",
+                n.name,
+                c.kernel,
+                c.bytes_per_sec as f64 * 8.0 / 1e9,
+                c.overhead_us,
+                c.source,
+                c.samples
+            );
+        }
+        for l in &n.capacity.links {
+            println!(
+                "    {} -> {}: {:.3} Gbit/s, {} us per piece ({} pieces)",
+                n.name,
+                l.consumer,
+                l.bytes_per_sec as f64 * 8.0 / 1e9,
+                l.overhead_us,
+                l.samples
+            );
+        }
+    }
     println!("jobs: {}", jobs.len());
     for j in &jobs {
         let pct = |x: u64| {
@@ -121,6 +148,40 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             pct(j.progress.read),
             j.progress.total
         );
+        if let Some(p) = &j.plan {
+            for l in super::plan::plan_text(p, "         ") {
+                println!("{l}");
+            }
+        }
+        if j.duplicated > 0 {
+            println!(
+                "         {} straggling tasks redone elsewhere",
+                j.duplicated
+            );
+        }
+        if let Some(w) = &j.warning {
+            println!("         warning: {w}");
+        }
     }
     Ok(0)
+}
+
+/// What the scheduler measured of a node, as JSON (rates in Gbit/s).
+fn capacity_json(c: &spate_netlib::proto::NodeCapacity) -> serde_json::Value {
+    json!({
+        "nic_gbit_per_s": c.nic_bytes_per_sec as f64 * 8.0 / 1e9,
+        "compute": c.compute.iter().map(|k| json!({
+            "kernel": k.kernel,
+            "gbit_per_s": k.bytes_per_sec as f64 * 8.0 / 1e9,
+            "overhead_us": k.overhead_us,
+            "source": k.source,
+            "samples": k.samples,
+        })).collect::<Vec<_>>(),
+        "links": c.links.iter().map(|l| json!({
+            "consumer": l.consumer,
+            "gbit_per_s": l.bytes_per_sec as f64 * 8.0 / 1e9,
+            "overhead_us": l.overhead_us,
+            "samples": l.samples,
+        })).collect::<Vec<_>>(),
+    })
 }

@@ -83,7 +83,8 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
-fn refuse_reason_json(r: &RefuseReason) -> serde_json::Value {
+/// A structured refusal reason as JSON (`kind` and its fields).
+pub fn refuse_reason_json(r: &RefuseReason) -> serde_json::Value {
     match r {
         RefuseReason::InvalidSpec { field } => json!({"kind": "invalid_spec", "field": field}),
         RefuseReason::InputUnavailable { name } => {
@@ -99,6 +100,15 @@ fn refuse_reason_json(r: &RefuseReason) -> serde_json::Value {
             json!({"kind": "alloc_failed", "node": node, "stream": stream.0})
         }
         RefuseReason::Busy => json!({"kind": "busy"}),
+        RefuseReason::Infeasible {
+            constraint,
+            max_feasible_bps,
+        } => json!({
+            "kind": "infeasible",
+            "constraint": constraint,
+            "max_feasible_gbit_per_s": *max_feasible_bps as f64 / 1e9,
+        }),
+        RefuseReason::UnknownPolicy { name } => json!({"kind": "unknown_policy", "name": name}),
     }
 }
 
@@ -117,8 +127,12 @@ pub fn state_name(s: &JobState) -> &'static str {
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
-    let text = std::fs::read_to_string(&a.spec)
-        .with_context(|| format!("cannot read the job spec {}", a.spec.display()))?;
+    let text = std::fs::read_to_string(&a.spec).with_context(|| {
+        format!(
+            "cannot read the job spec {}",
+            spate_netlib::text::Quoted::path(&a.spec)
+        )
+    })?;
     // Parsed here only for the reading hints; the scheduler validates (and names bad fields).
     let plan = JobPlan::parse(&text).ok();
     let seed = plan.as_ref().and_then(|p| {
@@ -139,13 +153,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             inputs,
         },
         |m| match m {
-            Message::Accepted { job, streams } => Some(Ok((job, streams))),
+            Message::Accepted { job, streams, plan } => Some(Ok((job, streams, plan))),
             Message::Refused { reason, message } => Some(Err((reason, message))),
             Message::Error { message, .. } => Some(Err((RefuseReason::Busy, message))),
             _ => None,
         },
     )?;
-    let (job, streams) = match answer {
+    let (job, streams, job_plan) = match answer {
         Ok(x) => x,
         Err((reason, message)) => {
             if a.json {
@@ -172,7 +186,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 })
             })
             .collect();
-        println!("{}", json!({"job": job.0, "streams": list}));
+        println!(
+            "{}",
+            json!({"job": job.0, "streams": list, "plan": super::plan::plan_json(&job_plan)})
+        );
     } else {
         println!(
             "job {} accepted: {} stream{}",
@@ -188,6 +205,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 s.node,
                 read_command(s, seed)
             );
+        }
+        for l in super::plan::plan_text(&job_plan, "  ") {
+            println!("{l}");
         }
         if !a.ready {
             println!("start it once the readers run: the job waits for Ready");
@@ -304,6 +324,13 @@ fn watch(
                 {
                     user.send(&Message::Done { job })?;
                     done_sent = true;
+                }
+            }
+            Message::JobWarning { job: j, message } if j == job => {
+                if json_out {
+                    println!("{}", json!({"job": job.0, "warning": message}));
+                } else {
+                    eprintln!("job {}: warning: {message}", job.0);
                 }
             }
             Message::Error { message, .. } => {

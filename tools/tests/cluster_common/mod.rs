@@ -121,6 +121,20 @@ impl Cluster {
     /// Starts a scheduler listening on `unix:DIR/sched.sock` (plus `extra_listen`, run under
     /// `wrap`), and waits until `spate status` answers.
     pub fn start_with(tag: &str, wrap: Vec<String>, extra_listen: &[String]) -> Cluster {
+        Cluster::start_full(tag, wrap, extra_listen, &[])
+    }
+
+    /// [`Cluster::start`] with more `spate scheduler` arguments.
+    pub fn start_args(tag: &str, sched_args: &[&str]) -> Cluster {
+        Cluster::start_full(tag, vec![], &[], sched_args)
+    }
+
+    fn start_full(
+        tag: &str,
+        wrap: Vec<String>,
+        extra_listen: &[String],
+        sched_args: &[&str],
+    ) -> Cluster {
         let dir = tmpdir(tag);
         let secret = dir.join("secret");
         write_secret(&secret);
@@ -140,6 +154,7 @@ impl Cluster {
         }
         let s = c.secret_arg();
         args.extend(s);
+        args.extend(sched_args.iter().map(|a| a.to_string()));
         c.spawn_daemon("scheduler", &args);
         let deadline = Instant::now() + WAIT;
         while c.status_json().is_none() {

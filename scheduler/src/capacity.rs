@@ -1,0 +1,354 @@
+//! Measured capacities, pure: what the scheduler has learned of its producers and links from
+//! task reports (DESIGN.md §6, SCHEDULING.md "Beyond the paper").
+//!
+//! - Per producer (by node name, so that it survives a reconnect) and kernel: a fit of
+//!   compute time against chunk bytes, `t = o + s / c`, from every task's compute time.
+//! - Per producer → consumer pair: a fit of piece time against piece bytes, `t = o + b / B`,
+//!   from every piece's expel time (the producer accounts overlapping pieces on one link by
+//!   busy time, so concurrent pieces do not count twice).
+//!
+//! Fits are exponentially weighted least squares (`alpha` per sample), so estimates follow a
+//! drifting producer within a few tasks. When the sizes seen do not vary enough to separate
+//! the fixed cost from the rate (every chunk of a job is the same size), the fixed cost stays
+//! at its prior and the rate is what remains. Announced figures (node config) seed an
+//! estimate until the first measurement; without them, per-kernel defaults do.
+
+use std::collections::BTreeMap;
+
+/// Where an estimate comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Measured from task reports.
+    Measured,
+    /// Announced by the node (config).
+    Announced,
+    /// A built-in default.
+    Default,
+}
+
+impl Source {
+    /// The word used in status.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Measured => "measured",
+            Source::Announced => "announced",
+            Source::Default => "default",
+        }
+    }
+}
+
+/// An exponentially weighted least-squares fit of `y = a + b x`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Fit {
+    w: f64,
+    sx: f64,
+    sy: f64,
+    sxx: f64,
+    sxy: f64,
+    /// Samples seen.
+    pub samples: u64,
+}
+
+impl Fit {
+    /// Adds a sample with weight `alpha` (older samples decay by `1 - alpha`).
+    pub fn add(&mut self, x: f64, y: f64, alpha: f64) {
+        if !(x.is_finite() && y.is_finite()) || x <= 0.0 || y < 0.0 {
+            return;
+        }
+        let k = 1.0 - alpha;
+        self.w = self.w * k + alpha;
+        self.sx = self.sx * k + alpha * x;
+        self.sy = self.sy * k + alpha * y;
+        self.sxx = self.sxx * k + alpha * x * x;
+        self.sxy = self.sxy * k + alpha * x * y;
+        self.samples += 1;
+    }
+
+    /// `(a, b)`: intercept and slope. With too little spread in `x`, the intercept is
+    /// `prior_a` (at most half the mean `y`) and the slope what remains. None before any
+    /// sample.
+    pub fn solve(&self, prior_a: f64) -> Option<(f64, f64)> {
+        if self.samples == 0 || self.w <= 0.0 {
+            return None;
+        }
+        let mx = self.sx / self.w;
+        let my = self.sy / self.w;
+        let var = self.sxx / self.w - mx * mx;
+        if self.samples >= 3 && var > (0.05 * mx) * (0.05 * mx) {
+            let b = (self.sxy / self.w - mx * my) / var;
+            let a = my - b * mx;
+            if b > 0.0 && a >= 0.0 {
+                return Some((a, b));
+            }
+        }
+        let a = prior_a.clamp(0.0, 0.5 * my);
+        Some((a, ((my - a) / mx).max(1e-15)))
+    }
+}
+
+/// Settings of the estimator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CapacityConfig {
+    /// Weight of each new sample.
+    pub alpha: f64,
+    /// Prior fixed compute cost per chunk (s).
+    pub compute_overhead: f64,
+    /// Default compute rate per core and kernel name (B/s), when nothing is announced.
+    pub kernel_defaults: Vec<(String, f64)>,
+    /// Default compute rate per core for kernels not listed (B/s).
+    pub compute_default: f64,
+    /// Default NIC rate of a node that announced none (B/s, per direction).
+    pub nic_default: f64,
+    /// Same-host transfer rate until measured (B/s).
+    pub local_rate: f64,
+    /// Prior fixed cost per piece on a same-host pair (s).
+    pub local_overhead: f64,
+    /// Prior fixed cost per piece on a remote pair (s).
+    pub remote_overhead: f64,
+    /// One-way delay assumed on a remote pair (s).
+    pub remote_delay: f64,
+}
+
+impl Default for CapacityConfig {
+    fn default() -> Self {
+        CapacityConfig {
+            alpha: 0.25,
+            compute_overhead: 0.2e-3,
+            kernel_defaults: vec![
+                ("null".into(), 20e9),
+                ("pattern".into(), 3e9),
+                ("rip".into(), 0.5e9),
+            ],
+            compute_default: 0.5e9,
+            nic_default: 10e9 / 8.0,
+            local_rate: 5e9,
+            local_overhead: 50e-6,
+            remote_overhead: 50e-6,
+            remote_delay: 0.5e-3,
+        }
+    }
+}
+
+/// A compute estimate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Compute {
+    /// `c`: bytes per second while computing.
+    pub rate: f64,
+    /// `o`: fixed seconds per chunk.
+    pub overhead: f64,
+    /// Where it comes from.
+    pub source: Source,
+    /// Tasks measured.
+    pub samples: u64,
+}
+
+impl Compute {
+    /// Chunks of `bytes` per second... as bytes per second: `s / (o + s / c)`.
+    pub fn rate_at(&self, bytes: f64) -> f64 {
+        bytes / (self.overhead + bytes / self.rate)
+    }
+}
+
+/// A link estimate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Link {
+    /// `B`: bytes per second.
+    pub rate: f64,
+    /// Fixed seconds per piece.
+    pub overhead: f64,
+    /// Pieces measured.
+    pub samples: u64,
+}
+
+/// Everything learned so far.
+#[derive(Debug, Clone, Default)]
+pub struct Capacities {
+    /// Settings.
+    pub config: CapacityConfig,
+    compute: BTreeMap<(String, String), Fit>,
+    links: BTreeMap<(String, String), (Fit, bool)>,
+}
+
+impl Capacities {
+    /// An estimator with these settings.
+    pub fn new(config: CapacityConfig) -> Capacities {
+        Capacities {
+            config,
+            ..Capacities::default()
+        }
+    }
+
+    /// A task of `kernel` on `node` computed `bytes` in `secs`.
+    pub fn observe_compute(&mut self, node: &str, kernel: &str, bytes: u64, secs: f64) {
+        let alpha = self.config.alpha;
+        self.compute
+            .entry((node.to_string(), kernel.to_string()))
+            .or_default()
+            .add(bytes as f64, secs, alpha);
+    }
+
+    /// A piece of `bytes` from `producer` to `consumer` took `secs` of the link's time.
+    pub fn observe_link(
+        &mut self,
+        producer: &str,
+        consumer: &str,
+        local: bool,
+        bytes: u64,
+        secs: f64,
+    ) {
+        let alpha = self.config.alpha;
+        let e = self
+            .links
+            .entry((producer.to_string(), consumer.to_string()))
+            .or_default();
+        e.0.add(bytes as f64, secs, alpha);
+        e.1 = local;
+    }
+
+    /// The compute estimate of `node` for `kernel`: measured, else its announcement
+    /// (`announced` B/s for the whole node), else the kernel's default per core × `cores`.
+    pub fn compute(&self, node: &str, kernel: &str, announced: u64, cores: u32) -> Compute {
+        let prior_o = self.config.compute_overhead;
+        if let Some(fit) = self.compute.get(&(node.to_string(), kernel.to_string()))
+            && let Some((a, b)) = fit.solve(prior_o)
+        {
+            return Compute {
+                rate: (1.0 / b).min(1e13),
+                overhead: a,
+                source: Source::Measured,
+                samples: fit.samples,
+            };
+        }
+        if announced > 0 {
+            return Compute {
+                rate: announced as f64,
+                overhead: prior_o,
+                source: Source::Announced,
+                samples: 0,
+            };
+        }
+        let per_core = self
+            .config
+            .kernel_defaults
+            .iter()
+            .find(|(k, _)| k == kernel)
+            .map_or(self.config.compute_default, |(_, r)| *r);
+        Compute {
+            rate: per_core * f64::from(cores.max(1)),
+            overhead: prior_o,
+            source: Source::Default,
+            samples: 0,
+        }
+    }
+
+    /// The measured link from `producer` to `consumer`, if any piece was measured.
+    pub fn link(&self, producer: &str, consumer: &str) -> Option<Link> {
+        let (fit, local) = self
+            .links
+            .get(&(producer.to_string(), consumer.to_string()))?;
+        let prior = if *local {
+            self.config.local_overhead
+        } else {
+            self.config.remote_overhead
+        };
+        let (a, b) = fit.solve(prior)?;
+        Some(Link {
+            rate: (1.0 / b).min(1e13),
+            overhead: a,
+            samples: fit.samples,
+        })
+    }
+
+    /// Every measured compute estimate: (node, kernel, estimate).
+    pub fn computes(&self) -> Vec<(String, String, Compute)> {
+        self.compute
+            .keys()
+            .map(|(n, k)| (n.clone(), k.clone(), self.compute(n, k, 0, 1)))
+            .collect()
+    }
+
+    /// Every measured link: (producer, consumer, estimate).
+    pub fn links(&self) -> Vec<(String, String, Link)> {
+        self.links
+            .keys()
+            .filter_map(|(p, c)| self.link(p, c).map(|l| (p.clone(), c.clone(), l)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64, rel: f64) -> bool {
+        (a - b).abs() <= rel * b.abs()
+    }
+
+    #[test]
+    fn fit_separates_overhead_and_rate_when_sizes_vary() {
+        let mut f = Fit::default();
+        // t = 2 ms + s / 100 MB/s.
+        for s in [1e6, 2e6, 4e6, 1e6, 3e6] {
+            f.add(s, 2e-3 + s / 100e6, 0.25);
+        }
+        let (a, b) = f.solve(0.0).unwrap();
+        assert!(close(a, 2e-3, 1e-6), "{a}");
+        assert!(close(1.0 / b, 100e6, 1e-6), "{b}");
+    }
+
+    #[test]
+    fn fit_keeps_the_prior_overhead_when_sizes_are_equal() {
+        let mut f = Fit::default();
+        for _ in 0..5 {
+            f.add(1e6, 12e-3, 0.25);
+        }
+        let (a, b) = f.solve(2e-3).unwrap();
+        assert_eq!(a, 2e-3);
+        assert!(close(1.0 / b, 1e6 / 10e-3, 1e-9));
+        // A prior larger than half the time is cut to half.
+        let (a, _) = f.solve(1.0).unwrap();
+        assert!(close(a, 6e-3, 1e-9));
+    }
+
+    #[test]
+    fn estimates_follow_a_drop_within_a_few_tasks() {
+        let mut c = Capacities::default();
+        for _ in 0..10 {
+            c.observe_compute("p", "rip", 1 << 20, (1 << 20) as f64 / 100e6);
+        }
+        let before = c.compute("p", "rip", 0, 1);
+        assert_eq!(before.source, Source::Measured);
+        assert!(close(before.rate_at((1 << 20) as f64), 100e6, 1e-6));
+        for _ in 0..8 {
+            c.observe_compute("p", "rip", 1 << 20, (1 << 20) as f64 / 10e6);
+        }
+        let after = c.compute("p", "rip", 0, 1).rate_at((1 << 20) as f64);
+        // After 8 tasks at a tenth, the estimate is within 15 % of the new rate.
+        assert!(after < 11.5e6, "{after}");
+    }
+
+    #[test]
+    fn seeds_announced_then_default() {
+        let c = Capacities::default();
+        let a = c.compute("p", "rip", 2_000_000_000, 4);
+        assert_eq!((a.rate, a.source), (2e9, Source::Announced));
+        let d = c.compute("p", "rip", 0, 4);
+        assert_eq!((d.rate, d.source), (2e9, Source::Default));
+        let u = c.compute("p", "mystery", 0, 2);
+        assert_eq!((u.rate, u.source), (1e9, Source::Default));
+        assert!(c.link("p", "q").is_none());
+    }
+
+    #[test]
+    fn links_are_per_pair() {
+        let mut c = Capacities::default();
+        for b in [100_000u64, 400_000, 200_000] {
+            c.observe_link("p", "q", false, b, 0.5e-3 + b as f64 / 50e6);
+        }
+        let l = c.link("p", "q").unwrap();
+        assert!(close(l.rate, 50e6, 1e-6), "{l:?}");
+        assert!(close(l.overhead, 0.5e-3, 1e-6), "{l:?}");
+        assert!(c.link("q", "p").is_none());
+        assert_eq!(c.links().len(), 1);
+    }
+}

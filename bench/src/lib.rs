@@ -42,6 +42,7 @@ pub fn unpin() {
 }
 
 pub mod cluster;
+pub mod local;
 pub mod net;
 pub mod policy;
 pub mod ring;

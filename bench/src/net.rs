@@ -41,9 +41,28 @@ pub struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Raw connections without the cluster-secret handshake (to measure what it costs; spate
+    /// daemons always authenticate).
+    #[arg(long)]
+    pub no_auth: bool,
     /// Internal: the receiving process.
     #[arg(long, hide = true)]
     pub role: Option<String>,
+}
+
+/// Environment variable that hands the receiver process the run's generated secret.
+const SECRET_ENV: &str = "SPATE_BENCH_NET_SECRET";
+
+/// The credentials of this side's raw connections (None with `--no-auth`).
+fn raw_auth(a: &Args, name: &str) -> anyhow::Result<Option<spate_netlib::raw::RawAuth>> {
+    if a.no_auth {
+        return Ok(None);
+    }
+    let hex = std::env::var(SECRET_ENV).with_context(|| format!("{SECRET_ENV} is not set"))?;
+    let secret = spate_netlib::auth::Secret::from_bytes(hex.as_bytes(), SECRET_ENV)?;
+    Ok(Some(
+        spate_netlib::raw::RawAuth::new(secret, name).map_err(anyhow::Error::msg)?,
+    ))
 }
 
 pub use crate::parse_size;
@@ -100,7 +119,10 @@ fn receiver(a: &Args) -> anyhow::Result<i32> {
         ),
         _ => ("tcp:127.0.0.1:0".parse()?, "tcp:127.0.0.1:0".parse()?),
     };
-    let mut server = RawServer::new(RawConfig::default())?;
+    let mut server = RawServer::new(RawConfig {
+        auth: raw_auth(a, "bench-receiver")?,
+        ..RawConfig::default()
+    })?;
     let arena = Arena::new("spate-bench-net-dst", a.chunk as usize, a.depth)?;
     server.driver().register(arena.region())?;
     let raw_ep = server.listen(&raw_ep)?;
@@ -203,6 +225,8 @@ struct Report {
     src_backing: String,
     dst_backing: String,
     ring_mode: String,
+    /// Raw connections ran the cluster-secret handshake.
+    authenticated: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -219,7 +243,11 @@ fn gbit(bytes: u64, d: Duration) -> f64 {
 
 fn sender(a: &Args) -> anyhow::Result<i32> {
     let exe = std::env::current_exe().context("locating the spate binary")?;
-    let mut child = Command::new(exe)
+    let secret = spate_netlib::auth::Secret::generate()?;
+    let hex = String::from_utf8_lossy(secret.expose()).into_owned();
+    let mut cmd = Command::new(exe);
+    cmd.env(SECRET_ENV, &hex);
+    let mut child = cmd
         .args([
             "bench",
             "net",
@@ -234,6 +262,7 @@ fn sender(a: &Args) -> anyhow::Result<i32> {
             "--depth",
             &a.depth.to_string(),
         ])
+        .args(a.no_auth.then_some("--no-auth"))
         .stdout(Stdio::piped())
         .spawn()
         .context("starting the receiver process")?;
@@ -250,7 +279,12 @@ fn sender(a: &Args) -> anyhow::Result<i32> {
     let dst_backing = parts[3..].join(" ");
     crate::pin_one_side(false);
 
-    let r = measure(a, &raw_ep, &std_ep);
+    let auth = if a.no_auth {
+        None
+    } else {
+        Some(spate_netlib::raw::RawAuth::new(secret, "bench-sender").map_err(anyhow::Error::msg)?)
+    };
+    let r = measure(a, &raw_ep, &std_ep, auth.as_ref());
     let status = child.wait()?;
     let m = r?;
     if !status.success() {
@@ -282,6 +316,7 @@ fn sender(a: &Args) -> anyhow::Result<i32> {
         src_backing: m.src_backing,
         dst_backing,
         ring_mode: m.mode,
+        authenticated: auth.is_some(),
     };
     if a.json {
         println!("{}", serde_json::to_string(&rep)?);
@@ -340,6 +375,14 @@ fn sender(a: &Args) -> anyhow::Result<i32> {
             "  buffers: source {}, destination {}; ring {}",
             rep.src_backing, rep.dst_backing, rep.ring_mode
         );
+        println!(
+            "  raw connections: {}",
+            if rep.authenticated {
+                "authenticated with a generated cluster secret (--no-auth: without)"
+            } else {
+                "not authenticated (--no-auth)"
+            }
+        );
     }
     Ok(0)
 }
@@ -359,7 +402,12 @@ struct Measured {
     mode: String,
 }
 
-fn measure(a: &Args, raw_ep: &Endpoint, std_ep: &Endpoint) -> anyhow::Result<Measured> {
+fn measure(
+    a: &Args,
+    raw_ep: &Endpoint,
+    std_ep: &Endpoint,
+    auth: Option<&spate_netlib::raw::RawAuth>,
+) -> anyhow::Result<Measured> {
     let arena = Arena::new("spate-bench-net-src", a.chunk as usize, a.depth)?;
     // Fill every source buffer once (content is not what is measured).
     let mut bufs = Vec::new();
@@ -370,9 +418,9 @@ fn measure(a: &Args, raw_ep: &Endpoint, std_ep: &Endpoint) -> anyhow::Result<Mea
         bufs.push(b);
     }
     let unix = a.transport == "unix";
-    let (uring, hist, mode, bufs) = raw_transfer(a, raw_ep, bufs, &arena, unix)?;
+    let (uring, hist, mode, bufs) = raw_transfer(a, raw_ep, bufs, &arena, unix, auth)?;
     let (socket, bufs) = if unix {
-        let (t, _, _, bufs) = raw_transfer(a, raw_ep, bufs, &arena, false)?;
+        let (t, _, _, bufs) = raw_transfer(a, raw_ep, bufs, &arena, false, auth)?;
         (t, bufs)
     } else {
         (uring, bufs)
@@ -446,6 +494,7 @@ fn raw_transfer(
     mut bufs: Vec<spate_runtime::ArenaBuf>,
     arena: &Arena,
     pull: bool,
+    auth: Option<&spate_netlib::raw::RawAuth>,
 ) -> anyhow::Result<(
     Duration,
     Histogram<u64>,
@@ -455,6 +504,7 @@ fn raw_transfer(
     crate::pin_one_side(false);
     let mut client = RawClient::new(RawConfig {
         share_local: pull,
+        auth: auth.cloned(),
         ..RawConfig::default()
     })?;
     client.driver().register(arena.region())?;

@@ -6,16 +6,30 @@
 //! capacity` ([`Writer::try_reserve`]); otherwise the raw server asks again later (every
 //! `RawConfig::retry`, and at once when the engine is woken), so unread bytes are never
 //! overwritten and the producer simply waits for its grant.
+//!
+//! Admission: with `RawConfig::auth` set, every raw connection authenticates with the cluster
+//! secret and the producer names itself; a chunk is then taken only for a stream allocated
+//! here and only from a producer the scheduler assigned to its job
+//! ([`ConsumerEngine::set_producers`]). Everything else is refused, and logged.
+//!
+//! Zero copy: with `EngineConfig::lend_rings`, a ring's data segment (its size sealed) is lent
+//! to local producers of our own user that ask to write a chunk in place; the chunk's range is
+//! reserved exactly as for any grant (only ranges not landed, within the reader's window) and
+//! lands when the producer says it is written. A range that landed already, in part or whole,
+//! is refused with `Fallback` (the producer sends it by another path, which drops the bytes
+//! that landed), so a redone task never writes over bytes a reader may be reading.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use spate_netlib::endpoint::Endpoint;
-use spate_netlib::raw::{ChunkKey, ConnId, Landing, Offered, RawConfig, RawError, RawServer};
+use spate_netlib::raw::{
+    ChunkKey, ConnId, Landing, Lend, Offered, RawConfig, RawError, RawServer, Reserved,
+};
 use spate_ring::handoff::{HandoffConfig, HandoffError, HandoffServer};
 use spate_ring::{
     AbortReason, Backing, BackingPref, Grant, ReaderStatus, Reserve, RingConfig, ShmError,
@@ -44,6 +58,9 @@ pub struct EngineConfig {
     pub raw: RawConfig,
     /// Uids allowed to attach as readers besides our own.
     pub allow_uids: Vec<u32>,
+    /// Lend rings to local producers that write chunks in place (zero copy); off: they fall
+    /// back to the pull path.
+    pub lend_rings: bool,
 }
 
 impl EngineConfig {
@@ -60,6 +77,7 @@ impl EngineConfig {
                 ..RawConfig::default()
             },
             allow_uids: Vec::new(),
+            lend_rings: true,
         }
     }
 }
@@ -160,9 +178,59 @@ struct Entry {
     region: Arc<Region>,
     key: String,
     capacity: u64,
+    /// The data segment as lent to local producers (None: not lent).
+    lend: Option<Lend>,
+}
+
+/// Chunks landed so far, by how their bytes came.
+#[derive(Debug, Default)]
+struct Counts {
+    /// Written in place by a local producer (zero copy).
+    in_place: std::sync::atomic::AtomicU64,
+    /// Copied in: through the socket, or pulled from a producer's memory.
+    copied: std::sync::atomic::AtomicU64,
+}
+
+/// Chunks landed so far, by how their bytes came ([`ConsumerEngine::landed`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Landed {
+    /// Written in place by a local producer (zero copy).
+    pub in_place: u64,
+    /// Copied in: through the socket, or pulled from a producer's memory.
+    pub copied: u64,
+}
+
+/// Lend ids: one per ring, unique in the process.
+static NEXT_LEND: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// The lend of a ring's data segment, when it can be lent (its size is sealed).
+fn lend_of(writer: &Writer) -> Option<Lend> {
+    let fd = match writer.dup_fds() {
+        Ok((_, data)) => data,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot lend a ring: its descriptor cannot be duplicated");
+            return None;
+        }
+    };
+    if !spate_netlib::raw::size_sealed(&fd) {
+        tracing::warn!("not lending a ring whose size is not sealed; local producers pull instead");
+        return None;
+    }
+    Some(Lend {
+        id: NEXT_LEND.fetch_add(1, Ordering::Relaxed),
+        fd: Arc::new(fd),
+        len: writer.capacity(),
+    })
 }
 
 type Table = Arc<Mutex<HashMap<(u64, u32), Arc<Entry>>>>;
+/// The producers (node names) the scheduler assigned to each job.
+type Assigned = Arc<Mutex<HashMap<u64, HashSet<String>>>>;
+
+/// How long offers for a job whose producer set has not arrived yet wait for it (the
+/// scheduler sends it before any producer gets work; this only covers the two messages
+/// crossing on different connections).
+const ASSIGN_GRACE: Duration = Duration::from_secs(2);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -172,6 +240,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// stops the thread and removes the sockets.
 pub struct ConsumerEngine {
     table: Table,
+    assigned: Assigned,
+    counts: Arc<Counts>,
     handoff: HandoffServer,
     endpoints: Vec<Endpoint>,
     waker: Notifier,
@@ -179,6 +249,7 @@ pub struct ConsumerEngine {
     thread: Option<JoinHandle<()>>,
     backing: BackingPref,
     budget: u64,
+    lend_rings: bool,
 }
 
 impl std::fmt::Debug for ConsumerEngine {
@@ -201,9 +272,13 @@ impl ConsumerEngine {
             },
         )?;
         let table: Table = Arc::new(Mutex::new(HashMap::new()));
+        let assigned: Assigned = Arc::new(Mutex::new(HashMap::new()));
+        let counts = Arc::new(Counts::default());
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::sync_channel::<Result<(Vec<Endpoint>, Notifier), ConsumerError>>(1);
-        let (t2, s2) = (table.clone(), stop.clone());
+        let (t2, a2, s2) = (table.clone(), assigned.clone(), stop.clone());
+        let c2 = counts.clone();
+        let check = cfg.raw.auth.is_some();
         let (listen, raw, core) = (cfg.listen.clone(), cfg.raw.clone(), cfg.core);
         let thread = std::thread::Builder::new()
             .name("spate-recv".into())
@@ -225,7 +300,7 @@ impl ConsumerEngine {
                 match setup() {
                     Ok((server, eps)) => {
                         let _ = tx.send(Ok((eps, server.waker())));
-                        serve(server, t2, s2);
+                        serve(server, t2, check.then_some(a2), c2, s2);
                     }
                     Err(e) => {
                         let _ = tx.send(Err(e));
@@ -246,6 +321,8 @@ impl ConsumerEngine {
         };
         Ok(ConsumerEngine {
             table,
+            assigned,
+            counts,
             handoff,
             endpoints,
             waker,
@@ -253,6 +330,7 @@ impl ConsumerEngine {
             thread: Some(thread),
             backing: cfg.backing,
             budget: cfg.ring_budget,
+            lend_rings: cfg.lend_rings,
         })
     }
 
@@ -344,6 +422,11 @@ impl ConsumerEngine {
             tracing::warn!(job, stream, backing = ?alloc.backing, "ring not in hugetlb pages: {why}");
         }
         let capacity = writer.capacity();
+        let lend = if self.lend_rings {
+            lend_of(&writer)
+        } else {
+            None
+        };
         lock(&self.table).insert(
             (job, stream),
             Arc::new(Entry {
@@ -351,9 +434,18 @@ impl ConsumerEngine {
                 region,
                 key,
                 capacity,
+                lend,
             }),
         );
         Ok(alloc)
+    }
+
+    /// The producers (node names) the scheduler assigned to `job`: only they may land its
+    /// chunks (when connections are authenticated). Replaces the previous set.
+    pub fn set_producers(&self, job: u64, producers: &[String]) {
+        lock(&self.assigned).insert(job, producers.iter().cloned().collect());
+        // Offers waiting for the set are answered now.
+        self.waker.notify();
     }
 
     /// Drop every ring of `job` (aborting those not finished: their readers see why).
@@ -364,6 +456,7 @@ impl ConsumerEngine {
 
     /// [`ConsumerEngine::release`], telling readers of streams not finished why in words.
     pub fn release_with(&self, job: u64, reason: AbortReason, message: &str) -> usize {
+        lock(&self.assigned).remove(&job);
         let gone: Vec<Arc<Entry>> = {
             let mut t = lock(&self.table);
             let keys: Vec<(u64, u32)> = t.keys().filter(|k| k.0 == job).copied().collect();
@@ -404,6 +497,14 @@ impl ConsumerEngine {
         v
     }
 
+    /// Chunks landed so far, by how their bytes came.
+    pub fn landed(&self) -> Landed {
+        Landed {
+            in_place: self.counts.in_place.load(Ordering::Relaxed),
+            copied: self.counts.copied.load(Ordering::Relaxed),
+        }
+    }
+
     /// Wake the receive thread (offers waiting for room are asked again at once).
     pub fn wake(&self) {
         self.waker.notify();
@@ -425,9 +526,21 @@ impl Drop for ConsumerEngine {
     }
 }
 
-fn serve(mut server: RawServer, table: Table, stop: Arc<AtomicBool>) {
+/// `assigned` is None when connections are not authenticated: producers have no names then,
+/// and any producer may land any chunk of a stream allocated here.
+fn serve(
+    mut server: RawServer,
+    table: Table,
+    assigned: Option<Assigned>,
+    counts: Arc<Counts>,
+    stop: Arc<AtomicBool>,
+) {
     let mut landing = RingLanding {
         table,
+        assigned,
+        counts,
+        names: HashMap::new(),
+        unassigned_since: HashMap::new(),
         pending: HashMap::new(),
     };
     while !stop.load(Ordering::SeqCst) {
@@ -437,6 +550,20 @@ fn serve(mut server: RawServer, table: Table, stop: Arc<AtomicBool>) {
         }
         // Rings released (and scratch buffers dropped) since: give their registrations back.
         server.driver().release_unused();
+    }
+}
+
+/// Mark a grant landed; finish the stream when it is complete.
+fn land(entry: &Entry, g: Grant, key: &ChunkKey) {
+    match g.land() {
+        Ok(f) => {
+            if entry.writer.total_len() == Some(f)
+                && let Err(e) = entry.writer.finish()
+            {
+                tracing::warn!(?key, error = %e, "finishing the stream failed");
+            }
+        }
+        Err(e) => tracing::debug!(?key, error = %e, "landing after the stream closed"),
     }
 }
 
@@ -451,10 +578,51 @@ struct Pending {
 
 struct RingLanding {
     table: Table,
+    assigned: Option<Assigned>,
+    counts: Arc<Counts>,
+    /// The node name each authenticated producer connection gave.
+    names: HashMap<ConnId, String>,
+    /// Jobs with offers waiting for their producer set, since when.
+    unassigned_since: HashMap<u64, Instant>,
     pending: HashMap<(ConnId, ChunkKey), Pending>,
 }
 
 impl RingLanding {
+    /// Whether the producer on `conn` may land chunks of `job`: Some(refusal) if not, None if
+    /// it may, or `Wait` while the job's producer set has not arrived (for a short grace).
+    fn admit(&mut self, conn: ConnId, key: &ChunkKey) -> Option<Offered> {
+        use spate_netlib::raw::RefuseReason as R;
+        let assigned = self.assigned.as_ref()?;
+        let name = self.names.get(&conn).map(String::as_str).unwrap_or("");
+        let ok = match lock(assigned).get(&key.job) {
+            Some(set) => {
+                self.unassigned_since.remove(&key.job);
+                set.contains(name)
+            }
+            None => {
+                let since = *self
+                    .unassigned_since
+                    .entry(key.job)
+                    .or_insert_with(Instant::now);
+                if since.elapsed() < ASSIGN_GRACE {
+                    return Some(Offered::Wait);
+                }
+                false
+            }
+        };
+        if ok {
+            return None;
+        }
+        tracing::warn!(
+            producer = name,
+            job = key.job,
+            stream = key.stream,
+            offset = key.offset,
+            "refusing a chunk from a producer the scheduler did not assign to its job"
+        );
+        Some(Offered::Refuse(R::NotAssigned))
+    }
+
     /// A throw-away registered buffer for a chunk that (partly) landed already: its bytes
     /// below the frontier may be being read and must not be written again.
     fn scratch(
@@ -491,8 +659,12 @@ impl Landing for RingLanding {
     fn offer(&mut self, conn: ConnId, key: &ChunkKey) -> Offered {
         use spate_netlib::raw::RefuseReason as R;
         let Some(entry) = lock(&self.table).get(&(key.job, key.stream)).cloned() else {
+            tracing::debug!(?key, "refusing a chunk of a stream not allocated here");
             return Offered::Refuse(R::UnknownStream);
         };
+        if let Some(no) = self.admit(conn, key) {
+            return no;
+        }
         let Ok(len) = usize::try_from(key.len) else {
             return Offered::Refuse(R::TooLarge);
         };
@@ -545,16 +717,60 @@ impl Landing for RingLanding {
                 .copy_from_slice(&b.as_slice()[skip..skip + n]);
         }
         drop(dest);
-        match g.land() {
-            Ok(f) => {
-                if p.entry.writer.total_len() == Some(f)
-                    && let Err(e) = p.entry.writer.finish()
-                {
-                    tracing::warn!(?key, error = %e, "finishing the stream failed");
-                }
-            }
-            Err(e) => tracing::debug!(?key, error = %e, "landing after the stream closed"),
+        land(&p.entry, g, key);
+        self.counts.copied.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn reserve(&mut self, conn: ConnId, key: &ChunkKey) -> Reserved {
+        use spate_netlib::raw::RefuseReason as R;
+        let Some(entry) = lock(&self.table).get(&(key.job, key.stream)).cloned() else {
+            return Reserved::Refuse(R::UnknownStream);
+        };
+        match self.admit(conn, key) {
+            Some(Offered::Refuse(r)) => return Reserved::Refuse(r),
+            Some(_) => return Reserved::Wait,
+            None => {}
         }
+        let (Some(lend), Ok(len)) = (entry.lend.clone(), usize::try_from(key.len)) else {
+            return Reserved::Refuse(R::Fallback);
+        };
+        match entry.writer.try_reserve(key.offset, len) {
+            // Only a range of which nothing landed is placed: the producer writes all of it.
+            Ok(Reserve::Granted(g)) if g.skip() == 0 && g.len() == len => {
+                let at = g.ring_offset() as u64;
+                self.pending.insert(
+                    (conn, *key),
+                    Pending {
+                        entry,
+                        grant: Some(g),
+                        scratch_skip: None,
+                    },
+                );
+                Reserved::Place { lend, at }
+            }
+            Ok(Reserve::Granted(_)) | Ok(Reserve::AlreadyLanded) => Reserved::Refuse(R::Fallback),
+            Ok(Reserve::NoRoom) | Err(WriteError::Busy { .. }) => Reserved::Wait,
+            Err(WriteError::Closed(_)) => Reserved::Refuse(R::Aborted),
+            Err(WriteError::BadRange { .. }) => Reserved::Refuse(R::OutOfRange),
+            Err(e) => {
+                tracing::warn!(?key, error = %e, "refusing a reservation");
+                Reserved::Refuse(R::Other(REFUSE_INTERNAL))
+            }
+        }
+    }
+
+    fn written(&mut self, conn: ConnId, key: &ChunkKey) {
+        if let Some(p) = self.pending.remove(&(conn, *key))
+            && let Some(g) = p.grant
+        {
+            land(&p.entry, g, key);
+            self.counts.in_place.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn unplaced(&mut self, conn: ConnId, key: &ChunkKey) {
+        // Dropping the grant gives its range back for a later (re)send.
+        self.pending.remove(&(conn, *key));
     }
 
     fn abandoned(&mut self, conn: ConnId, key: &ChunkKey, _dest: FixedBuf) {
@@ -562,9 +778,25 @@ impl Landing for RingLanding {
         self.pending.remove(&(conn, *key));
     }
 
+    fn identified(&mut self, conn: ConnId, name: &str) {
+        tracing::debug!(
+            conn = conn.0,
+            producer = name,
+            "raw connection authenticated"
+        );
+        self.names.insert(conn, name.to_string());
+    }
+
     fn closed(&mut self, conn: ConnId, error: Option<&RawError>) {
-        if let Some(e) = error {
-            tracing::info!(conn = conn.0, error = %e, "raw connection closed");
+        let name = self.names.remove(&conn);
+        match (error, &name) {
+            (Some(e), None) if self.assigned.is_some() => {
+                tracing::warn!(conn = conn.0, error = %e, "refused a raw connection that did not authenticate");
+            }
+            (Some(e), _) => {
+                tracing::info!(conn = conn.0, producer = name.as_deref(), error = %e, "raw connection closed");
+            }
+            (None, _) => {}
         }
         self.pending.retain(|(c, _), _| *c != conn);
     }

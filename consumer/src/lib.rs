@@ -11,5 +11,5 @@
 pub mod engine;
 pub mod node;
 
-pub use engine::{Allocation, ConsumerEngine, ConsumerError, EngineConfig, StreamState};
+pub use engine::{Allocation, ConsumerEngine, ConsumerError, EngineConfig, Landed, StreamState};
 pub use node::ConsumerNode;

@@ -79,6 +79,19 @@ impl ConsumerNode {
         }
     }
 
+    /// Joined a scheduler again: every stream is reported afresh (progress, attached readers),
+    /// so the scheduler learns what this node holds; it releases what it does not know.
+    pub fn rejoined(&mut self) {
+        for r in self.reported.values_mut() {
+            // Positions no stream has: the next tick reports every stream, even an empty one.
+            *r = Reported {
+                frontier: u64::MAX,
+                read_pos: u64::MAX,
+                ..Reported::default()
+            };
+        }
+    }
+
     /// The engine.
     pub fn engine(&self) -> &ConsumerEngine {
         &self.engine
@@ -123,6 +136,11 @@ impl ConsumerNode {
                     }
                 }
             }]),
+            Message::JobProducers { job, ref producers } => {
+                tracing::debug!(%job, ?producers, "producers assigned");
+                self.engine.set_producers(job.0, producers);
+                Some(Vec::new())
+            }
             Message::Release { job, ref reason } => {
                 // Report the final state first, so the scheduler sees the last progress.
                 let out = self.tick_job(Some(job.0));

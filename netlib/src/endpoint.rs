@@ -417,10 +417,24 @@ impl Endpoint {
         };
         match self {
             Endpoint::Unix(p) => {
-                remove_stale(p);
-                UnixListener::bind(p)
-                    .map(|l| Listener::Unix(l, p.clone()))
-                    .map_err(lerr)
+                // A socket whose owner was just killed can still accept for a moment: the
+                // kernel tears down the dead process's io_uring (and the accept it held)
+                // after the process is gone. Such a socket is retried for a while; a live
+                // owner keeps it, and then it is an error.
+                let until = std::time::Instant::now() + STALE_GRACE;
+                loop {
+                    remove_stale(p);
+                    match UnixListener::bind(p) {
+                        Ok(l) => return Ok(Listener::Unix(l, p.clone())),
+                        Err(e)
+                            if e.kind() == io::ErrorKind::AddrInUse
+                                && std::time::Instant::now() < until =>
+                        {
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                        }
+                        Err(e) => return Err(lerr(e)),
+                    }
+                }
             }
             Endpoint::Tcp { .. } => {
                 let addrs = self.resolve()?;
@@ -436,6 +450,9 @@ impl Endpoint {
         }
     }
 }
+
+/// How long a UNIX socket that still accepts is retried before it counts as in use.
+const STALE_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 fn remove_stale(p: &Path) {
     use std::os::unix::fs::FileTypeExt;

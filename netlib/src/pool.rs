@@ -1,6 +1,11 @@
 //! A persistent connection pool keyed by peer endpoint: reuse, reconnect on failure (with
 //! backoff), close idle connections. Pure bookkeeping over a connection handle `C`; the caller
 //! passes the time, so it is tested deterministically. [`crate::raw::RawClient`] uses it.
+//!
+//! Back-off is for endpoints that cannot be reached (connects that fail, or connections that
+//! fail before they are established, e.g. a refused handshake): [`Pool::failed`]. The end of
+//! a connection that worked (the peer restarted, or closed it) is [`Pool::remove`]: the next
+//! [`Pool::get`] connects at once, and only if that fails does the back-off start.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -109,9 +114,21 @@ impl<C> Pool<C> {
         c
     }
 
-    /// Forget `ep` (closed cleanly).
+    /// Forget `ep`: its connection closed, or died after it was established (no back-off).
     pub fn remove(&mut self, ep: &Endpoint) -> Option<C> {
         self.entries.remove(ep).and_then(|e| e.conn)
+    }
+
+    /// Whether `conn` is the connection stored for `ep` (a connection that was replaced must
+    /// not touch its successor's entry).
+    pub fn is_current(&self, ep: &Endpoint, conn: &C) -> bool
+    where
+        C: PartialEq,
+    {
+        self.entries
+            .get(ep)
+            .and_then(|e| e.conn.as_ref())
+            .is_some_and(|c| c == conn)
     }
 
     /// Mark `ep` used now.
@@ -203,7 +220,28 @@ mod tests {
         let reaped = p.reap_idle(t0 + ms(1100), |_| false);
         assert_eq!(reaped, vec![(b.clone(), 2)]);
         assert!(p.reap_idle(t0 + ms(1400), |c| *c == 4).is_empty());
-        assert_eq!(p.reap_idle(t0 + ms(1400), |_| false), vec![(a, 4)]);
+        assert_eq!(p.reap_idle(t0 + ms(1400), |_| false), vec![(a.clone(), 4)]);
         assert!(p.is_empty());
+    }
+
+    #[test]
+    fn an_established_connection_that_dies_is_replaced_at_once() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut p: Pool<u32> = Pool::new(ms(1000), ms(100), ms(400));
+        let a = ep("unix:/run/c1/data.sock");
+        assert_eq!(*p.get(&a, t0, |_| Ok::<u32, ()>(1)).unwrap(), 1);
+        assert!(p.is_current(&a, &1) && !p.is_current(&a, &2));
+        // The consumer restarted: the connection that worked is forgotten, not backed off.
+        assert_eq!(p.remove(&a), Some(1));
+        assert_eq!(*p.get(&a, t0 + ms(1), |_| Ok::<u32, ()>(2)).unwrap(), 2);
+        // Its successor's entry is not the old connection's.
+        assert!(!p.is_current(&a, &1));
+        // A connect that fails still backs off.
+        assert_eq!(p.failed(&a, t0 + ms(2)), Some(2));
+        assert!(matches!(
+            p.get(&a, t0 + ms(3), |_| Ok::<u32, ()>(3)),
+            Err(PoolError::Backoff { .. })
+        ));
     }
 }

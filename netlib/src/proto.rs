@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// Version of the control protocol, carried in every frame header and checked in the handshake.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Most chunk latencies one [`Message::JobStats`] carried in `chunk_latency_us` (protocols 2
 /// and 3; since protocol 4 the latencies travel as a serialized histogram, `chunk_latency_hdr`).
@@ -186,6 +186,8 @@ pub enum NodeState {
     Leaving,
     /// Missed heartbeats or connection lost.
     Lost,
+    /// Silent for more than one and a half heartbeats: dead after three (protocol 5).
+    Suspect,
 }
 
 /// One node in a [`Message::StatusReply`].
@@ -953,6 +955,17 @@ pub enum Message {
         /// In words.
         message: String,
     },
+
+    // --- appended in version 5 ---------------------------------------------------------------
+    /// S→C: The producers assigned to a job (node names), the whole set each time it changes.
+    /// A consumer lands a job's chunks only from these producers (raw connections say who they
+    /// are after authenticating).
+    JobProducers {
+        /// Job id.
+        job: JobId,
+        /// Node names of the producers that may send the job's chunks.
+        producers: Vec<String>,
+    },
 }
 
 impl Message {
@@ -1000,6 +1013,7 @@ impl Message {
             Message::PlanReply { .. } => "PlanReply",
             Message::CancelTask { .. } => "CancelTask",
             Message::JobWarning { .. } => "JobWarning",
+            Message::JobProducers { .. } => "JobProducers",
         }
     }
 }

@@ -659,6 +659,8 @@ fn message() -> impl Strategy<Value = Message> {
             }),
         (task(), job()).prop_map(|(task, job)| Message::CancelTask { task, job }),
         (job(), text()).prop_map(|(job, message)| Message::JobWarning { job, message }),
+        (job(), prop::collection::vec(name(), 0..4))
+            .prop_map(|(job, producers)| Message::JobProducers { job, producers }),
     ]
 }
 
@@ -706,10 +708,11 @@ fn variant_name(m: &Message) -> &'static str {
         | Message::Plan { .. }
         | Message::PlanReply { .. }
         | Message::CancelTask { .. }
-        | Message::JobWarning { .. } => m.name(),
+        | Message::JobWarning { .. }
+        | Message::JobProducers { .. } => m.name(),
     }
 }
-const VARIANTS: usize = 41;
+const VARIANTS: usize = 42;
 
 /// Decode everything in `stream`, fed in pieces cut at `cuts` (sorted, deduplicated positions).
 fn decode_split(stream: &[u8], cuts: &[usize]) -> Vec<Message> {
@@ -788,19 +791,20 @@ fn one_byte_at_a_time() {
 
 #[test]
 fn exact_bytes_of_a_heartbeat_and_a_ready() {
-    // Version 4 (status figures, hugepages at join, the latency histogram on the wire).
+    // Version 5 (3: TaskDone, Accepted, AllocStream and status grew fields; 4: status figures,
+    // hugepages at join, the latency histogram on the wire; 5: JobProducers appended).
     // Heartbeat is variant 3 of Message; Ready is variant 8 with JobId(300) as varint ac 02.
     assert_eq!(
         encode_message(&Message::Heartbeat).unwrap(),
-        [b'S', b'P', b'A', b'T', 0, 4, 2, 0, 0, 0, 0, 1, 3]
+        [b'S', b'P', b'A', b'T', 0, 5, 2, 0, 0, 0, 0, 1, 3]
     );
     assert_eq!(
         encode_message(&Message::Ready { job: JobId(300) }).unwrap(),
         [
-            b'S', b'P', b'A', b'T', 0, 4, 2, 0, 0, 0, 0, 3, 8, 0xac, 0x02
+            b'S', b'P', b'A', b'T', 0, 5, 2, 0, 0, 0, 0, 3, 8, 0xac, 0x02
         ]
     );
-    assert_eq!(PROTOCOL_VERSION, 4);
+    assert_eq!(PROTOCOL_VERSION, 5);
 }
 
 #[test]

@@ -70,6 +70,18 @@ impl ProducerNode {
         }
     }
 
+    /// Forgets every job and task (after the scheduler was lost: the next one preloads and
+    /// hands out again what it wants). Tasks already in the engine finish; their reports are
+    /// stale to the next scheduler, which ignores them, and their chunks land idempotently.
+    pub fn reset(&mut self) {
+        for job in self.jobs.keys() {
+            self.engine.forget_job(*job);
+        }
+        self.jobs.clear();
+        self.computes.clear();
+        self.cancelled.clear();
+    }
+
     /// Jobs whose kernel is ready.
     pub fn ready_jobs(&self) -> Vec<JobId> {
         let mut v: Vec<JobId> = self

@@ -1,13 +1,19 @@
-//! The producer's task engines: a compute thread (one chunk at a time, into registered chunk
-//! buffers) and an expel thread (one io_uring sending every computed piece to its consumer over
-//! pooled raw connections, several expels at once). They are joined by bounded queues; a task
-//! is reported to the scheduler (through the outbox) once every piece is acked, or as soon as
-//! one piece fails.
+//! The producer's task engines: a compute thread (one chunk at a time) and an expel thread
+//! ([`crate::expel`]: one io_uring sending every computed piece to its consumer over pooled raw
+//! connections, several expels at once). They are joined by bounded queues; a task is reported
+//! to the scheduler (through the outbox) once every piece is acked, or as soon as one fails.
+//!
+//! Where a piece is computed depends on the local path ([`LocalPath`]) for consumers on this
+//! host: `zero-copy` computes it straight into the place the consumer granted in its ring
+//! (asked for while the previous task computes); `pull` and `socket` compute it into a
+//! registered chunk buffer, which the consumer copies once (pull) or which goes through the
+//! socket. Remote consumers always get it through the socket, and a piece the consumer cannot
+//! place (its range partly landed, or it does not lend its rings) falls back to the buffer.
 //!
 //! The compute thread keeps `buffers` (≥ 2) chunk buffers so that computing the next chunk
 //! overlaps expelling the previous ones; it waits for a buffer to come back when all are out.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -15,15 +21,57 @@ use std::time::{Duration, Instant};
 
 use spate_netlib::endpoint::{Endpoint, Via};
 use spate_netlib::proto::{
-    ChunkIndex, DataEndpoint, ExpelTarget, JobId, LineRange, Message, PieceTime, TaskId, TaskKind,
+    ChunkIndex, DataEndpoint, ExpelTarget, JobId, LineRange, Message, TaskId,
 };
-use spate_netlib::raw::{
-    ChunkKey, ClientEvent, DEFAULT_MAX_CHUNK, RawClient, RawConfig, RefuseReason,
-};
+use spate_netlib::raw::{ChunkKey, ConnId, DEFAULT_MAX_CHUNK, Placed, RawClient, RawConfig};
 use spate_ring::BackingPref;
-use spate_runtime::{Arena, ArenaBuf, FixedBuf, FrozenBuf, Op, QueueRx, QueueTx, RuntimeError};
+use spate_runtime::{Arena, ArenaBuf, QueueTx, RuntimeError};
 
+use crate::expel::{ExpelJob, ExpelMsg, Slot, expel_loop};
 use crate::kernel::{Kernel, Output};
+
+/// How chunks reach a consumer on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LocalPath {
+    /// The kernel computes straight into the consumer's ring (no copy).
+    #[default]
+    ZeroCopy,
+    /// The consumer copies each chunk once from our chunk buffers.
+    Pull,
+    /// Through the UNIX socket (two copies).
+    Socket,
+}
+
+impl LocalPath {
+    /// Its name in flags and configs.
+    pub fn name(self) -> &'static str {
+        match self {
+            LocalPath::ZeroCopy => "zero-copy",
+            LocalPath::Pull => "pull",
+            LocalPath::Socket => "socket",
+        }
+    }
+}
+
+impl std::fmt::Display for LocalPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for LocalPath {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "zero-copy" => Ok(LocalPath::ZeroCopy),
+            "pull" => Ok(LocalPath::Pull),
+            "socket" => Ok(LocalPath::Socket),
+            other => Err(format!(
+                "unknown local path {other:?}: use zero-copy, pull or socket"
+            )),
+        }
+    }
+}
 
 /// Where the engines send their reports (TaskDone / TaskFailed) for the scheduler.
 pub type Outbox = Sender<Message>;
@@ -43,6 +91,8 @@ pub struct EngineConfig {
     pub raw: RawConfig,
     /// Tasks that may wait for the compute thread.
     pub queue: usize,
+    /// How chunks reach consumers on this host (`raw.share_local` follows it at start).
+    pub local_path: LocalPath,
 }
 
 impl Default for EngineConfig {
@@ -54,6 +104,7 @@ impl Default for EngineConfig {
             backing: BackingPref::Auto,
             raw: RawConfig::default(),
             queue: 64,
+            local_path: LocalPath::default(),
         }
     }
 }
@@ -104,7 +155,7 @@ impl std::fmt::Debug for Task {
     }
 }
 
-fn failed(task: TaskId, job: JobId, reason: String, retryable: bool) -> Message {
+pub(crate) fn failed(task: TaskId, job: JobId, reason: String, retryable: bool) -> Message {
     Message::TaskFailed {
         task,
         job,
@@ -178,20 +229,6 @@ pub fn route(t: &ExpelTarget) -> (Endpoint, Via) {
     }
 }
 
-enum ExpelMsg {
-    Task(ExpelJob),
-    Stop,
-}
-
-struct ExpelJob {
-    task: TaskId,
-    job: JobId,
-    buf: FrozenBuf,
-    targets: Vec<ExpelTarget>,
-    t0: Instant,
-    compute_us: u64,
-}
-
 /// Tasks the scheduler cancelled (another copy landed first), by job: the compute thread
 /// skips them.
 type Cancelled = Arc<Mutex<HashSet<(JobId, TaskId)>>>;
@@ -249,7 +286,9 @@ impl ProducerEngine {
         let (freed_tx, freed_rx) = mpsc::channel::<()>();
         // The raw client's io_uring must be created on the thread that uses it.
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), EngineError>>(1);
-        let (raw, out) = (cfg.raw.clone(), outbox.clone());
+        let (mut raw, out) = (cfg.raw.clone(), outbox.clone());
+        raw.share_local &= cfg.local_path != LocalPath::Socket;
+        let zero_copy = cfg.local_path == LocalPath::ZeroCopy;
         let expel = spawn(
             "spate-expel",
             cfg.expel_core,
@@ -276,14 +315,8 @@ impl ProducerEngine {
         let cancelled: Cancelled = Arc::default();
         let skip = cancelled.clone();
         let compute = spawn("spate-compute", cfg.compute_core, move || {
-            compute_loop(
-                rx,
-                etx,
-                freed_rx,
-                outbox,
-                BufPool::new(count, backing),
-                skip,
-            );
+            let pool = BufPool::new(count, backing);
+            compute_loop(rx, etx, freed_rx, outbox, pool, zero_copy, skip);
         })?;
         Ok(ProducerEngine {
             tx: Some(tx),
@@ -382,315 +415,252 @@ impl BufPool {
     }
 }
 
+/// A task taken from the queue, with its places asked for (zero copy).
+struct Prepared {
+    task: Task,
+    size: Result<usize, String>,
+    /// The answer to the reservation of its local pieces.
+    places: Option<Receiver<Vec<(usize, Slot)>>>,
+}
+
+/// The key of target `t` of `job`.
+fn key_of(job: JobId, t: &ExpelTarget) -> ChunkKey {
+    ChunkKey {
+        job: job.0,
+        stream: t.stream.0,
+        offset: t.stream_offset,
+        len: t.len,
+    }
+}
+
+/// Take `t` in: check its layout and, on the zero-copy path, ask the local consumers for
+/// places for its pieces (the expel thread answers while an earlier task computes).
+fn prepare(t: Task, zero_copy: bool, expel: &QueueTx<ExpelMsg>) -> Prepared {
+    let size = chunk_size(&t.targets);
+    let pieces: Vec<(usize, ChunkKey, Endpoint)> = t
+        .targets
+        .iter()
+        .enumerate()
+        .filter_map(|(i, tg)| match &tg.endpoint {
+            DataEndpoint::Unix { path } if zero_copy => {
+                Some((i, key_of(t.job, tg), Endpoint::Unix(path.clone())))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut places = None;
+    if size.is_ok() && !pieces.is_empty() {
+        let (reply, rx) = mpsc::sync_channel(1);
+        if expel.send(ExpelMsg::Reserve { pieces, reply }).is_ok() {
+            places = Some(rx);
+        }
+    }
+    Prepared {
+        task: t,
+        size,
+        places,
+    }
+}
+
 fn compute_loop(
     rx: Receiver<Task>,
     expel: QueueTx<ExpelMsg>,
     freed: Receiver<()>,
     out: Outbox,
     mut pool: BufPool,
+    zero_copy: bool,
     cancelled: Cancelled,
 ) {
-    while let Ok(t) = rx.recv() {
-        if cancelled
+    let mut ahead: Option<Prepared> = None;
+    loop {
+        let cur = match ahead.take() {
+            Some(p) => p,
+            None => match rx.recv() {
+                Ok(t) => prepare(t, zero_copy, &expel),
+                Err(_) => return,
+            },
+        };
+        // Ask for the next task's places now, so they are there when it is its turn.
+        if zero_copy && let Ok(t) = rx.try_recv() {
+            ahead = Some(prepare(t, zero_copy, &expel));
+        }
+        let skip = cancelled
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&(t.job, t.task))
-        {
-            tracing::debug!(task = %t.task, chunk = %t.chunk, "cancelled before computing");
+            .remove(&(cur.task.job, cur.task.task));
+        if skip {
+            tracing::debug!(task = %cur.task.task, chunk = %cur.task.chunk, "cancelled before computing");
+            withdraw_all(cur, &expel);
             continue;
         }
-        let t0 = Instant::now();
-        let size = match chunk_size(&t.targets) {
-            Ok(s) => s,
-            Err(reason) => {
-                let _ = out.send(failed(t.task, t.job, reason, false));
-                continue;
-            }
-        };
-        let mut buf = match pool.get(size, &freed) {
-            Ok(b) => b,
-            Err(reason) => {
-                let _ = out.send(failed(t.task, t.job, reason, true));
-                continue;
-            }
-        };
-        let c0 = Instant::now();
-        let r = {
-            let mut outs = outputs(&mut buf.as_mut_slice()[..size], &t.targets);
-            t.kernel.compute(t.lines.start..t.lines.end, &mut outs)
-        };
-        let compute_us = c0.elapsed().as_micros() as u64;
-        if let Err(e) = r {
-            let reason = format!("kernel {} on chunk {}: {e}", t.kernel.name(), t.chunk);
-            let _ = out.send(failed(t.task, t.job, reason, false));
-            continue;
-        }
-        tracing::debug!(task = %t.task, chunk = %t.chunk, bytes = size, us = t0.elapsed().as_micros() as u64, "computed");
-        let job = ExpelJob {
-            task: t.task,
-            job: t.job,
-            buf: buf.freeze(),
-            targets: t.targets,
-            t0,
-            compute_us,
-        };
-        if let Err(ExpelMsg::Task(j)) = expel.send(ExpelMsg::Task(job)) {
-            let _ = out.send(failed(
-                j.task,
-                j.job,
-                "the expel engine stopped".into(),
-                true,
-            ));
-        }
+        run(cur, &expel, &freed, &out, &mut pool);
     }
 }
 
-struct Running {
-    job: JobId,
-    remaining: usize,
-    bytes: u64,
-    t0: Instant,
-    compute_us: u64,
-    pieces: Vec<PieceTime>,
-    failed: bool,
-    _buf: FrozenBuf,
-}
-
-/// A piece on its way: its task, when it was handed to the raw client, and its consumer.
-struct InFlight {
-    task: TaskId,
-    sent: Instant,
-    consumer: String,
-}
-
-struct Expeller {
-    client: RawClient,
-    out: Outbox,
-    freed: Sender<()>,
-    running: HashMap<TaskId, Running>,
-    keys: HashMap<ChunkKey, InFlight>,
-    /// Per consumer: when its last piece was acked (busy-time accounting).
-    last_ack: HashMap<String, Instant>,
-}
-
-/// The link's time for a piece sent at `sent` and acked at `now`: pieces to one consumer
-/// overlap, so each counts from the later of its send and the previous ack to that consumer
-/// (their sum is the time the link was busy).
-fn busy_micros(sent: Instant, last_ack: Option<Instant>, now: Instant) -> u64 {
-    let from = last_ack.map_or(sent, |a| a.max(sent));
-    now.saturating_duration_since(from).as_micros() as u64
-}
-
-fn refusal_retryable(r: RefuseReason) -> bool {
-    !matches!(
-        r,
-        RefuseReason::UnknownStream
-            | RefuseReason::Aborted
-            | RefuseReason::OutOfRange
-            | RefuseReason::TooLarge
-    )
-}
-
-impl Expeller {
-    fn start(&mut self, j: ExpelJob) {
-        self.running.insert(
-            j.task,
-            Running {
-                job: j.job,
-                remaining: j.targets.len(),
-                bytes: 0,
-                t0: j.t0,
-                compute_us: j.compute_us,
-                pieces: Vec::with_capacity(j.targets.len()),
-                failed: false,
-                _buf: j.buf.clone(),
-            },
-        );
-        for t in &j.targets {
-            let key = ChunkKey {
-                job: j.job.0,
-                stream: t.stream.0,
-                offset: t.stream_offset,
-                len: t.len,
-            };
-            if let Some(other) = self.keys.get(&key) {
-                let why = format!("the same piece is being expelled by task {}", other.task);
-                self.resolve(j.task, Err((why, true)));
-                continue;
-            }
-            let (ep, via) = route(t);
-            let src = FixedBuf::Frozen(j.buf.clone());
-            match self
-                .client
-                .send_to(&ep, &via, key, src, t.chunk_offset as usize)
-            {
-                Ok(_) => {
-                    self.keys.insert(
-                        key,
-                        InFlight {
-                            task: j.task,
-                            sent: Instant::now(),
-                            consumer: t.consumer.clone(),
-                        },
-                    );
-                }
-                Err(rej) => {
-                    let why = format!(
-                        "expel of stream {} [{}, +{}) to {} at {ep}: {}",
-                        t.stream, t.stream_offset, t.len, t.consumer, rej.error
-                    );
-                    self.resolve(j.task, Err((why, true)));
-                }
-            }
-        }
-    }
-
-    fn resolve(&mut self, task: TaskId, outcome: Result<PieceTime, (String, bool)>) {
-        let Some(r) = self.running.get_mut(&task) else {
-            return;
-        };
-        r.remaining = r.remaining.saturating_sub(1);
-        match outcome {
-            Ok(p) => {
-                r.bytes += p.bytes;
-                r.pieces.push(p);
-            }
-            Err((reason, retryable)) => {
-                if !r.failed {
-                    r.failed = true;
-                    tracing::warn!(%task, %reason, "expel failed");
-                    let _ = self.out.send(failed(task, r.job, reason, retryable));
-                }
-            }
-        }
-        if r.remaining == 0
-            && let Some(r) = self.running.remove(&task)
-        {
-            if !r.failed {
-                let _ = self.out.send(Message::TaskDone {
-                    task,
-                    job: r.job,
-                    kind: TaskKind::Expel,
-                    bytes: r.bytes,
-                    micros: r.t0.elapsed().as_micros() as u64,
-                    compute_micros: r.compute_us,
-                    pieces: r.pieces.clone(),
-                });
-            }
-            drop(r);
-            let _ = self.freed.send(());
-        }
-    }
-
-    fn on_event(&mut self, e: ClientEvent) {
-        let (key, outcome) = match e {
-            ClientEvent::Acked { key, .. } => {
-                let now = Instant::now();
-                let Some(f) = self.keys.remove(&key) else {
-                    return;
-                };
-                let micros = busy_micros(f.sent, self.last_ack.get(&f.consumer).copied(), now);
-                self.last_ack.insert(f.consumer, now);
-                let piece = PieceTime {
-                    stream: spate_netlib::proto::StreamIndex(key.stream),
-                    bytes: key.len,
-                    micros,
-                };
-                self.resolve(f.task, Ok(piece));
-                return;
-            }
-            ClientEvent::Refused { key, reason, .. } => (
-                key,
-                Err((
-                    format!(
-                        "consumer refused stream {} [{}, +{}): {reason:?}",
-                        key.stream, key.offset, key.len
-                    ),
-                    refusal_retryable(reason),
-                )),
-            ),
-            ClientEvent::Failed { key, .. } => (
-                key,
-                Err((
-                    format!(
-                        "connection to the consumer of stream {} lost before [{}, +{}) was acked",
-                        key.stream, key.offset, key.len
-                    ),
-                    true,
-                )),
-            ),
-            ClientEvent::Closed { conn, error } => {
-                if let Some(e) = error {
-                    tracing::info!(conn = conn.0, error = %e, "raw connection closed");
-                }
-                return;
-            }
-        };
-        if let Some(f) = self.keys.remove(&key) {
-            self.resolve(f.task, outcome);
-        }
-    }
-
-    fn fail_all(&mut self, reason: &str) {
-        let tasks: Vec<TaskId> = self.running.keys().copied().collect();
-        for t in tasks {
-            if let Some(r) = self.running.remove(&t)
-                && !r.failed
-            {
-                let _ = self.out.send(failed(t, r.job, reason.to_string(), true));
-            }
-        }
-        self.keys.clear();
-    }
-}
-
-fn expel_loop(client: RawClient, rx: QueueRx<ExpelMsg>, out: Outbox, freed: Sender<()>) {
-    let mut x = Expeller {
-        client,
-        out,
-        freed,
-        running: HashMap::new(),
-        keys: HashMap::new(),
-        last_ack: HashMap::new(),
+/// A cancelled task: give back whatever places were granted for it, unwritten.
+fn withdraw_all(p: Prepared, expel: &QueueTx<ExpelMsg>) {
+    let Some(rx) = p.places else {
+        return;
     };
-    let mut armed = false;
-    let mut events = Vec::new();
-    loop {
-        while let Some(m) = rx.try_recv() {
-            match m {
-                ExpelMsg::Task(j) => x.start(j),
-                ExpelMsg::Stop => {
-                    x.fail_all("the producer is stopping");
-                    return;
-                }
-            }
+    let t = p.task;
+    if let Ok(answered) = rx.recv() {
+        let back: Vec<_> = answered
+            .into_iter()
+            .filter_map(|(i, s)| match s {
+                Slot::Placed { conn, place } => Some((key_of(t.job, &t.targets[i]), conn, place)),
+                _ => None,
+            })
+            .collect();
+        if !back.is_empty() {
+            let _ = expel.send(ExpelMsg::Withdraw(back));
         }
-        // Queue messages wake the client's io_uring through the queue's eventfd. The poll's
-        // completion carries tag 0, which names no connection, so the client ignores it.
-        if !armed {
-            match x.client.driver().push(
-                0,
-                Op::PollIn {
-                    fd: rx.notifier().fd(),
-                },
-            ) {
-                Ok(_) => armed = true,
-                Err(e) => tracing::warn!(error = %e, "arming the queue wake-up failed"),
-            }
-        }
-        let timeout = Duration::from_millis(if armed { 500 } else { 1 });
-        if let Err(e) = x.client.turn(Some(timeout), &mut events) {
-            tracing::error!(error = %e, "expel engine failed; stopping it");
-            x.fail_all(&format!("the expel engine failed: {e}"));
+    }
+}
+
+/// Compute one task (into its places and/or a chunk buffer) and hand it to the expel thread.
+fn run(
+    p: Prepared,
+    expel: &QueueTx<ExpelMsg>,
+    freed: &Receiver<()>,
+    out: &Outbox,
+    pool: &mut BufPool,
+) {
+    let t = p.task;
+    let t0 = Instant::now();
+    let size = match p.size {
+        Ok(s) => s,
+        Err(reason) => {
+            let _ = out.send(failed(t.task, t.job, reason, false));
             return;
         }
-        if rx.notifier().drain() > 0 {
-            armed = false;
+    };
+    // Where each piece is computed: its place in the consumer's ring, or the chunk buffer.
+    let mut slots: Vec<Option<Slot>> = t.targets.iter().map(|_| None).collect();
+    if let Some(rx) = p.places {
+        match rx.recv() {
+            Ok(answered) => {
+                for (i, s) in answered {
+                    slots[i] = Some(s);
+                }
+            }
+            Err(_) => {
+                let why = "the expel engine stopped".to_string();
+                let _ = out.send(failed(t.task, t.job, why, true));
+                return;
+            }
         }
-        for e in events.drain(..) {
-            x.on_event(e);
+    }
+    let mut places: Vec<(usize, ConnId, Placed)> = Vec::new();
+    let mut failure = None;
+    for (i, s) in slots.into_iter().enumerate() {
+        match s {
+            Some(Slot::Placed { conn, place }) => places.push((i, conn, place)),
+            Some(Slot::Failed(why, retry)) if failure.is_none() => failure = Some((why, retry)),
+            _ => {}
         }
-        x.client.driver().release_unused();
+    }
+    if let Some((why, retry)) = failure {
+        let back = places
+            .into_iter()
+            .map(|(i, c, pl)| (key_of(t.job, &t.targets[i]), c, pl))
+            .collect();
+        let _ = expel.send(ExpelMsg::Withdraw(back));
+        let _ = out.send(failed(t.task, t.job, why, retry));
+        return;
+    }
+    let placed: Vec<bool> = {
+        let mut v = vec![false; t.targets.len()];
+        for (i, _, _) in &places {
+            v[*i] = true;
+        }
+        v
+    };
+    let rest: Vec<ExpelTarget> = t
+        .targets
+        .iter()
+        .zip(&placed)
+        .filter(|(_, p)| !**p)
+        .map(|(tg, _)| tg.clone())
+        .collect();
+    let mut buf = if rest.is_empty() {
+        None
+    } else {
+        match pool.get(size, freed) {
+            Ok(b) => Some(b),
+            Err(reason) => {
+                let back = places
+                    .into_iter()
+                    .map(|(i, c, pl)| (key_of(t.job, &t.targets[i]), c, pl))
+                    .collect();
+                let _ = expel.send(ExpelMsg::Withdraw(back));
+                let _ = out.send(failed(t.task, t.job, reason, true));
+                return;
+            }
+        }
+    };
+    let r = {
+        // One output per target, in target order: a place in a ring, or a piece of the buffer.
+        let mut from_buf = match &mut buf {
+            Some(b) => outputs(&mut b.as_mut_slice()[..size], &rest).into_iter(),
+            None => Vec::new().into_iter(),
+        };
+        let mut from_places = places.iter_mut();
+        let mut outs: Vec<Output<'_>> = Vec::with_capacity(t.targets.len());
+        for (tg, p) in t.targets.iter().zip(&placed) {
+            let o = if *p {
+                from_places.next().map(|(_, _, pl)| Output {
+                    stream: tg.stream.0,
+                    offset: tg.stream_offset,
+                    buf: pl.as_mut_slice(),
+                })
+            } else {
+                from_buf.next()
+            };
+            outs.extend(o);
+        }
+        let c0 = Instant::now();
+        let r = t.kernel.compute(t.lines.start..t.lines.end, &mut outs);
+        (r, c0.elapsed().as_micros() as u64)
+    };
+    let (r, compute_us) = r;
+    if let Err(e) = r {
+        let back = places
+            .into_iter()
+            .map(|(i, c, pl)| (key_of(t.job, &t.targets[i]), c, pl))
+            .collect();
+        let _ = expel.send(ExpelMsg::Withdraw(back));
+        let reason = format!("kernel {} on chunk {}: {e}", t.kernel.name(), t.chunk);
+        let _ = out.send(failed(t.task, t.job, reason, false));
+        return;
+    }
+    tracing::debug!(task = %t.task, chunk = %t.chunk, bytes = size, in_place = places.len(), us = t0.elapsed().as_micros() as u64, "computed");
+    let written = places
+        .into_iter()
+        .map(|(i, c, pl)| {
+            (
+                key_of(t.job, &t.targets[i]),
+                c,
+                pl,
+                t.targets[i].consumer.clone(),
+            )
+        })
+        .collect();
+    let job = ExpelJob {
+        task: t.task,
+        job: t.job,
+        buf: buf.map(ArenaBuf::freeze),
+        targets: rest,
+        written,
+        t0,
+        compute_us,
+    };
+    if let Err(ExpelMsg::Task(j)) = expel.send(ExpelMsg::Task(job)) {
+        let _ = out.send(failed(
+            j.task,
+            j.job,
+            "the expel engine stopped".into(),
+            true,
+        ));
     }
 }
 
@@ -736,17 +706,6 @@ mod tests {
             (outs[1].stream, outs[1].offset, outs[1].buf.len()),
             (0, 0, 3)
         );
-    }
-
-    #[test]
-    fn busy_time_counts_overlapping_pieces_once() {
-        let t0 = Instant::now();
-        let ms = |n: u64| t0 + Duration::from_millis(n);
-        // A and B sent together; A acked at 10 ms, B at 20 ms: 10 + 10 = the 20 ms busy.
-        assert_eq!(busy_micros(t0, None, ms(10)), 10_000);
-        assert_eq!(busy_micros(t0, Some(ms(10)), ms(20)), 10_000);
-        // C sent at 25 ms after the link went idle, acked at 30 ms: 5 ms, not 10.
-        assert_eq!(busy_micros(ms(25), Some(ms(20)), ms(30)), 5_000);
     }
 
     #[test]

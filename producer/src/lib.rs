@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod engine;
+pub mod expel;
 pub mod factory;
 pub mod kernel;
 pub mod rip;

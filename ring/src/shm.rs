@@ -193,7 +193,10 @@ impl Segment {
         let raw = unsafe {
             libc::memfd_create(
                 name.as_ptr(),
-                libc::MFD_CLOEXEC | libc::MFD_HUGETLB | libc::MFD_HUGE_2MB,
+                libc::MFD_CLOEXEC
+                    | libc::MFD_HUGETLB
+                    | libc::MFD_HUGE_2MB
+                    | libc::MFD_ALLOW_SEALING,
             )
         };
         if raw < 0 {
@@ -202,6 +205,7 @@ impl Segment {
         // SAFETY: raw is a fresh fd we own.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         ftruncate(&fd, len)?;
+        seal_size(&fd);
         // The pool is only charged at mmap (FINDINGS pitfall 1): map once to reserve the pages
         // for the file's lifetime (shared hugetlb reservations stay with the inode). Never
         // MAP_NORESERVE. Pages of a process that just exited may come back asynchronously
@@ -241,13 +245,16 @@ impl Segment {
     fn create_shmem(name: &CString, len: usize) -> Result<Segment, ShmError> {
         let len = round_up(len, HUGE_PAGE).ok_or(ShmError::BadLength(len))?;
         // SAFETY: name is a valid NUL-terminated string; flags are valid memfd flags.
-        let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        let raw = unsafe {
+            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        };
         if raw < 0 {
             return Err(sys("memfd_create"));
         }
         // SAFETY: raw is a fresh fd we own.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         ftruncate(&fd, len)?;
+        seal_size(&fd);
         let backing = probe_thp(fd.as_fd(), true)?;
         Ok(Segment {
             fd,
@@ -327,12 +334,30 @@ impl Segment {
         self.fallback_reason.as_deref()
     }
 
+    /// Whether the segment's size is sealed (it cannot be shrunk or grown through any of its
+    /// descriptors).
+    pub fn size_sealed(&self) -> bool {
+        // SAFETY: fd is open; F_GET_SEALS takes no argument.
+        let seals = unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_GET_SEALS) };
+        let want = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+        seals >= 0 && seals & want == want
+    }
+
     /// Duplicate the fd (close-on-exec) to hand to another process.
     pub fn dup_fd(&self) -> Result<OwnedFd, ShmError> {
         self.fd
             .try_clone()
             .map_err(|err| ShmError::Sys { op: "dup", err })
     }
+}
+
+/// Seal the size of a segment (best effort): whoever else gets its descriptor (a reader, or a
+/// local producer writing into a ring) cannot shrink it under the mappings (SIGBUS) or grow it.
+/// [`Segment::size_sealed`] tells whether it worked.
+fn seal_size(fd: &OwnedFd) {
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: fd is an open memfd; F_ADD_SEALS takes an int argument.
+    let _ = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) };
 }
 
 fn ftruncate(fd: &OwnedFd, len: usize) -> Result<(), ShmError> {

@@ -17,5 +17,5 @@ pub mod thread;
 
 pub use driver::{Completion, Driver, DriverConfig, Op, OpId, Output, RingMode};
 pub use error::{Result, RuntimeError};
-pub use region::{Arena, ArenaBuf, FixedBuf, FrozenBuf, Region, Span, StableMemory};
+pub use region::{Arena, ArenaBuf, FixedBuf, FrozenBuf, Placed, Region, Span, StableMemory};
 pub use thread::{Notifier, PinnedThread, QueueRx, QueueTx, queue, spawn_pinned};

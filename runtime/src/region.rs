@@ -87,6 +87,21 @@ impl Region {
         Region::new(Arc::new(crate::shm::Foreign(map)))
     }
 
+    /// Map a shared-memory file another process lent us for writing (e.g. a consumer's ring
+    /// data segment), twice back to back like the ring, so that any range of up to its length
+    /// starting inside it is contiguous. Write only inside ranges its owner placed at our
+    /// disposal ([`Placed`]).
+    pub fn map_lent(fd: &std::os::fd::OwnedFd) -> Result<Arc<Region>> {
+        let dup = fd
+            .try_clone()
+            .map_err(|e| RuntimeError::Shm(format!("duplicating a lent descriptor: {e}")))?;
+        let seg = spate_ring::shm::Segment::from_fd(dup)
+            .map_err(|e| RuntimeError::Shm(format!("a lent segment: {e}")))?;
+        let map = spate_ring::shm::Mapping::map_double(&seg, true)
+            .map_err(|e| RuntimeError::Shm(format!("mapping a lent segment: {e}")))?;
+        Region::from_mapping(Arc::new(map))
+    }
+
     /// Process-unique id.
     pub fn id(&self) -> u64 {
         self.id
@@ -164,6 +179,61 @@ impl Span {
     /// The region.
     pub fn region(&self) -> &Arc<Region> {
         &self.region
+    }
+}
+
+/// A range of lent memory placed at our disposal for writing (a zero-copy placement in a
+/// consumer's ring): ours alone to write until we say it is written. Keeps its region mapped.
+pub struct Placed {
+    region: Arc<Region>,
+    start: usize,
+    len: usize,
+}
+
+impl std::fmt::Debug for Placed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Placed")
+            .field("region", &self.region.id)
+            .field("start", &self.start)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl Placed {
+    /// `range` of `region`, placed at our disposal.
+    ///
+    /// # Safety
+    /// The owner of the memory must have granted `range` to this process exclusively: no one
+    /// else reads or writes those bytes until this value is dropped and the owner is told so
+    /// (e.g. a consumer's ring writer granted the range, which lies beyond its in-order
+    /// frontier, so its reader does not read it either).
+    pub unsafe fn new(region: &Arc<Region>, range: Range<usize>) -> Result<Placed> {
+        if range.start >= range.end || range.end > region.len {
+            return Err(RuntimeError::InvalidBuffer(
+                "placement out of region bounds",
+            ));
+        }
+        Ok(Placed {
+            region: region.clone(),
+            start: range.start,
+            len: range.end - range.start,
+        })
+    }
+    /// Length.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Always false.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+    /// The bytes to write.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: the range lies inside the region (checked in `new`), which stays mapped while
+        // we hold it; the owner granted it to us alone (the contract of `new`), and `&mut self`
+        // makes this the only reference through us.
+        unsafe { std::slice::from_raw_parts_mut(self.region.as_ptr().add(self.start), self.len) }
     }
 }
 

@@ -1212,6 +1212,12 @@ impl Scheduler {
         self.next_job = self.next_job.max(next);
     }
 
+    /// Numbers new tasks from `next` on (at least): a scheduler restarted on the same state
+    /// starts where no earlier run's task id can be.
+    pub fn continue_task_ids(&mut self, next: u64) {
+        self.next_task = self.next_task.max(next);
+    }
+
     /// Live jobs.
     pub fn jobs(&self) -> Vec<JobId> {
         self.jobs.keys().copied().collect()
@@ -2479,7 +2485,10 @@ impl Scheduler {
             if let Some(pace) = d.plan.pace {
                 let dt = now.saturating_sub(d.filled_at) as f64 / 1000.0;
                 d.filled_at = now;
-                let burst = chunk_bytes * d.plan.window.max(1) as f64;
+                // The bucket holds a window of chunks or a quarter second at the pace,
+                // whichever is more: events arrive in bursts, and a bucket of one or two small
+                // chunks would throw away the time between them and deal below the pace.
+                let burst = (chunk_bytes * d.plan.window.max(1) as f64).max(pace * 0.25);
                 d.tokens = (d.tokens + dt * pace).min(burst);
                 if d.tokens < chunk_bytes {
                     return;

@@ -406,7 +406,11 @@ impl<'a> Ctx<'a> {
         for st in &shape.streams {
             let piece = (sb * st.piece_per_chunk_byte).ceil() as u64;
             let b0 = ((prefill_job * st.share).ceil() as u64).min(st.len);
-            let ring = b0
+            // Only a paced reader waits for a prefill; an unpaced one reads what lands, so its
+            // ring holds the window alone (a ring of the whole job would let the producers
+            // finish long before the reader and hide a slow reader from the plan).
+            let held = if rate.is_some() { b0 } else { 0 };
+            let ring = held
                 .saturating_add(piece.saturating_mul(window + 1))
                 .min(st.len)
                 .max(piece.min(st.len));

@@ -933,3 +933,40 @@ fn users_and_daemons_connect_over_tcp_too() {
     assert!(!sock.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn consumers_learn_the_producers_of_a_job_with_its_preload() {
+    let srv = TestServer::start("job-producers", 60_000, None);
+    let mut c1 = srv.daemon(info("c1", 1, false, true));
+    let mut p1 = srv.daemon(info("p1", 1, true, false));
+    let mut u = srv.user();
+    u.send(&Message::Submit {
+        spec_toml: SPEC.into(),
+        inputs: vec![],
+    })
+    .unwrap();
+    let (job, stream) = match next(&mut c1) {
+        Message::AllocStream { job, stream, .. } => (job, stream),
+        m => panic!("{m:?}"),
+    };
+    c1.send(&Message::Allocated {
+        job,
+        stream,
+        key: key_of(0),
+        handoff: "/tmp/c1.handoff".into(),
+        backing: RingBacking::Plain,
+    })
+    .unwrap();
+    assert!(matches!(next(&mut u), Message::Accepted { .. }));
+    u.send(&Message::Ready { job }).unwrap();
+    assert!(matches!(next(&mut p1), Message::Preload { .. }));
+    // The consumer hears who may send the job's chunks (it refuses everyone else).
+    assert_eq!(
+        next(&mut c1),
+        Message::JobProducers {
+            job,
+            producers: vec!["p1".into()]
+        }
+    );
+    srv.finish();
+}

@@ -50,6 +50,10 @@ fn unix_pulls_and_tcp_sends_and_every_figure_is_reported() {
         assert_eq!(v["transport"], transport);
         assert_eq!(v["payload"], payload, "{v}");
         assert_eq!(
+            v["authenticated"], true,
+            "raw connections run the handshake: {v}"
+        );
+        assert_eq!(
             (v["bytes"].as_u64(), v["chunk"].as_u64()),
             (Some(256 << 20), Some(4 << 20))
         );

@@ -1,7 +1,8 @@
 //! `spate node` as real processes against a minimal fake scheduler played by the test: one
 //! consumer process and one producer process move a pattern stream that `spate read --verify`
 //! reads byte-exact; a producer killed with SIGKILL shows up as connection EOF; a daemon whose
-//! scheduler goes away stops and says so.
+//! scheduler closes the connection joins again, and one whose scheduler stays away stops after
+//! `--reconnect-for` and says so.
 
 use std::io::Read;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -35,8 +36,13 @@ fn spate() -> Command {
 }
 
 fn node(dir: &Path, name: &str, role: &str) -> Child {
+    node_with(dir, name, role, &[])
+}
+
+fn node_with(dir: &Path, name: &str, role: &str, extra: &[&str]) -> Child {
     spate()
         .args(["node", "--name", name, role, "--ring-budget", "64MiB"])
+        .args(extra)
         .arg("--scheduler")
         .arg(format!("unix:{}", dir.join("sched.sock").display()))
         .arg("--run-dir")
@@ -180,6 +186,13 @@ fn a_producer_and_a_consumer_process_deliver_a_pattern_stream_byte_exact() {
         Message::ReaderAttached { job: JobId(1), .. }
     ));
 
+    // As the scheduler does with every Preload: tell the consumer who may send this job's
+    // chunks (it refuses chunks from any other producer).
+    cc.send(&Message::JobProducers {
+        job,
+        producers: vec![pi.name.clone()],
+    })
+    .unwrap();
     let mut params = std::collections::BTreeMap::new();
     params.insert("seed".to_string(), Value::Int(5));
     pc.send(&Message::Preload {
@@ -278,7 +291,7 @@ fn a_producer_and_a_consumer_process_deliver_a_pattern_stream_byte_exact() {
 }
 
 #[test]
-fn a_killed_producer_is_connection_eof_and_a_lost_scheduler_stops_the_consumer() {
+fn a_killed_producer_is_connection_eof_and_a_lost_scheduler_is_rejoined_then_given_up() {
     let dir = tmpdir("kill");
     let l = UnixListener::bind(dir.join("sched.sock")).unwrap();
     let prod = node(&dir, "p1", "--producer");
@@ -304,14 +317,34 @@ fn a_killed_producer_is_connection_eof_and_a_lost_scheduler_stops_the_consumer()
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(st.signal(), Some(9));
 
-    reap.0.push(node(&dir, "c1", "--consumer"));
+    // A consumer whose scheduler closes the connection joins again; one whose scheduler is
+    // gone for good stops after --reconnect-for.
+    reap.0.push(node_with(
+        &dir,
+        "c1",
+        "--consumer",
+        &["--reconnect-for", "2s"],
+    ));
     let (cc, ci) = accept(&l);
     assert!(ci.roles.consumer);
     drop(cc);
+    let (cc, ci) = accept(&l);
+    assert_eq!(ci.name, "c1");
+    drop(cc);
+    drop(l);
+    std::fs::remove_file(dir.join("sched.sock")).unwrap();
     let st = wait_exit(&mut reap.0[1]);
     let (out, err) = output(&mut reap.0[1]);
     assert_eq!(st.code(), Some(1), "{out}\n{err}");
-    assert!(err.contains("scheduler gone"), "{err}");
+    assert!(
+        err.contains("lost the scheduler (it closed the connection)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("scheduler gone: not reachable for 2 s; stopping"),
+        "{err}"
+    );
+    assert!(out.contains("rejoined the scheduler"), "{out}");
     assert!(out.contains("spate node c1: consumer"), "{out}");
     assert!(
         !dir.join("c1").join("handoff.sock").exists(),

@@ -74,12 +74,19 @@ fn ready_starts_it_and_a_job_read_to_its_end_completes_by_itself() {
     assert_verified(code, &rep, 8 * MIB);
     // Nobody sends Done: the job completes once its stream was read to its end, and stays
     // visible with its outcome, bytes and duration.
+    let ended = |s: &serde_json::Value| {
+        s["ended"]
+            .as_array()
+            .and_then(|v| v.iter().find(|e| e["job"].as_u64() == Some(job)).cloned())
+    };
     let s = c.wait_status("the job completed", |s| {
-        job_entry(s, job).is_some_and(|j| j["state"] == "completed")
+        ended(s).is_some_and(|e| e["outcome"] == "completed")
     });
-    let j = job_entry(&s, job).unwrap();
-    assert_eq!(j["delivered"].as_u64(), Some(8 * MIB), "{j}");
+    assert!(job_entry(&s, job).is_none(), "{s}");
+    let j = ended(&s).unwrap();
+    assert_eq!(j["bytes"].as_u64(), Some(8 * MIB), "{j}");
     assert_eq!(j["read"].as_u64(), Some(8 * MIB), "{j}");
+    assert_eq!(j["total"].as_u64(), Some(8 * MIB), "{j}");
     // Done afterwards is fine; Ready again is refused with the reason.
     assert!(ctl(&c, "done", job).status.success());
     let out = ctl(&c, "ready", job);

@@ -39,7 +39,11 @@ fn a_stalled_producers_tasks_are_redone_elsewhere_and_the_stream_stays_exact() {
     // Heartbeats of 20 s: a stalled node is declared dead only after a minute, so what
     // saves the job here is straggler duplication, not the death of p1.
     let mut c = Cluster::start_args("stall", &["--heartbeat-ms", "20000"]);
-    c.node("c0", "--consumer");
+    // Chunks through the producers' own buffers (pull), not computed into the ring: a stalled
+    // producer holding places in the ring itself would hold the ring up (README, "What
+    // happens when...").
+    let args = c.node_args("c0", "--consumer", None, &["--local-path", "pull"]);
+    c.spawn_daemon("c0", &args);
     c.node("p0", "--producer");
     c.node("p1", "--producer");
     c.wait_nodes(&["c0", "p0", "p1"]);

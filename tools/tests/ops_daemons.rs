@@ -251,8 +251,17 @@ fn daemons_serve_metrics_log_lifecycle_and_stop_cleanly() {
     assert_eq!(submit.wait().unwrap().code(), Some(0));
     wait_line(&s_err, &mut s_seen, "job ended");
 
-    // The scheduler's metrics.
-    let body = scrape(&s_addr);
+    // The scheduler's metrics. Its gauges are refreshed on its ticks (every 100 ms), and a
+    // job on one host can end sooner: wait for a refresh that saw the node.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let body = scrape(&s_addr);
+        if sample(&body, "spate_scheduler_nodes", &[("role", "producer")]).is_some() {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "gauges never refreshed:\n{body}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
     promtool(&body, "scheduler's metrics");
     let m = |n: &str, l: &[(&str, &str)]| sample(&body, n, l);
     assert_eq!(
@@ -279,7 +288,8 @@ fn daemons_serve_metrics_log_lifecycle_and_stop_cleanly() {
     );
     assert_eq!(
         m("spate_scheduler_nodes", &[("role", "producer")]),
-        Some(1.0)
+        Some(1.0),
+        "{body}"
     );
     assert!(m("spate_scheduler_events_total", &[("kind", "TaskDone")]).unwrap() >= 8.0);
     // The node's: every byte went over the local (unix) path to n1.

@@ -28,7 +28,19 @@ use spate_netlib::proto::{JobOutcome, JobState, Message, NodeState, StreamPlacem
 use spate_scheduler::server::user::{User, load_secret};
 
 use limits::{NodeCaps, Topology};
-use report::{ConstantSpeed, Limits, LinkFigure, Report, Run};
+use report::{ConstantSpeed, Limits, LinkFigure, LocalLimit, Report, Run};
+use spate_producer::engine::LocalPath;
+
+/// The local path a local run takes: the nodes' default (zero copy), except for the null
+/// kernel, which computes nothing and measures communication alone, so it runs on the pull
+/// path (zero copy moves no byte at all: nothing would be measured).
+fn local_path(kernel: &str) -> LocalPath {
+    if kernel == "null" {
+        LocalPath::Pull
+    } else {
+        LocalPath::ZeroCopy
+    }
+}
 
 /// Arguments of `spate bench cluster`.
 #[derive(clap::Args, Debug, Clone)]
@@ -269,8 +281,16 @@ impl Bench {
         }
     }
 
-    fn start(&self, topo: Topology, p: &Placement) -> anyhow::Result<Daemons> {
-        let run = self.dir.join(topo.as_str());
+    fn start(
+        &self,
+        topo: Topology,
+        p: &Placement,
+        path: Option<LocalPath>,
+    ) -> anyhow::Result<Daemons> {
+        let run = match path {
+            Some(lp) => self.dir.join(format!("{}-{lp}", topo.as_str())),
+            None => self.dir.join(topo.as_str()),
+        };
         std::fs::create_dir_all(run.join("logs"))?;
         let sock = run.join("sched.sock");
         let sched_ep = Endpoint::Unix(sock.clone());
@@ -300,6 +320,9 @@ impl Bench {
                 .arg("--run-dir")
                 .arg(run.join(&name))
                 .args(["--ring-budget", "2GiB"]);
+            if let Some(lp) = path {
+                c.args(["--local-path", lp.name()]);
+            }
             if producer {
                 c.arg("--producer");
             }
@@ -575,6 +598,7 @@ impl Bench {
             topology: topo,
             job: job.name.clone(),
             kernel: kernel.to_string(),
+            path: None,
             producers: p
                 .daemons
                 .iter()
@@ -870,67 +894,121 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let local_limit = limits::limit_local(memcpy);
 
     let mut runs: Vec<Run> = Vec::new();
+    let mut local_limits: Vec<LocalLimit> = Vec::new();
+    let cores = crate::all_cores().len().max(1);
     for &topo in &topologies {
         let p = placement(topo, a.nodes);
-        let limit = topology_limit(topo, &p, &caps, local_limit);
-        let mut d = match bench.start(topo, &p) {
-            Ok(d) => d,
-            Err(e) => {
-                skipped.push(format!(
-                    "{}: cannot start the cluster: {e:#}",
-                    topo.as_str()
-                ));
-                continue;
-            }
+        let net_limit = topology_limit(topo, &p, &caps, local_limit);
+        // Local runs go on their kernel's path, each with its own daemons; the others on one
+        // set of daemons.
+        let groups: Vec<(Option<LocalPath>, Vec<&String>)> = if topo == Topology::Local1x1 {
+            [LocalPath::Pull, LocalPath::ZeroCopy]
+                .into_iter()
+                .map(|lp| {
+                    let ks = kernels.iter().filter(|k| local_path(k) == lp).collect();
+                    (Some(lp), ks)
+                })
+                .filter(|(_, ks): &(Option<LocalPath>, Vec<&String>)| !ks.is_empty())
+                .collect()
+        } else {
+            vec![(None, kernels.iter().collect())]
         };
-        for j in &jobs {
-            let mut shape = JobShape::reference(j, scale)?;
-            if topo == Topology::Local1x1 {
-                let full = JobShape::reference(j, 1.0)?;
-                let lines = local_bytes.div_ceil(shape.width * CHANNELS as u64);
-                shape.height = shape.height.max(lines).min(full.height);
-            }
-            for k in &kernels {
-                bench.progress.start(&format!("{} {j} {k}", topo.as_str()));
-                let run = bench
-                    .run_job(&mut d, topo, &p, &shape, k, limit, None)
-                    .map(|r| r.0)
-                    .unwrap_or_else(|e| failed_run(topo, &shape, k, limit, e));
-                bench.progress.done();
-                let unconstrained = run.gbit_per_s;
-                let ok = run.error.is_none();
-                runs.push(run);
-                if cs.contains(&topo) && *j == cs_job && *k == cs_kernel {
-                    bench
-                        .progress
-                        .start(&format!("{} {j} {k} constant speed", topo.as_str()));
-                    let run = if ok {
-                        constant_speed(
-                            &mut bench,
-                            &mut d,
-                            topo,
-                            &p,
-                            &shape,
-                            k,
-                            limit,
-                            unconstrained,
-                        )
-                        .unwrap_or_else(|e| failed_run(topo, &shape, k, limit, e))
-                    } else {
-                        failed_run(
-                            topo,
-                            &shape,
-                            k,
-                            limit,
-                            anyhow!("the unconstrained run failed"),
-                        )
+        for (path, group) in groups {
+            let mut d = match bench.start(topo, &p, path) {
+                Ok(d) => d,
+                Err(e) => {
+                    skipped.push(format!(
+                        "{}: cannot start the cluster: {e:#}",
+                        topo.as_str()
+                    ));
+                    continue;
+                }
+            };
+            for j in &jobs {
+                let mut shape = JobShape::reference(j, scale)?;
+                if topo == Topology::Local1x1 {
+                    let full = JobShape::reference(j, 1.0)?;
+                    let lines = local_bytes.div_ceil(shape.width * CHANNELS as u64);
+                    shape.height = shape.height.max(lines).min(full.height);
+                }
+                for k in &group {
+                    let k = k.as_str();
+                    // The local limit: this run's path, its stages measured alone now.
+                    let limit = match path {
+                        Some(lp) => {
+                            bench
+                                .progress
+                                .println(&format!("measuring the stages of local {j} {k} on {lp}"));
+                            let producers = p.daemons.iter().filter(|d| d.1).count();
+                            let spec = bench.spec(&shape, k, &p, producers);
+                            let check = match k {
+                                "pattern" => "pattern",
+                                "rip" => "xxh3",
+                                _ => "none",
+                            };
+                            let each = if a.quick { 512 << 20 } else { 1 << 30 };
+                            let m = crate::local::measure(
+                                &spec,
+                                &bench.dir.join("files"),
+                                check,
+                                each,
+                            )?;
+                            let l = m.limit(lp, cores);
+                            local_limits.push(LocalLimit {
+                                job: j.clone(),
+                                kernel: k.to_string(),
+                                path: lp.to_string(),
+                                compute_gbit_per_s: m.compute_gbit_per_s,
+                                check_gbit_per_s: m.check_gbit_per_s,
+                                copy_gbit_per_s: m.copy_gbit_per_s,
+                                limit_gbit_per_s: l,
+                            });
+                            l
+                        }
+                        None => net_limit,
                     };
+                    bench.progress.start(&format!("{} {j} {k}", topo.as_str()));
+                    let mut run = bench
+                        .run_job(&mut d, topo, &p, &shape, k, limit, None)
+                        .map(|r| r.0)
+                        .unwrap_or_else(|e| failed_run(topo, &shape, k, limit, e));
+                    run.path = path.map(|lp| lp.to_string());
                     bench.progress.done();
+                    let unconstrained = run.gbit_per_s;
+                    let ok = run.error.is_none();
                     runs.push(run);
+                    if cs.contains(&topo) && *j == cs_job && k == cs_kernel {
+                        bench
+                            .progress
+                            .start(&format!("{} {j} {k} constant speed", topo.as_str()));
+                        let run = if ok {
+                            constant_speed(
+                                &mut bench,
+                                &mut d,
+                                topo,
+                                &p,
+                                &shape,
+                                k,
+                                limit,
+                                unconstrained,
+                            )
+                            .unwrap_or_else(|e| failed_run(topo, &shape, k, limit, e))
+                        } else {
+                            failed_run(
+                                topo,
+                                &shape,
+                                k,
+                                limit,
+                                anyhow!("the unconstrained run failed"),
+                            )
+                        };
+                        bench.progress.done();
+                        runs.push(run);
+                    }
                 }
             }
+            drop(d);
         }
-        drop(d);
     }
     bench.progress.finish();
     drop(bench.cluster.take());
@@ -961,6 +1039,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 .collect(),
             raw_unix_gbit_per_s: raw_unix,
             memcpy_gbit_per_s: memcpy,
+            local: local_limits,
         },
         runs,
         out_dir: out.display().to_string(),
@@ -1020,6 +1099,7 @@ fn failed_run(topo: Topology, shape: &JobShape, kernel: &str, limit: f64, e: any
         topology: topo,
         job: shape.name.clone(),
         kernel: kernel.to_string(),
+        path: None,
         producers: vec![],
         consumers: vec![],
         bytes: shape.bytes(),

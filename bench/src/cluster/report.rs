@@ -42,11 +42,35 @@ pub struct Report {
 pub struct Limits {
     /// Measured payload rate of each link.
     pub links: Vec<LinkFigure>,
-    /// Raw transfer over a UNIX socket on one node (for reference: spate's local path does
+    /// Raw transfer over a UNIX socket on one node (for reference: spate's local paths do
     /// not go through the socket).
     pub raw_unix_gbit_per_s: f64,
-    /// Memory copy rate (the local limit).
+    /// Memory copy rate, cold to cold (for reference).
     pub memcpy_gbit_per_s: f64,
+    /// The local runs' limits: the stages of each run's path, measured alone with its access
+    /// pattern.
+    #[serde(default)]
+    pub local: Vec<LocalLimit>,
+}
+
+/// The limit of one local run (job, kernel) from its path's stages (`bench local` explains
+/// the model).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LocalLimit {
+    /// The job.
+    pub job: String,
+    /// The kernel.
+    pub kernel: String,
+    /// The local path it runs on.
+    pub path: String,
+    /// The kernel alone into ring-sized memory (null: computes nothing).
+    pub compute_gbit_per_s: Option<f64>,
+    /// One reader's check alone (null: the readers do not look at the bytes).
+    pub check_gbit_per_s: Option<f64>,
+    /// One copy of the same geometry (the pull path's transfer).
+    pub copy_gbit_per_s: f64,
+    /// The limit.
+    pub limit_gbit_per_s: f64,
 }
 
 /// The measured payload rate from node `from` to node `to` on network `net`.
@@ -71,6 +95,10 @@ pub struct Run {
     pub job: String,
     /// The compute kernel (e.g. "null", "rip").
     pub kernel: String,
+    /// How chunks reached the consumers on the local topology (zero-copy, pull); null on the
+    /// network topologies (through sockets).
+    #[serde(default)]
+    pub path: Option<String>,
     /// Nodes running producers.
     pub producers: Vec<String>,
     /// Nodes running consumers.
@@ -428,10 +456,24 @@ pub fn print_table(r: &Report, out: &mut dyn Write) -> io::Result<()> {
     print_rows(out, &rows, &[false, true, true, true, true])?;
     writeln!(
         out,
-        "memcpy {} (the local limit), raw UNIX socket {}",
+        "memcpy {}, raw UNIX socket {} (for reference)",
         gbit(r.limits.memcpy_gbit_per_s),
         gbit(r.limits.raw_unix_gbit_per_s)
     )?;
+    for l in &r.limits.local {
+        let opt = |v: Option<f64>| v.map_or("-".to_string(), gbit);
+        writeln!(
+            out,
+            "local {} {} on {}: compute {}, check {}, copy {} -> limit {}",
+            l.job,
+            l.kernel,
+            l.path,
+            opt(l.compute_gbit_per_s),
+            opt(l.check_gbit_per_s),
+            gbit(l.copy_gbit_per_s),
+            gbit(l.limit_gbit_per_s)
+        )?;
+    }
 
     if !r.skipped.is_empty() {
         writeln!(out)?;
@@ -794,6 +836,7 @@ mod tests {
             topology,
             job: job.to_owned(),
             kernel: kernel.to_owned(),
+            path: (topology == Topology::Local1x1).then(|| "pull".to_owned()),
             producers: vec!["n0".to_owned()],
             consumers: vec!["n1".to_owned(), "n2".to_owned()],
             bytes: 1 << 30,
@@ -868,6 +911,15 @@ mod tests {
                 ],
                 raw_unix_gbit_per_s: 40.0,
                 memcpy_gbit_per_s: 80.0,
+                local: vec![LocalLimit {
+                    job: "A".to_owned(),
+                    kernel: "null".to_owned(),
+                    path: "pull".to_owned(),
+                    compute_gbit_per_s: None,
+                    check_gbit_per_s: None,
+                    copy_gbit_per_s: 40.0,
+                    limit_gbit_per_s: 40.0,
+                }],
             },
             runs: vec![
                 run(Topology::Local1x1, "A", "null", 35.0, 40.0),
@@ -1062,7 +1114,10 @@ mod tests {
             net0.split_whitespace().collect::<Vec<_>>(),
             ["net", "0", "2", "0.94", "0.95", "0.96"]
         );
-        assert!(text.contains("memcpy 80.00 (the local limit), raw UNIX socket 40.00"));
+        assert!(text.contains("memcpy 80.00, raw UNIX socket 40.00 (for reference)"));
+        assert!(
+            text.contains("local A null on pull: compute -, check -, copy 40.00 -> limit 40.00")
+        );
         assert!(text.contains("  NxN C: needs 4 nodes"));
         assert!(text.contains("files written in /tmp/spate-cluster\n  report.json\n"));
     }

@@ -140,7 +140,7 @@ struct Live {
 /// What the follower of a job saw.
 struct Finished {
     outcome: Option<JobOutcome>,
-    latencies: Vec<u32>,
+    latencies: Option<hdrhistogram::Histogram<u64>>,
     warnings: Vec<String>,
     duplicated: u64,
     readers: Vec<ReaderReport>,
@@ -168,7 +168,7 @@ impl Bench {
         Ok(self
             .control
             .request(&Message::Status { job: None }, |m| match m {
-                Message::StatusReply { jobs, nodes } => Some((jobs, nodes)),
+                Message::StatusReply { jobs, nodes, .. } => Some((jobs, nodes)),
                 _ => None,
             })?)
     }
@@ -345,7 +345,7 @@ impl Bench {
                 .collect();
             let mut f = Finished {
                 outcome: None,
-                latencies: vec![],
+                latencies: None,
                 warnings: vec![],
                 duplicated: 0,
                 readers: vec![],
@@ -392,8 +392,11 @@ impl Bench {
                         }
                         Message::JobStats {
                             job,
-                            chunk_latency_us,
-                        } if job == id => f.latencies = chunk_latency_us,
+                            chunk_latency_hdr,
+                            ..
+                        } if job == id => {
+                            f.latencies = Some(spate_netlib::hist::decode(&chunk_latency_hdr)?)
+                        }
                         Message::JobEnded { job, outcome } if job == id => {
                             f.outcome = Some(outcome);
                             return Ok(());
@@ -424,7 +427,7 @@ impl Bench {
         }
         let mut f = h.join().unwrap_or_else(|_| Finished {
             outcome: None,
-            latencies: vec![],
+            latencies: None,
             warnings: vec![],
             duplicated: 0,
             readers: vec![],
@@ -490,24 +493,15 @@ fn refusal(reason: &RefuseReason, message: String, calibration: f64) -> Refusal 
     }
 }
 
-/// Percentile `q` of the sorted `v` (nearest rank), in ms.
-fn pct_ms(v: &[u32], q: f64) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
-    Some(f64::from(v[i]) / 1e3)
-}
-
 /// Fills a run from what its job's follower saw.
 fn apply_finished(run: &mut Run, f: Finished, submitted: Instant, digests: &[String]) {
-    let mut lat = f.latencies;
-    lat.sort_unstable();
-    run.latency_p50_ms = pct_ms(&lat, 0.5);
-    run.latency_p90_ms = pct_ms(&lat, 0.9);
-    run.latency_p99_ms = pct_ms(&lat, 0.99);
-    run.latency_max_ms = lat.last().map(|&m| f64::from(m) / 1e3);
-    run.chunks = (!lat.is_empty()).then_some(lat.len() as u64);
+    let lat = f.latencies.filter(|h| !h.is_empty());
+    let q = |q: f64| lat.as_ref().map(|h| h.value_at_quantile(q) as f64 / 1e3);
+    run.latency_p50_ms = q(0.5);
+    run.latency_p90_ms = q(0.9);
+    run.latency_p99_ms = q(0.99);
+    run.latency_max_ms = lat.as_ref().map(|h| h.max() as f64 / 1e3);
+    run.chunks = lat.as_ref().map(|h| h.len());
     run.warnings_total = f.warnings.len();
     run.warnings = f.warnings;
     run.warnings.truncate(report::MAX_WARNINGS);
@@ -1200,15 +1194,6 @@ mod tests {
         assert_eq!(reader_block(&[64 << 20]), 1 << 20);
         assert_eq!(reader_block(&[1000]), 500);
         assert_eq!(reader_block(&[]), 1 << 20);
-    }
-
-    #[test]
-    fn percentiles_are_nearest_rank_in_ms() {
-        let v: Vec<u32> = (1..=1000).map(|i| i * 1000).collect();
-        assert_eq!(pct_ms(&v, 0.5), Some(500.0));
-        assert_eq!(pct_ms(&v, 0.99), Some(990.0));
-        assert_eq!(pct_ms(&[7000], 0.99), Some(7.0));
-        assert_eq!(pct_ms(&[], 0.5), None);
     }
 
     #[test]

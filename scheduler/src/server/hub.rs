@@ -111,6 +111,8 @@ struct JobInfo {
     /// When it was submitted and when it started (Ready taken).
     submitted_at: Millis,
     started_at: Option<Millis>,
+    /// Producers sent a Preload for this job (node names), as told to its consumers.
+    producers: BTreeSet<String>,
 }
 
 /// Checks a job's kernel parameters and inputs at submit, as a producer's preload would
@@ -151,6 +153,10 @@ pub struct Hub {
     validator: Option<Validator>,
     /// Metrics updated as jobs end.
     metrics: Option<super::metrics::SchedulerMetrics>,
+    /// Durable state (job ids, live and ended jobs), when kept.
+    store: Option<super::state::Store>,
+    /// Ended jobs an earlier run of the scheduler recorded, newest first.
+    restored: Vec<proto::EndedJob>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -182,6 +188,57 @@ impl Hub {
             task_chunks: BTreeMap::new(),
             validator: None,
             metrics: None,
+            store: None,
+            restored: Vec::new(),
+        }
+    }
+
+    /// Keeps durable state in `store` from now on: job ids continue from it, its ended jobs
+    /// are listed after this run's, and the jobs that were live when the last scheduler stopped
+    /// are ended as aborted (they are not resumed). Returns those jobs' ids.
+    pub fn set_store(
+        &mut self,
+        mut store: super::state::Store,
+    ) -> Result<Vec<u64>, super::state::StoreError> {
+        let l = store.load()?;
+        self.core.continue_job_ids(l.next_job);
+        // Task ids of this run never equal one of an earlier run (late reports cannot match).
+        self.core.continue_task_ids(l.starts << 40);
+        let mut ended = l.ended;
+        let mut gone = Vec::new();
+        for j in &l.live {
+            let e = super::state::SavedEnd {
+                id: j.id,
+                name: j.name.clone(),
+                outcome: "aborted".into(),
+                reason: RESTART_REASON.into(),
+                total: j.total,
+                delivered: 0,
+                read: 0,
+                duration_ms: 0,
+            };
+            store.end(&e)?;
+            tracing::warn!(job = j.id, "job ended: aborted ({RESTART_REASON})");
+            ended.push(e);
+            gone.push(j.id);
+        }
+        ended.sort_by_key(|e| std::cmp::Reverse(e.id));
+        ended.truncate(core::ENDED_HISTORY);
+        self.restored = ended.iter().map(restored_entry).collect();
+        self.store = Some(store);
+        Ok(gone)
+    }
+
+    /// Writes to the durable state; a failure is logged (the scheduler goes on without it).
+    fn persist(
+        &mut self,
+        what: &str,
+        f: impl FnOnce(&mut super::state::Store) -> Result<(), super::state::StoreError>,
+    ) {
+        if let Some(s) = self.store.as_mut()
+            && let Err(e) = f(s)
+        {
+            tracing::error!(error = %e, "could not record {what} in the scheduler state");
         }
     }
 
@@ -424,6 +481,12 @@ impl Hub {
                 backing,
             } => {
                 let id = JobId(job.0);
+                if self.core.job(id).is_none() {
+                    // Allocated for a job that ended meanwhile: free the ring.
+                    let reason = self.gone_reason(id);
+                    self.send(conn, Message::Release { job, reason });
+                    return;
+                }
                 let ours = self.holds_stream(node, id, stream.0);
                 if ours && let Some(j) = self.jobs.get_mut(&id) {
                     if let Some(slot) = j.slots.get_mut(stream.0 as usize) {
@@ -456,6 +519,13 @@ impl Hub {
                 read_pos,
             } => {
                 let id = JobId(job.0);
+                if self.core.job(id).is_none() {
+                    // A ring of a job that is not live (it ended while its consumer was away,
+                    // or before this scheduler started): free it, telling its readers why.
+                    let reason = self.gone_reason(id);
+                    self.send(conn, Message::Release { job, reason });
+                    return;
+                }
                 let ours = self.holds_stream(node, id, stream.0);
                 if ours
                     && let Some(slot) = self
@@ -1018,7 +1088,10 @@ impl Hub {
                     );
                 }
                 Command::Preload { node, job } => match self.preload(job) {
-                    Ok(m) => self.send(node.0, m),
+                    Ok(m) => {
+                        self.send(node.0, m);
+                        self.announce_producer(job, node);
+                    }
                     Err(reason) => {
                         self.events
                             .push_back(Event::PreloadFailed { node, job, reason })
@@ -1097,6 +1170,10 @@ impl Hub {
                 Command::JobEnded { client, job, end } => {
                     let outcome = outcome_of(&end);
                     self.log_end(job, &outcome);
+                    if let Some(e) = self.core.ended_job(job).map(Self::ended_entry) {
+                        let saved = saved_end(&e);
+                        self.persist("an ended job", |s| s.end(&saved));
+                    }
                     let samples = self.latency.take(job);
                     self.task_chunks.retain(|_, (j, _)| *j != job);
                     if matches!(end, JobEnd::Completed) && self.peers.contains_key(&client.0) {
@@ -1129,6 +1206,34 @@ impl Hub {
         }
     }
 
+    /// `producer` is preloading `job`: add it to the job's producer set and tell the consumers
+    /// of the job's streams the whole set (they take chunks only from these producers). Sent
+    /// with the Preload, so it reaches them before the producer can have any chunk to send.
+    fn announce_producer(&mut self, job: JobId, producer: NodeId) {
+        let Some(name) = self.daemon_info(producer).map(|i| i.name.clone()) else {
+            return;
+        };
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        j.producers.insert(name);
+        let producers: Vec<String> = j.producers.iter().cloned().collect();
+        let consumers: BTreeSet<ConnId> = self
+            .core
+            .job(job)
+            .map(|st| st.streams.iter().map(|s| s.0.0).collect())
+            .unwrap_or_default();
+        for c in consumers {
+            self.send(
+                c,
+                Message::JobProducers {
+                    job: proto::JobId(job.0),
+                    producers: producers.clone(),
+                },
+            );
+        }
+    }
+
     /// Starts tracking a job the core just created.
     fn track(&mut self, job: JobId) {
         if self.jobs.contains_key(&job) {
@@ -1158,8 +1263,16 @@ impl Hub {
                 sent_at: 0,
                 submitted_at: self.now,
                 started_at: None,
+                producers: BTreeSet::new(),
             },
         );
+        let saved = super::state::SavedJob {
+            id: job.0,
+            name: plan.name.clone().unwrap_or_default(),
+            total: plan.total_bytes(),
+        };
+        let next = self.core.next_job_id();
+        self.persist("an admitted job", |s| s.admit(&saved, next));
     }
 
     /// The lifecycle line of a job's end: outcome, bytes, duration and rate.
@@ -1402,6 +1515,26 @@ impl Hub {
         })
     }
 
+    /// Why a job that is not live is gone, for readers of a ring still held.
+    fn gone_reason(&self, id: JobId) -> String {
+        let outcome = self
+            .core
+            .ended_job(id)
+            .map(|e| outcome_of(&e.end))
+            .or_else(|| {
+                self.restored
+                    .iter()
+                    .find(|e| e.job.0 == id.0)
+                    .map(|e| e.outcome.clone())
+            });
+        match outcome {
+            Some(JobOutcome::Aborted { reason }) => format!("job {id} was aborted: {reason}"),
+            Some(JobOutcome::Cancelled) => format!("job {id} was cancelled"),
+            Some(JobOutcome::Completed) => format!("job {id} completed"),
+            None => format!("the scheduler does not know job {id} (it started without its state)"),
+        }
+    }
+
     /// An ended job as status lists it, while the core remembers it.
     fn ended_entry(e: &core::EndedJob) -> proto::EndedJob {
         proto::EndedJob {
@@ -1421,6 +1554,14 @@ impl Hub {
             Some(id) => match (self.job_status(id), self.core.ended_job(id)) {
                 (Some(s), _) => (vec![s], Vec::new()),
                 (None, Some(e)) => (Vec::new(), vec![Self::ended_entry(e)]),
+                (None, None) if self.restored.iter().any(|e| e.job.0 == id.0) => (
+                    Vec::new(),
+                    self.restored
+                        .iter()
+                        .filter(|e| e.job.0 == id.0)
+                        .cloned()
+                        .collect(),
+                ),
                 (None, None) => {
                     return Message::Error {
                         kind: ErrorKind::UnknownJob,
@@ -1434,11 +1575,13 @@ impl Hub {
                     .into_iter()
                     .filter_map(|id| self.job_status(id))
                     .collect(),
-                // Newest first.
+                // Newest first: this run's, then an earlier run's.
                 self.core
                     .ended_jobs()
                     .rev()
                     .map(Self::ended_entry)
+                    .chain(self.restored.iter().cloned())
+                    .take(core::ENDED_HISTORY)
                     .collect(),
             ),
         };
@@ -1459,7 +1602,11 @@ impl Hub {
             .map(|(id, i, last_seen)| NodeStatus {
                 name: i.name.clone(),
                 roles: i.roles,
-                state: NodeState::Alive,
+                state: if self.now.saturating_sub(last_seen) * 2 > self.heartbeat_ms * 3 {
+                    NodeState::Suspect
+                } else {
+                    NodeState::Alive
+                },
                 tasks_in_flight: self.core.tasks_of(NodeId(id)).len() as u32,
                 streams: all
                     .iter()
@@ -1517,6 +1664,48 @@ impl Hub {
 }
 
 /// A core job end as the protocol says it.
+/// Why a job live when the scheduler stopped ended.
+pub const RESTART_REASON: &str =
+    "the scheduler stopped while the job was live, and a restarted scheduler does not resume jobs";
+
+/// An ended job as the durable state keeps it.
+fn saved_end(e: &proto::EndedJob) -> super::state::SavedEnd {
+    let (outcome, reason) = match &e.outcome {
+        JobOutcome::Completed => ("completed", String::new()),
+        JobOutcome::Cancelled => ("cancelled", String::new()),
+        JobOutcome::Aborted { reason } => ("aborted", reason.clone()),
+    };
+    super::state::SavedEnd {
+        id: e.job.0,
+        name: e.name.clone(),
+        outcome: outcome.into(),
+        reason,
+        total: e.total,
+        delivered: e.bytes,
+        read: e.read,
+        duration_ms: e.duration_ms,
+    }
+}
+
+/// An ended job of an earlier run, as status lists it.
+fn restored_entry(e: &super::state::SavedEnd) -> proto::EndedJob {
+    proto::EndedJob {
+        job: proto::JobId(e.id),
+        name: e.name.clone(),
+        outcome: match e.outcome.as_str() {
+            "completed" => JobOutcome::Completed,
+            "cancelled" => JobOutcome::Cancelled,
+            _ => JobOutcome::Aborted {
+                reason: e.reason.clone(),
+            },
+        },
+        bytes: e.delivered,
+        duration_ms: e.duration_ms,
+        read: e.read,
+        total: e.total,
+    }
+}
+
 fn outcome_of(end: &JobEnd) -> JobOutcome {
     match end {
         JobEnd::Completed => JobOutcome::Completed,

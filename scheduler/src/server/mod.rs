@@ -23,6 +23,7 @@
 mod hub;
 mod latency;
 pub mod metrics;
+pub mod state;
 pub mod user;
 
 use std::collections::BTreeMap;
@@ -88,6 +89,9 @@ pub struct ServerConfig {
     pub metrics: Option<metrics::SchedulerMetrics>,
     /// Group given read-write access to the UNIX sockets (mode 0660 instead of 0600).
     pub socket_group: Option<nix::unistd::Gid>,
+    /// Directory of the durable state (job ids, live and ended jobs; None: kept in memory
+    /// only, ids start at 1 on every start).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// The policies a server offers, and the index of `default` among them (None: unknown name).
@@ -121,6 +125,7 @@ impl ServerConfig {
             validator: None,
             metrics: None,
             socket_group: None,
+            state_dir: None,
         }
     }
 }
@@ -145,6 +150,9 @@ pub enum ServerError {
     /// io_uring or the eventfd failed.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// The durable state could not be opened or read.
+    #[error(transparent)]
+    State(#[from] state::StoreError),
 }
 
 /// Stops a running server from any thread.
@@ -167,6 +175,7 @@ pub struct Server {
     cfg: ServerConfig,
     listeners: Vec<Listener>,
     files: Option<FileService>,
+    store: Option<state::Store>,
     stop: StopHandle,
 }
 
@@ -189,6 +198,12 @@ impl Server {
             return Err(ServerError::UnknownPolicy(cfg.default_policy.clone()));
         }
         let files = cfg.files.as_deref().map(FileService::new).transpose()?;
+        // The state first: a state that cannot be used stops the start before any socket.
+        let store = cfg
+            .state_dir
+            .as_deref()
+            .map(|d| state::Store::open(d, crate::core::ENDED_HISTORY))
+            .transpose()?;
         let mut listeners = Vec::with_capacity(cfg.listen.len());
         for ep in &cfg.listen {
             let l = ep.listen()?;
@@ -205,6 +220,7 @@ impl Server {
             cfg,
             listeners,
             files,
+            store,
             stop,
         })
     }
@@ -228,6 +244,7 @@ impl Server {
             cfg,
             listeners,
             files,
+            store,
             stop,
         } = self;
         let (all, default) =
@@ -237,6 +254,11 @@ impl Server {
         hub.set_validator(cfg.validator.clone());
         if let Some(m) = &cfg.metrics {
             hub.set_metrics(m.clone());
+        }
+        if let Some(s) = store {
+            let path = s.path().to_path_buf();
+            let gone = hub.set_store(s)?;
+            tracing::info!(state = %path.display(), ended_at_restart = gone.len(), "state loaded");
         }
         let mut lp = Loop {
             start: Instant::now(),

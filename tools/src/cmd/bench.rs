@@ -17,6 +17,9 @@ pub enum BenchCmd {
     /// producer slowed mid-job), tclo beside load-balance, on an emulated cluster with
     /// unequal producers (root: network namespaces and cgroup CPU quotas).
     Policy(spate_bench::policy::Args),
+    /// A local job on each local path (zero-copy, pull, socket), every byte verified or
+    /// hashed, against each path's limit measured in the same run.
+    Local(spate_bench::local::Args),
 }
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<i32> {
@@ -26,5 +29,6 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<i32> {
         BenchCmd::Rip(a) => spate_bench::rip::run(a),
         BenchCmd::Cluster(a) => spate_bench::cluster::run(a),
         BenchCmd::Policy(a) => spate_bench::policy::run(a),
+        BenchCmd::Local(a) => spate_bench::local::run(a),
     }
 }

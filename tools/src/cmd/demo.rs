@@ -76,6 +76,10 @@ pub struct Args {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// How chunks reach the consumers (all on this host): zero-copy, pull or socket (as
+    /// `spate node --local-path`; default: the nodes' default).
+    #[arg(long, value_parser = ["zero-copy", "pull", "socket"])]
+    pub local_path: Option<String>,
 }
 
 /// The demo's report (`--json`).
@@ -83,6 +87,8 @@ pub struct Args {
 struct Report {
     job: String,
     kernel: &'static str,
+    /// How chunks reached the consumers.
+    local_path: String,
     producers: u32,
     consumers: u32,
     streams: usize,
@@ -496,8 +502,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         println!("{}", serde_json::to_string(&rep)?);
     } else {
         println!(
-            "demo: job {} ({} kernel), {} producer(s), {} consumer(s), {} stream(s)",
-            rep.job, rep.kernel, rep.producers, rep.consumers, rep.streams
+            "demo: job {} ({} kernel), {} producer(s), {} consumer(s), {} stream(s), local path {}",
+            rep.job, rep.kernel, rep.producers, rep.consumers, rep.streams, rep.local_path
         );
         println!(
             "  {} bytes in {:.3} s: {:.2} Gbit/s, {}, ring backing {}",
@@ -565,7 +571,14 @@ fn run_in(a: &Args, dir: &Path) -> anyhow::Result<Report> {
                 s("--run-dir"),
                 run_dir.display().to_string(),
                 format!("--{role}"),
-            ],
+            ]
+            .into_iter()
+            .chain(
+                a.local_path
+                    .iter()
+                    .flat_map(|p| [s("--local-path"), p.clone()]),
+            )
+            .collect::<Vec<_>>(),
             dir,
         )
     };
@@ -675,6 +688,7 @@ fn run_in(a: &Args, dir: &Path) -> anyhow::Result<Report> {
             DemoKernel::Null => "null",
             DemoKernel::Rip => "rip",
         },
+        local_path: a.local_path.clone().unwrap_or_else(|| "zero-copy".into()),
         producers: a.producers,
         consumers: a.consumers,
         streams: results.len(),

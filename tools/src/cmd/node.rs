@@ -4,7 +4,10 @@
 //! the scheduler (authenticated), joins, tells systemd it is ready (`Type=notify`), heartbeats,
 //! and serves the scheduler's requests until the scheduler shuts down (exit 0), SIGTERM or
 //! SIGINT arrives (it quits the cluster, its rings are aborted with "consumer shutting down",
-//! its sockets are removed; exit 0), or the scheduler goes away (exit 1, "scheduler gone: ...").
+//! its sockets are removed; exit 0), or the scheduler stays away: a scheduler that crashed,
+//! closed the connection, went silent or declared this node dead is tried again with back-off
+//! and jitter for `--reconnect-for` (rings kept, queued work dropped), then the node stops
+//! (exit 1, "scheduler gone: ...").
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -25,7 +28,7 @@ use spate_netlib::proto::{
 };
 use spate_netlib::text::{Quoted, quote};
 use spate_producer::daemon::ProducerNode;
-use spate_producer::engine::{EngineConfig as ProducerConfig, ProducerEngine};
+use spate_producer::engine::{EngineConfig as ProducerConfig, LocalPath, ProducerEngine};
 
 /// Run a node daemon.
 #[derive(clap::Args, Debug, Default)]
@@ -66,10 +69,15 @@ pub struct Args {
     /// scheduler socket).
     #[arg(long)]
     secret_file: Option<PathBuf>,
-    /// Producers: send chunks to consumers on this host through the UNIX socket instead of
-    /// letting them copy the chunks straight from the producer's buffers (`local_pull = false`
-    /// in --config). The pull path is one memory copy instead of two.
-    #[arg(long)]
+    /// How chunks reach consumers on this host: `zero-copy` (the producer's kernel computes
+    /// straight into the consumer's ring), `pull` (the consumer copies each chunk once from the
+    /// producer's buffers) or `socket` (through the UNIX socket: two copies) [default:
+    /// zero-copy]. A consumer node set to another path than zero-copy does not lend its rings
+    /// (its local producers pull instead).
+    #[arg(long, value_parser = ["zero-copy", "pull", "socket"])]
+    local_path: Option<String>,
+    /// The same as `--local-path socket` (kept for older configs: `local_pull = false`).
+    #[arg(long, hide = true)]
     no_local_pull: bool,
     /// Rate of each data interface, per direction (e.g. `10Gbit`); seeds the scheduler's link
     /// estimates until it has measured them [default: the interface's speed in sysfs].
@@ -83,6 +91,11 @@ pub struct Args {
     /// --config). Off by default.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    /// How long to keep trying to reach a scheduler that went away (crashed, restarted,
+    /// unreachable, or declared this node dead) before stopping, e.g. `5min` [default: 60s].
+    /// Rings and readers stay up meanwhile.
+    #[arg(long, value_name = "DURATION")]
+    reconnect_for: Option<String>,
 }
 
 /// The settings file.
@@ -101,9 +114,11 @@ struct FileConfig {
     data_port: Option<u16>,
     secret_file: Option<PathBuf>,
     local_pull: Option<bool>,
+    local_path: Option<String>,
     link_rate: Option<String>,
     compute_rate: Option<String>,
     metrics: Option<String>,
+    reconnect_for: Option<String>,
 }
 
 /// Resolved settings.
@@ -119,12 +134,14 @@ struct Settings {
     ring_budget: u64,
     data_port: u16,
     secret_file: Option<PathBuf>,
-    local_pull: bool,
     metrics: Option<SocketAddr>,
+    local_path: LocalPath,
     /// NIC bytes/s per direction, all data interfaces (0: unknown).
     nic_bytes_per_sec: u64,
     /// Announced compute bytes/s (0: none).
     compute_bytes_per_sec: u64,
+    /// How long a lost scheduler is waited for.
+    reconnect_for: Duration,
 }
 
 /// A rate flag as bytes per second.
@@ -260,9 +277,24 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
         ring_budget,
         data_port: a.data_port.or(file.data_port).unwrap_or(0),
         secret_file: a.secret_file.or(file.secret_file),
-        local_pull: !a.no_local_pull && file.local_pull.unwrap_or(true),
+        local_path: if a.no_local_pull {
+            LocalPath::Socket
+        } else {
+            match a.local_path.or(file.local_path) {
+                Some(p) => p
+                    .parse()
+                    .map_err(|e: String| anyhow::anyhow!("local_path: {e}"))?,
+                None if file.local_pull == Some(false) => LocalPath::Socket,
+                None => LocalPath::default(),
+            }
+        },
         nic_bytes_per_sec,
         compute_bytes_per_sec,
+        reconnect_for: match a.reconnect_for.or(file.reconnect_for) {
+            Some(d) => spate_scheduler::spec::parse_duration(&d)
+                .map_err(|e| anyhow::anyhow!("reconnect_for {}: {e}", quote(&d)))?,
+            None => DEFAULT_RECONNECT_FOR,
+        },
         metrics: match a.metrics.or(file.metrics) {
             Some(m) => Some(crate::metrics::parse_addr(&m).map_err(|e| anyhow::anyhow!(e))?),
             None => None,
@@ -427,6 +459,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
     lines.extend(memory_report(&s));
 
+    // Every raw data connection authenticates with the cluster secret; producers name
+    // themselves, consumers take chunks only from the producers assigned to each job.
+    let raw_auth = spate_netlib::raw::RawAuth::new(secret.clone(), &s.name)
+        .map_err(|e| anyhow::anyhow!("node name: {e}"))?;
     let mut data_endpoints = Vec::new();
     let mut handoff = None;
     let consumer = if s.consumer {
@@ -437,6 +473,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         let mut cfg = ConsumerConfig::new(listen, s.run_dir.join("handoff.sock"));
         cfg.core = recv_core;
         cfg.ring_budget = s.ring_budget;
+        cfg.raw.auth = Some(raw_auth.clone());
+        cfg.lend_rings = s.local_path == LocalPath::ZeroCopy;
         let eng = ConsumerEngine::start(cfg).context("starting the consumer engine")?;
         for ep in eng.endpoints() {
             data_endpoints.push(data_endpoint(ep, &s.interfaces)?);
@@ -444,11 +482,16 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         handoff = Some(eng.handoff_path().to_path_buf());
         let eps: Vec<String> = eng.endpoints().iter().map(|e| e.to_string()).collect();
         lines.push(format!(
-            "consumer: receive engine on {}; data {}; reader hand-off {}; ring budget {}",
+            "consumer: receive engine on {}; data {}; reader hand-off {}; ring budget {}; {}",
             recv_core.map_or("any core".to_string(), |c| format!("core {c}")),
             eps.join(", "),
             eng.handoff_path().display(),
-            spate_runtime::memlock::fmt_bytes(s.ring_budget)
+            spate_runtime::memlock::fmt_bytes(s.ring_budget),
+            if s.local_path == LocalPath::ZeroCopy {
+                "rings lent to local producers (zero-copy)"
+            } else {
+                "rings not lent (local producers pull)"
+            }
         ));
         Some(Arc::new(Mutex::new(ConsumerNode::new(eng))))
     } else {
@@ -460,7 +503,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             expel_core,
             ..ProducerConfig::default()
         };
-        cfg.raw.share_local = s.local_pull;
+        cfg.local_path = s.local_path;
+        cfg.raw.auth = Some(raw_auth.clone());
         let buffers = cfg.buffers;
         let eng =
             ProducerEngine::start(cfg, out_tx.clone()).context("starting the producer engines")?;
@@ -469,10 +513,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             "producer: compute on {}, expel on {}, {buffers} chunk buffers; local consumers {}",
             at(compute_core),
             at(expel_core),
-            if s.local_pull {
-                "pull chunks from them (one copy)"
-            } else {
-                "get chunks through the socket (--no-local-pull)"
+            match s.local_path {
+                LocalPath::ZeroCopy => "get chunks computed straight into their rings (zero-copy)",
+                LocalPath::Pull => "pull chunks from our buffers (one copy)",
+                LocalPath::Socket => "get chunks through the socket (two copies)",
             }
         ));
         Some(ProducerNode::new(eng))
@@ -513,29 +557,125 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         println!("{sig} received before joining; stopping");
         return Ok(0);
     }
-    let stream = s
+    let first = s
         .scheduler
         .connect(&Via::any(), Some(Duration::from_secs(10)))
         .map_err(|e| super::no_scheduler(&s.scheduler, &e.to_string()))?;
-    let ctx = Session {
+    let mut ctx = Session {
         secret: &secret,
         info,
         roles,
         out_tx,
-        out_rx,
+        out_rx: Some(out_rx),
         stop,
         metrics,
         span,
     };
-    let code = match stream {
-        Stream::Unix(u) => session(u, ctx)?,
-        Stream::Tcp(t) => {
-            let _ = t.set_nodelay(true);
-            session(t, ctx)?
+    // The first connection must work; after a loss the node tries again, with back-off and
+    // jitter, for `reconnect_for`, keeping its rings (readers go on reading what landed).
+    let mut end = session(first, &mut ctx, false, HANDSHAKE)?;
+    let code = loop {
+        let why = match end {
+            End::Exit(code) => break code,
+            End::Lost(why) => why,
+        };
+        eprintln!(
+            "spate node: lost the scheduler ({why}); trying to reach it again for {}",
+            humantime(s.reconnect_for)
+        );
+        tracing::warn!(reason = %why, "lost the scheduler; reconnecting");
+        ctx.forget_session();
+        match reconnect(&s, &mut ctx) {
+            Some(e) => end = e,
+            None if ctx.stop.requested().is_some() => {
+                println!(
+                    "{} received: stopping",
+                    ctx.stop.requested().unwrap_or("signal")
+                );
+                break 0;
+            }
+            None => {
+                eprintln!(
+                    "spate node: scheduler gone: not reachable for {}; stopping",
+                    humantime(s.reconnect_for)
+                );
+                break 1;
+            }
         }
     };
+    // Stop the engines (rings are aborted with "consumer shutting down").
+    drop(ctx);
     drop(metrics_server);
     Ok(code)
+}
+
+/// How long the scheduler may take to authenticate a connection.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Default of `--reconnect-for`.
+const DEFAULT_RECONNECT_FOR: Duration = Duration::from_secs(60);
+
+fn humantime(d: Duration) -> String {
+    if d.as_millis().is_multiple_of(1000) {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+/// Delay before reconnect attempt `n` (0, 1, ...): 100 ms doubling to 2 s, each between half
+/// and all of that (jitter, so nodes that lost the same scheduler do not come back at once).
+fn backoff(n: u32, r: u64) -> Duration {
+    let base = 100u64.saturating_mul(1 << n.min(5)).min(2000);
+    Duration::from_millis(base / 2 + r % (base / 2 + 1))
+}
+
+/// Tries to join again until it works (the session's end), a stop is asked (None) or
+/// `reconnect_for` passed (None).
+fn reconnect(s: &Settings, ctx: &mut Session<'_>) -> Option<End> {
+    use std::hash::BuildHasher;
+    let jitter = std::collections::hash_map::RandomState::new();
+    let deadline = Instant::now() + s.reconnect_for;
+    let mut n = 0u32;
+    loop {
+        let wait_until = Instant::now() + backoff(n, jitter.hash_one(n));
+        n = n.saturating_add(1);
+        while Instant::now() < wait_until {
+            if ctx.stop.requested().is_some() {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if ctx.stop.requested().is_some() || Instant::now() >= deadline {
+            return None;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let stream = match s
+            .scheduler
+            .connect(&Via::any(), Some(left.min(Duration::from_secs(2))))
+        {
+            Ok(st) => st,
+            Err(e) => {
+                tracing::debug!(error = %e, attempt = n, "the scheduler is not reachable yet");
+                continue;
+            }
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        match session(stream, ctx, true, left.min(HANDSHAKE)) {
+            Ok(end) => return Some(end),
+            Err(e) => {
+                tracing::info!(error = %format!("{e:#}"), attempt = n, "rejoining failed");
+            }
+        }
+    }
+}
+
+/// How a session with the scheduler ended.
+enum End {
+    /// The node stops with this exit code (the scheduler shut down, or a signal).
+    Exit(i32),
+    /// The connection was lost (the scheduler crashed, closed it, or went silent).
+    Lost(String),
 }
 
 /// The control loop's outgoing queue and a way to shut its connection down.
@@ -574,6 +714,11 @@ impl Stop {
         }
     }
 
+    /// The session ended: nothing to tell or shut until the next one.
+    fn disconnected(&self) {
+        *self.link.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     fn connected(&self, tx: Sender<Message>, shutdown: Box<dyn Fn() + Send>) {
         let asked = self.requested();
         *self.link.lock().unwrap_or_else(|p| p.into_inner()) = Some((tx, shutdown));
@@ -605,10 +750,29 @@ struct Session<'a> {
     info: NodeInfo,
     roles: Roles,
     out_tx: Sender<Message>,
-    out_rx: Receiver<Message>,
+    /// The outgoing queue; the sender thread holds it during a session and gives it back.
+    out_rx: Option<Receiver<Message>>,
     stop: Stop,
     metrics: &'static super::node_metrics::NodeMetrics,
     span: tracing::Span,
+}
+
+impl Session<'_> {
+    /// After a lost session: what was queued for the old scheduler is dropped (its tasks and
+    /// reports mean nothing to the next one), the producer forgets its jobs and tasks (the
+    /// scheduler hands them out again), and the consumer reports every stream afresh when it
+    /// rejoins (its rings stay).
+    fn forget_session(&mut self) {
+        if let Some(rx) = &self.out_rx {
+            while rx.try_recv().is_ok() {}
+        }
+        if let Some(p) = &mut self.roles.producer {
+            p.reset();
+        }
+        if let Some(c) = &self.roles.consumer {
+            c.lock().unwrap_or_else(|p| p.into_inner()).rejoined();
+        }
+    }
 }
 
 fn create_dir(dir: &Path) -> anyhow::Result<()> {
@@ -620,53 +784,79 @@ fn create_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("creating the run directory {}", dir.display()))
 }
 
-/// Send queued messages, and a heartbeat whenever `period` passed without one.
+/// Send queued messages, and a heartbeat whenever `period` passed without one, until sending
+/// fails (`dead` set) or `quit` is set; gives the queue back.
 fn writer<S: Write>(
     mut tx: spate_netlib::msg::MsgSender<S>,
     rx: Receiver<Message>,
     period: Duration,
     dead: Arc<AtomicBool>,
+    quit: Arc<AtomicBool>,
     metrics: &super::node_metrics::NodeMetrics,
-) {
+) -> Receiver<Message> {
     let mut next = Instant::now() + period;
     loop {
+        if quit.load(Ordering::SeqCst) {
+            return rx;
+        }
         let m = match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
             Ok(m) => m,
             Err(RecvTimeoutError::Timeout) => {
                 next = Instant::now() + period;
                 Message::Heartbeat
             }
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Disconnected) => return rx,
         };
+        if quit.load(Ordering::SeqCst) {
+            return rx;
+        }
         metrics.outgoing(&m);
         if let Err(e) = tx.send(&m) {
             tracing::warn!(error = %e, "sending to the scheduler failed");
             dead.store(true, Ordering::SeqCst);
-            return;
+            return rx;
         }
     }
 }
 
-fn session<S>(stream: S, ctx: Session<'_>) -> anyhow::Result<i32>
+/// One session with the scheduler over `stream`: join (`again`: a rejoin after a loss), then
+/// serve it until it ends. An error before the join completed is returned as such.
+/// The authentication must complete within `handshake`.
+fn session(
+    stream: Stream,
+    ctx: &mut Session<'_>,
+    again: bool,
+    handshake: Duration,
+) -> anyhow::Result<End> {
+    match stream {
+        Stream::Unix(u) => session_on(u, ctx, again, handshake),
+        Stream::Tcp(t) => {
+            let _ = t.set_nodelay(true);
+            session_on(t, ctx, again, handshake)
+        }
+    }
+}
+
+fn session_on<S>(
+    stream: S,
+    ctx: &mut Session<'_>,
+    again: bool,
+    handshake: Duration,
+) -> anyhow::Result<End>
 where
     S: Read + Write + SetReadTimeout + TryCloneStream + Shutdown + Send + 'static,
 {
-    let Session {
-        secret,
-        info,
-        mut roles,
-        out_tx,
-        out_rx,
-        stop: stopper,
-        metrics,
-        span,
-    } = ctx;
+    let metrics = ctx.metrics;
     let closer = stream
         .try_clone_stream()
         .context("cloning the scheduler connection")?;
-    let mut conn = MsgConn::client_with(stream, secret, Role::Daemon, &MsgConfig::default())
+    let cfg = MsgConfig {
+        handshake_timeout: Some(handshake.max(Duration::from_millis(100))),
+        ..MsgConfig::default()
+    };
+    let mut conn = MsgConn::client_with(stream, ctx.secret, Role::Daemon, &cfg)
         .context("authenticating with the scheduler")?;
-    conn.send(&Message::Join(info))
+    conn.send(&Message::Join(ctx.info.clone()))
         .context("joining the scheduler")?;
     let heartbeat = match conn.recv_timeout(Duration::from_secs(30)) {
         Ok(Some(Message::Welcome { heartbeat_ms })) => Duration::from_millis(heartbeat_ms.max(10)),
@@ -675,34 +865,42 @@ where
         }
         Ok(Some(Message::Shutdown { reason })) => {
             println!("scheduler shut down: {reason}");
-            return Ok(0);
+            return Ok(End::Exit(0));
         }
         Ok(Some(other)) => bail!("the scheduler answered {} to Join", other.name()),
         Ok(None) => bail!("the scheduler did not answer Join within 30 s"),
         Err(e) => bail!("scheduler gone: {e}"),
     };
     println!(
-        "joined the scheduler (heartbeat every {} ms)",
+        "{} the scheduler (heartbeat every {} ms)",
+        if again { "rejoined" } else { "joined" },
         heartbeat.as_millis()
     );
-    tracing::info!("joined the scheduler");
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    stopper.connected(out_tx.clone(), Box::new(move || closer.shutdown_both()));
+    tracing::info!(again, "joined the scheduler");
+    if !again {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    }
+    ctx.stop
+        .connected(ctx.out_tx.clone(), Box::new(move || closer.shutdown_both()));
     let (mut rx, tx) = conn.split().context("splitting the scheduler connection")?;
     let dead = Arc::new(AtomicBool::new(false));
-    let d2 = dead.clone();
-    let span2 = span.clone();
-    std::thread::Builder::new()
+    let quit = Arc::new(AtomicBool::new(false));
+    let out_rx = ctx
+        .out_rx
+        .take()
+        .context("the outgoing queue is held by an earlier session")?;
+    let (d2, q2, span2) = (dead.clone(), quit.clone(), ctx.span.clone());
+    let sender = std::thread::Builder::new()
         .name("spate-ctl-tx".into())
         .spawn(move || {
             let _e = span2.entered();
-            writer(tx, out_rx, heartbeat, d2, metrics)
+            writer(tx, out_rx, heartbeat, d2, q2, metrics)
         })
         .context("spawning the control sender")?;
     // Stream reports (progress, readers) from the consumer role.
     let stop = Arc::new(AtomicBool::new(false));
-    let ticker = roles.consumer.clone().map(|c| {
-        let (stop, out) = (stop.clone(), out_tx.clone());
+    let ticker = ctx.roles.consumer.clone().map(|c| {
+        let (stop, out) = (stop.clone(), ctx.out_tx.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 let msgs = {
@@ -717,33 +915,31 @@ where
             }
         })
     });
-    let code = loop {
-        let m = match rx.recv() {
-            Ok(m) => m,
-            Err(_) if stopper.requested().is_some() => {
-                let sig = stopper.requested().unwrap_or("signal");
+    // A scheduler silent for this long is lost (it heartbeats every `heartbeat`).
+    let silence = heartbeat.saturating_mul(MISSED_HEARTBEATS);
+    let end = loop {
+        let m = match rx.recv_timeout(silence) {
+            Ok(Some(m)) => m,
+            Err(_) | Ok(None) if ctx.stop.requested().is_some() => {
+                let sig = ctx.stop.requested().unwrap_or("signal");
                 println!("{sig} received: left the cluster; stopping");
                 tracing::info!("left the cluster ({sig}); stopping");
-                break 0;
+                break End::Exit(0);
             }
-            Err(MsgError::Closed) => {
-                eprintln!("spate node: scheduler gone: it closed the connection; stopping");
-                break 1;
+            Ok(None) => {
+                break End::Lost(format!("it sent nothing for {} ms", silence.as_millis()));
             }
-            Err(e) => {
-                eprintln!("spate node: scheduler gone: {e}; stopping");
-                break 1;
-            }
+            Err(MsgError::Closed) => break End::Lost("it closed the connection".into()),
+            Err(e) => break End::Lost(e.to_string()),
         };
         if dead.load(Ordering::SeqCst) {
-            eprintln!("spate node: scheduler gone: sending failed; stopping");
-            break 1;
+            break End::Lost("sending to it failed".into());
         }
         match m {
             Message::Shutdown { reason } => {
                 println!("scheduler shut down: {reason}; stopping");
                 tracing::info!("scheduler shut down: {reason}; stopping");
-                break 0;
+                break End::Exit(0);
             }
             Message::Heartbeat | Message::Welcome { .. } => {}
             Message::Error { kind, message } => {
@@ -752,23 +948,23 @@ where
             m => {
                 metrics.incoming(&m);
                 let mut replies = None;
-                if let Some(c) = &roles.consumer {
+                if let Some(c) = &ctx.roles.consumer {
                     replies = c.lock().unwrap_or_else(|p| p.into_inner()).handle(&m);
                 }
                 if replies.is_none()
-                    && let Some(p) = &mut roles.producer
+                    && let Some(p) = &mut ctx.roles.producer
                 {
                     replies = p.handle(&m);
                 }
                 match replies {
                     Some(r) => {
                         for reply in r {
-                            let _ = out_tx.send(reply);
+                            let _ = ctx.out_tx.send(reply);
                         }
                     }
                     None => {
                         tracing::warn!(msg = m.name(), "unexpected message from the scheduler");
-                        let _ = out_tx.send(Message::Error {
+                        let _ = ctx.out_tx.send(Message::Error {
                             kind: spate_netlib::proto::ErrorKind::UnexpectedMessage,
                             message: format!("this node does not handle {}", m.name()),
                         });
@@ -781,10 +977,21 @@ where
     if let Some(t) = ticker {
         let _ = t.join();
     }
-    // Stop the engines (rings are aborted with "consumer shutting down").
-    drop(roles);
-    Ok(code)
+    // The sender gives the queue back (woken by a heartbeat it will not send).
+    quit.store(true, Ordering::SeqCst);
+    let _ = ctx.out_tx.send(Message::Heartbeat);
+    match sender.join() {
+        Ok(rx) => ctx.out_rx = Some(rx),
+        Err(_) => bail!("the control sender panicked"),
+    }
+    ctx.stop.disconnected();
+    drop(rx);
+    Ok(end)
 }
+
+/// Heartbeats a node may miss from the scheduler before it counts the scheduler as lost (the
+/// scheduler allows nodes the same).
+const MISSED_HEARTBEATS: u32 = 3;
 
 #[cfg(test)]
 mod tests {
@@ -851,7 +1058,11 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s.name, "n2");
-        assert!(!s.local_pull);
+        assert_eq!(
+            s.local_path,
+            LocalPath::Socket,
+            "local_pull = false is the socket path"
+        );
         assert_eq!(s.scheduler.to_string(), "tcp:10.0.0.1:7070");
         assert!(s.producer && s.consumer);
         assert_eq!(s.cores, Some(vec![0, 1]));

@@ -304,7 +304,6 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
     };
     let report_to_stderr = a.out.as_deref() == Some("-");
-    let block = (a.block.min(reader.capacity())).max(1) as usize;
     // A job with a rate tells its readers (in the ring header) its rate and prefill.
     let job_pace = if a.no_pace || a.rate.is_some() {
         None
@@ -315,6 +314,14 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         rate: a.rate.or(job_pace.map(|p| p.rate_bps as f64 / 8.0)),
         prefill: job_pace.map_or(0, |p| p.prefill.min(reader.capacity())),
     };
+    // A paced reader waits for a whole block: with a block of the whole ring it would wait for
+    // a ring the writer cannot fill past the bytes the reader still holds, so half at most.
+    let most = if pace.rate.is_some() {
+        reader.capacity() / 2
+    } else {
+        reader.capacity()
+    };
+    let block = a.block.min(most).max(1) as usize;
     let mut rep = Report {
         backing: reader.backing().to_string(),
         rate_gbit_per_s: pace.rate.map(|r| r * 8.0 / 1e9),

@@ -24,7 +24,12 @@ scheduler's user's alone (mode 0600) unless --group GROUP gives that group acces
 0660, generated secret 0640): members may then run `spate submit`, `status` and `cancel`.\n\n\
 --config FILE reads the same settings from TOML (`listen = [\"unix:/run/spate/sched.sock\"]`, \
 `secret_file`, `files`, `heartbeat_ms`, `tasks_in_flight`, `max_chunk = \"25MB\"`, `metrics = \
-\"127.0.0.1:9464\"`, `group`, `policy`, `headroom`); flags given on the command line win.\n\n\
+\"127.0.0.1:9464\"`, `group`, `policy`, `headroom`, `state_dir`); flags given on the command line \
+win.\n\n\
+Durable state (job ids, which never repeat; jobs live and ended, kept in status across restarts) \
+is a SQLite database in --state-dir DIR (default: $STATE_DIRECTORY under systemd, else PATH.state \
+beside the first UNIX socket). A job live when the scheduler stopped is not resumed: the next \
+start ends it as aborted, saying so.\n\n\
 It stops cleanly on SIGINT or SIGTERM: daemons and users are told (Shutdown), the socket files \
 are removed, exit 0. Under systemd (Type=notify) it reports readiness once it listens. Logs go \
 to stderr at INFO (SPATE_LOG=debug for more, --log-format json for JSON lines).",
@@ -73,6 +78,10 @@ pub struct Args {
     /// TCLO: capacity asked above a job's rate, in percent [default: 5].
     #[arg(long, value_name = "PCT")]
     pub headroom: Option<f64>,
+    /// Directory of the durable state (SQLite: job ids, live and ended jobs) [default:
+    /// $STATE_DIRECTORY under systemd, else PATH.state beside the first UNIX socket].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// The settings file: the flags' keys.
@@ -89,6 +98,7 @@ struct FileConfig {
     group: Option<String>,
     policy: Option<String>,
     headroom: Option<f64>,
+    state_dir: Option<PathBuf>,
 }
 
 /// Settings after layering flags over the file over the defaults.
@@ -104,6 +114,7 @@ struct Settings {
     group: Option<(String, nix::unistd::Gid)>,
     policy: String,
     headroom: f64,
+    state_dir: PathBuf,
 }
 
 fn settings(a: Args) -> anyhow::Result<Settings> {
@@ -164,7 +175,12 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
     if !(0.0..=100.0).contains(&headroom) {
         anyhow::bail!("--headroom {headroom}: give a percentage from 0 to 100");
     }
+    let state_dir = match a.state_dir.or(file.state_dir) {
+        Some(d) => d,
+        None => default_state_dir(std::env::var_os("STATE_DIRECTORY"), &listen)?,
+    };
     Ok(Settings {
+        state_dir,
         listen,
         secret_file: a.secret_file.or(file.secret_file),
         files: a.files.or(file.files),
@@ -176,6 +192,31 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
         policy,
         headroom,
     })
+}
+
+/// The state directory when none is given: systemd's `StateDirectory=` (the first of its
+/// list), else `PATH.state` beside the first UNIX socket.
+fn default_state_dir(
+    systemd: Option<std::ffi::OsString>,
+    listen: &[Endpoint],
+) -> anyhow::Result<PathBuf> {
+    if let Some(d) = systemd.and_then(|v| {
+        v.to_str()
+            .and_then(|s| s.split(':').next().map(PathBuf::from))
+    }) && !d.as_os_str().is_empty()
+    {
+        return Ok(d);
+    }
+    for ep in listen {
+        if let Endpoint::Unix(p) = ep {
+            let mut s = p.clone().into_os_string();
+            s.push(".state");
+            return Ok(PathBuf::from(s));
+        }
+    }
+    anyhow::bail!(
+        "where to keep the scheduler's state: it listens on no UNIX socket to keep it beside;          give --state-dir DIR (e.g. /var/lib/spate)"
+    )
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -249,6 +290,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     cfg.tclo.headroom = a.headroom / 100.0;
     cfg.default_policy = a.policy.clone();
     cfg.validator = Some(kernel_checks());
+    cfg.state_dir = Some(a.state_dir.clone());
     let mut registry = None;
     if a.metrics.is_some() {
         let m = SchedulerMetrics::default();
@@ -287,6 +329,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     if let Some(f) = &a.files {
         eprintln!("spate scheduler: serving job inputs from {}", f.display());
     }
+    eprintln!(
+        "spate scheduler: state in {}",
+        spate_netlib::text::Quoted::path(&a.state_dir)
+    );
     if let Some(m) = &metrics_server {
         eprintln!("spate scheduler: metrics at http://{}/metrics", m.addr());
     }
@@ -360,5 +406,25 @@ mod tests {
         );
         assert!(e.contains("no group \"no-such-group-here\""), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_state_goes_under_systemd_s_directory_else_beside_the_first_unix_socket() {
+        let unix: Endpoint = "unix:/run/spate/sched.sock".parse().unwrap();
+        let tcp: Endpoint = "tcp:0.0.0.0:7070".parse().unwrap();
+        assert_eq!(
+            default_state_dir(
+                Some("/var/lib/spate:/var/lib/other".into()),
+                std::slice::from_ref(&unix)
+            )
+            .unwrap(),
+            PathBuf::from("/var/lib/spate")
+        );
+        assert_eq!(
+            default_state_dir(None, &[tcp.clone(), unix]).unwrap(),
+            PathBuf::from("/run/spate/sched.sock.state")
+        );
+        let e = default_state_dir(None, &[tcp]).unwrap_err().to_string();
+        assert!(e.contains("give --state-dir DIR"), "{e}");
     }
 }

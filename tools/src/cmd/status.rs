@@ -36,7 +36,7 @@ user, or members of its --group).\n\n\
 \"compute\": [{\"kernel\", \"bytes_per_sec\", \"overhead_us\", \"source\", \"samples\"}], \
 \"links\": [{\"to\", \"bytes_per_sec\", \"overhead_us\", \"samples\"}], \"nic_bytes_per_sec\"}], \
 \"ended\": [{\"job\", \"name\", \"outcome\", \
-\"reason\", \"bytes\", \"duration_s\"}]} (null where a figure is not measured). With --watch, \
+\"reason\", \"bytes\", \"read\", \"total\", \"duration_s\"}]} (null where a figure is not measured). With --watch, \
 one such object per line per interval.",
     after_help = "Examples:\n  spate status\n  spate status 3 --json\n  spate status --watch 0.5"
 )]
@@ -125,6 +125,7 @@ fn node_state(s: NodeState) -> &'static str {
         NodeState::Alive => "alive",
         NodeState::Leaving => "leaving",
         NodeState::Lost => "lost",
+        NodeState::Suspect => "suspect",
     }
 }
 
@@ -227,7 +228,8 @@ pub fn to_json(s: &Snapshot, since: Option<(Duration, &Snapshot)>) -> serde_json
             let (outcome, reason) = outcome(&e.outcome);
             json!({
                 "job": e.job.0, "name": e.name, "outcome": outcome, "reason": reason,
-                "bytes": e.bytes, "duration_s": e.duration_ms as f64 / 1000.0,
+                "bytes": e.bytes, "read": e.read, "total": e.total,
+                "duration_s": e.duration_ms as f64 / 1000.0,
             })
         })
         .collect();

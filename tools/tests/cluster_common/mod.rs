@@ -115,6 +115,8 @@ pub struct Cluster {
     pub others: Vec<Child>,
     /// Prefix for every spawned command (e.g. `ip netns exec NS`); empty for local.
     pub wrap: Vec<String>,
+    /// The scheduler's arguments (to start it again).
+    pub sched_args: Vec<String>,
 }
 
 impl Cluster {
@@ -146,6 +148,7 @@ impl Cluster {
             daemons: vec![],
             others: vec![],
             wrap,
+            sched_args: vec![],
         };
         let mut args = vec!["scheduler".to_string(), "--listen".into(), sched_ep];
         for l in extra_listen {
@@ -155,14 +158,29 @@ impl Cluster {
         let s = c.secret_arg();
         args.extend(s);
         args.extend(sched_args.iter().map(|a| a.to_string()));
+        c.sched_args = args.clone();
         c.spawn_daemon("scheduler", &args);
+        c.wait_scheduler();
+        c
+    }
+
+    fn wait_scheduler(&mut self) {
         let deadline = Instant::now() + WAIT;
-        while c.status_json().is_none() {
-            c.check_alive();
+        while self.status_json().is_none() {
+            self.check_alive();
             assert!(Instant::now() < deadline, "the scheduler never answered");
             std::thread::sleep(Duration::from_millis(20));
         }
-        c
+    }
+
+    /// SIGKILLs the scheduler and starts it again with the same arguments (same socket, same
+    /// state directory); returns once it answers.
+    pub fn restart_scheduler(&mut self) {
+        self.kill("scheduler");
+        let args = self.sched_args.clone();
+        self.daemons.retain(|d| d.name != "scheduler");
+        self.spawn_daemon("scheduler", &args);
+        self.wait_scheduler();
     }
 
     /// [`Cluster::start_with`] with no wrapper and no extra listener.

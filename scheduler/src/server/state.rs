@@ -1,0 +1,417 @@
+//! The scheduler's durable state, in an embedded SQLite database (`rusqlite`, bundled): the job
+//! id counter (ids never repeat across restarts), the start count (task ids carry it, so a
+//! report about a task of an earlier run never matches a new one), the jobs admitted and not
+//! ended, and the ended jobs' outcomes (the history `spate status` shows).
+//!
+//! A job live when the scheduler stopped is not resumed (what landed lives in the consumers'
+//! rings, and resuming from it is not built): the next start ends it as aborted, with that
+//! reason, so its outcome is recorded as what happened rather than lost.
+//!
+//! The database is in WAL mode with `synchronous = NORMAL`: a commit survives a crash of the
+//! scheduler (the log is in the OS's page cache); a power loss may lose the last commits. The
+//! directory is owner-only (0700), the files 0600.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Version of the schema this build writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+/// File name of the database inside the state directory.
+pub const DB_FILE: &str = "scheduler.db";
+
+/// Why the state could not be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The directory or file could not be created or opened.
+    #[error(
+        "cannot open the scheduler state in {}: {source}; give --state-dir a directory the \
+         scheduler may write (it is made owner-only)",
+        dir.display()
+    )]
+    Open {
+        /// The state directory.
+        dir: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The database was written by a newer spate.
+    #[error(
+        "the scheduler state {} has schema version {found}, newer than this spate's \
+         {SCHEMA_VERSION}: run the newer spate, or move the file away to start afresh (job \
+         ids then start again at 1 and the history is gone)",
+        path.display()
+    )]
+    Newer {
+        /// The database file.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
+    },
+    /// Not a database, or a damaged one.
+    #[error(
+        "the scheduler state {} is not a spate state database or is damaged ({detail}): move \
+         it away to start afresh (job ids then start again at 1 and the history is gone)",
+        path.display()
+    )]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        detail: String,
+    },
+    /// A statement failed.
+    #[error("scheduler state: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// A job that ended, as the history keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedEnd {
+    /// The job id.
+    pub id: u64,
+    /// Its name ("" when none).
+    pub name: String,
+    /// "completed", "cancelled" or "aborted".
+    pub outcome: String,
+    /// The abort reason ("" otherwise).
+    pub reason: String,
+    /// Output bytes in all.
+    pub total: u64,
+    /// Bytes delivered in order.
+    pub delivered: u64,
+    /// Bytes read.
+    pub read: u64,
+    /// Milliseconds from submission to the end.
+    pub duration_ms: u64,
+}
+
+/// A job admitted and not ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedJob {
+    /// The job id.
+    pub id: u64,
+    /// Its name ("" when none).
+    pub name: String,
+    /// Output bytes in all.
+    pub total: u64,
+}
+
+/// Everything loaded at start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// The id the next job gets.
+    pub next_job: u64,
+    /// How many times a scheduler started on this state, this start included.
+    pub starts: u64,
+    /// Jobs admitted and not ended when the last scheduler stopped.
+    pub live: Vec<SavedJob>,
+    /// Ended jobs, oldest first.
+    pub ended: Vec<SavedEnd>,
+}
+
+/// The open database.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    keep_ended: usize,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+fn corrupt(path: &Path, e: rusqlite::Error) -> StoreError {
+    StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    }
+}
+
+impl Store {
+    /// Opens (creating) `dir/scheduler.db`, checks its version and integrity, and counts this
+    /// start. Keeps at most `keep_ended` ended jobs.
+    pub fn open(dir: &Path, keep_ended: usize) -> Result<Store, StoreError> {
+        use std::os::unix::fs::PermissionsExt;
+        let open_err = |source| StoreError::Open {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(open_err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(open_err)?;
+        let path = dir.join(DB_FILE);
+        let conn = Connection::open(&path).map_err(|e| corrupt(&path, e))?;
+        // A file that is not a database fails here, at its first read.
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| corrupt(&path, e))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Newer {
+                path,
+                found: version,
+            });
+        }
+        let ok: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(|e| corrupt(&path, e))?;
+        if ok != "ok" {
+            return Err(StoreError::Corrupt { path, detail: ok });
+        }
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| corrupt(&path, e))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        if version == 0 {
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+                 CREATE TABLE IF NOT EXISTS live (
+                     id INTEGER PRIMARY KEY, name TEXT NOT NULL, total INTEGER NOT NULL);
+                 CREATE TABLE IF NOT EXISTS ended (
+                     id INTEGER PRIMARY KEY, name TEXT NOT NULL, outcome TEXT NOT NULL,
+                     reason TEXT NOT NULL, total INTEGER NOT NULL, delivered INTEGER NOT NULL,
+                     read INTEGER NOT NULL, duration_ms INTEGER NOT NULL);
+                 PRAGMA user_version = 1;
+                 COMMIT;",
+            )?;
+        }
+        for f in [
+            path.clone(),
+            dir.join(format!("{DB_FILE}-wal")),
+            dir.join(format!("{DB_FILE}-shm")),
+        ] {
+            if f.exists() {
+                let _ = std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600));
+            }
+        }
+        let mut s = Store {
+            conn,
+            path,
+            keep_ended,
+        };
+        let starts = s.meta("starts")?.unwrap_or(0) + 1;
+        s.set_meta("starts", starts)?;
+        Ok(s)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()?
+            .map(|v| v as u64))
+    }
+
+    fn set_meta(&mut self, key: &str, value: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Everything stored.
+    pub fn load(&self) -> Result<Loaded, StoreError> {
+        let mut q = self
+            .conn
+            .prepare("SELECT id, name, total FROM live ORDER BY id")?;
+        let live = q
+            .query_map([], |r| {
+                Ok(SavedJob {
+                    id: r.get::<_, i64>(0)? as u64,
+                    name: r.get(1)?,
+                    total: r.get::<_, i64>(2)? as u64,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut q = self.conn.prepare(
+            "SELECT id, name, outcome, reason, total, delivered, read, duration_ms FROM ended \
+             ORDER BY id",
+        )?;
+        let ended = q
+            .query_map([], |r| {
+                Ok(SavedEnd {
+                    id: r.get::<_, i64>(0)? as u64,
+                    name: r.get(1)?,
+                    outcome: r.get(2)?,
+                    reason: r.get(3)?,
+                    total: r.get::<_, i64>(4)? as u64,
+                    delivered: r.get::<_, i64>(5)? as u64,
+                    read: r.get::<_, i64>(6)? as u64,
+                    duration_ms: r.get::<_, i64>(7)? as u64,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let after = |ids: &mut dyn Iterator<Item = u64>| ids.map(|i| i + 1).max().unwrap_or(1);
+        let next_job = self
+            .meta("next_job")?
+            .unwrap_or(1)
+            .max(after(&mut ended.iter().map(|e| e.id)))
+            .max(after(&mut live.iter().map(|j| j.id)));
+        Ok(Loaded {
+            next_job,
+            starts: self.meta("starts")?.unwrap_or(1),
+            live,
+            ended,
+        })
+    }
+
+    /// Records an admitted job; the next job id is `next_job` (or more).
+    pub fn admit(&mut self, j: &SavedJob, next_job: u64) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO live (id, name, total) VALUES (?1, ?2, ?3)",
+            params![j.id as i64, j.name, j.total as i64],
+        )?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('next_job', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
+            [next_job as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records how a job ended (it is no longer live), forgetting the oldest ended jobs past
+    /// the bound.
+    pub fn end(&mut self, e: &SavedEnd) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM live WHERE id = ?1", [e.id as i64])?;
+        tx.execute(
+            "INSERT OR REPLACE INTO ended (id, name, outcome, reason, total, delivered, read,
+             duration_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                e.id as i64,
+                e.name,
+                e.outcome,
+                e.reason,
+                e.total as i64,
+                e.delivered as i64,
+                e.read as i64,
+                e.duration_ms as i64,
+            ],
+        )?;
+        tx.execute(
+            "DELETE FROM ended WHERE id NOT IN (SELECT id FROM ended ORDER BY id DESC LIMIT ?1)",
+            [self.keep_ended as i64],
+        )?;
+        // Ids never go back, even with every job ended and forgotten.
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('next_job', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
+            [(e.id + 1) as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("spate-state-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn job(id: u64) -> SavedJob {
+        SavedJob {
+            id,
+            name: format!("job{id}"),
+            total: 100,
+        }
+    }
+
+    fn end(id: u64) -> SavedEnd {
+        SavedEnd {
+            id,
+            name: String::new(),
+            outcome: "aborted".into(),
+            reason: "output node \"c\" crashed".into(),
+            total: 100,
+            delivered: 40,
+            read: 20,
+            duration_ms: 1500,
+        }
+    }
+
+    #[test]
+    fn live_jobs_history_and_ids_survive_a_reopen() {
+        let d = dir("reopen");
+        {
+            let mut s = Store::open(&d, 2).unwrap();
+            s.admit(&job(1), 2).unwrap();
+            s.admit(&job(2), 3).unwrap();
+            s.end(&end(1)).unwrap();
+        }
+        let s = Store::open(&d, 2).unwrap();
+        let l = s.load().unwrap();
+        assert_eq!(l.starts, 2);
+        assert_eq!(l.next_job, 3);
+        assert_eq!(l.live, vec![job(2)]);
+        assert_eq!(l.ended, vec![end(1)]);
+        drop(s);
+        // The history is bounded: the oldest go.
+        let mut s = Store::open(&d, 2).unwrap();
+        for id in 3..6 {
+            s.end(&end(id)).unwrap();
+        }
+        let l = s.load().unwrap();
+        assert_eq!(l.starts, 3);
+        assert_eq!(l.ended.iter().map(|e| e.id).collect::<Vec<_>>(), vec![4, 5]);
+        // Ids never go back, even with every job ended and forgotten.
+        assert_eq!(l.next_job, 6);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn the_directory_and_database_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = dir("mode");
+        let _s = Store::open(&d, 2).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&d), 0o700);
+        assert_eq!(mode(&d.join(DB_FILE)), 0o600);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_newer_or_foreign_file_is_refused_saying_what_to_do() {
+        let d = dir("newer");
+        {
+            let s = Store::open(&d, 2).unwrap();
+            s.conn.pragma_update(None, "user_version", 9).unwrap();
+        }
+        let e = Store::open(&d, 2).unwrap_err().to_string();
+        assert!(
+            e.contains("schema version 9, newer than this spate's 1"),
+            "{e}"
+        );
+        assert!(e.contains("move the file away"), "{e}");
+        let d2 = dir("foreign");
+        std::fs::create_dir_all(&d2).unwrap();
+        std::fs::write(
+            d2.join(DB_FILE),
+            b"this is not a database at all, just some text",
+        )
+        .unwrap();
+        let e = Store::open(&d2, 2).unwrap_err().to_string();
+        assert!(
+            e.contains("is not a spate state database or is damaged"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&d);
+        let _ = std::fs::remove_dir_all(&d2);
+    }
+}

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use spate_netlib::endpoint::Endpoint;
 use spate_netlib::raw::{
-    ChunkKey, ConnId, Landing, Lend, Offered, RawConfig, RawError, RawServer, Reserved,
+    ChunkKey, ConnId, Landing, Lend, Offered, RawConfig, RawError, RawServer, Reserved, Revoke,
 };
 use spate_ring::handoff::{HandoffConfig, HandoffError, HandoffServer};
 use spate_ring::{
@@ -231,6 +231,14 @@ type Assigned = Arc<Mutex<HashMap<u64, HashSet<String>>>>;
 /// scheduler sends it before any producer gets work; this only covers the two messages
 /// crossing on different connections).
 const ASSIGN_GRACE: Duration = Duration::from_secs(2);
+
+/// A producer that holds a granted chunk this long without landing it, while another producer
+/// offers the same bytes (a copy the scheduler made because the first ran late), has its
+/// connection closed, so that the copy can land. Only grants the consumer fills itself (from
+/// the socket, or by copying from the producer's buffer) are taken back this way: a range
+/// placed for zero copy is written by the producer itself and stays its own until it answers
+/// or its connection dies.
+pub const STALL_REVOKE: Duration = Duration::from_secs(2);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -542,6 +550,8 @@ fn serve(
         names: HashMap::new(),
         unassigned_since: HashMap::new(),
         pending: HashMap::new(),
+        revoke: Vec::new(),
+        revoking: HashSet::new(),
     };
     while !stop.load(Ordering::SeqCst) {
         if let Err(e) = server.turn(&mut landing, Some(Duration::from_millis(200))) {
@@ -574,6 +584,10 @@ struct Pending {
     grant: Option<Grant>,
     /// Some(skip): received into a scratch buffer; bytes from `skip` go to the grant.
     scratch_skip: Option<usize>,
+    /// When it was granted.
+    since: Instant,
+    /// Placed for zero copy (the producer writes the ring itself): never revoked.
+    placed: bool,
 }
 
 struct RingLanding {
@@ -585,6 +599,10 @@ struct RingLanding {
     /// Jobs with offers waiting for their producer set, since when.
     unassigned_since: HashMap<u64, Instant>,
     pending: HashMap<(ConnId, ChunkKey), Pending>,
+    /// Connections to close: they hold a grant another producer waits for ([`STALL_REVOKE`]).
+    revoke: Vec<Revoke>,
+    /// Connections asked to be closed and not closed yet.
+    revoking: HashSet<ConnId>,
 }
 
 impl RingLanding {
@@ -623,6 +641,39 @@ impl RingLanding {
         Some(Offered::Refuse(R::NotAssigned))
     }
 
+    /// `conn` waits for bytes of `key` another connection holds granted: if that grant is older
+    /// than [`STALL_REVOKE`] and the consumer fills it itself, have the holder closed.
+    fn revoke_stalled(&mut self, conn: ConnId, key: &ChunkKey) {
+        let (start, end) = (key.offset, key.offset.saturating_add(key.len));
+        for ((holder, k), p) in &self.pending {
+            let overlaps = k.job == key.job
+                && k.stream == key.stream
+                && k.offset < end
+                && start < k.offset.saturating_add(k.len);
+            let held = p.since.elapsed();
+            if *holder != conn
+                && overlaps
+                && !p.placed
+                && held >= STALL_REVOKE
+                && !self.revoking.contains(holder)
+            {
+                self.revoking.insert(*holder);
+                tracing::warn!(
+                    producer = self.names.get(holder).map(String::as_str),
+                    ?k,
+                    held_ms = held.as_millis() as u64,
+                    "a producer holds a chunk it does not send while another offers it; \
+                     closing its connection"
+                );
+                self.revoke.push(Revoke {
+                    conn: *holder,
+                    key: *k,
+                    held,
+                });
+            }
+        }
+    }
+
     /// A throw-away registered buffer for a chunk that (partly) landed already: its bytes
     /// below the frontier may be being read and must not be written again.
     fn scratch(
@@ -643,6 +694,8 @@ impl RingLanding {
                         entry,
                         grant,
                         scratch_skip: Some(skip),
+                        since: Instant::now(),
+                        placed: false,
                     },
                 );
                 Offered::Grant(b.into())
@@ -679,6 +732,8 @@ impl Landing for RingLanding {
                                 entry,
                                 grant: Some(g),
                                 scratch_skip: None,
+                                since: Instant::now(),
+                                placed: false,
                             },
                         );
                         Offered::Grant(span.into())
@@ -691,7 +746,11 @@ impl Landing for RingLanding {
             }
             Ok(Reserve::Granted(g)) => self.scratch(conn, key, entry, Some(g)),
             Ok(Reserve::AlreadyLanded) => self.scratch(conn, key, entry, None),
-            Ok(Reserve::NoRoom) | Err(WriteError::Busy { .. }) => Offered::Wait,
+            Ok(Reserve::NoRoom) => Offered::Wait,
+            Err(WriteError::Busy { .. }) => {
+                self.revoke_stalled(conn, key);
+                Offered::Wait
+            }
             Err(WriteError::Closed(_)) => Offered::Refuse(R::Aborted),
             Err(WriteError::BadRange { .. }) => Offered::Refuse(R::OutOfRange),
             Err(e) => {
@@ -744,12 +803,18 @@ impl Landing for RingLanding {
                         entry,
                         grant: Some(g),
                         scratch_skip: None,
+                        since: Instant::now(),
+                        placed: true,
                     },
                 );
                 Reserved::Place { lend, at }
             }
             Ok(Reserve::Granted(_)) | Ok(Reserve::AlreadyLanded) => Reserved::Refuse(R::Fallback),
-            Ok(Reserve::NoRoom) | Err(WriteError::Busy { .. }) => Reserved::Wait,
+            Ok(Reserve::NoRoom) => Reserved::Wait,
+            Err(WriteError::Busy { .. }) => {
+                self.revoke_stalled(conn, key);
+                Reserved::Wait
+            }
             Err(WriteError::Closed(_)) => Reserved::Refuse(R::Aborted),
             Err(WriteError::BadRange { .. }) => Reserved::Refuse(R::OutOfRange),
             Err(e) => {
@@ -778,6 +843,10 @@ impl Landing for RingLanding {
         self.pending.remove(&(conn, *key));
     }
 
+    fn revoked(&mut self) -> Vec<Revoke> {
+        std::mem::take(&mut self.revoke)
+    }
+
     fn identified(&mut self, conn: ConnId, name: &str) {
         tracing::debug!(
             conn = conn.0,
@@ -799,5 +868,6 @@ impl Landing for RingLanding {
             (None, _) => {}
         }
         self.pending.retain(|(c, _), _| *c != conn);
+        self.revoking.remove(&conn);
     }
 }

@@ -35,9 +35,6 @@ fn node_entry(s: &serde_json::Value, name: &str) -> Option<serde_json::Value> {
 }
 
 #[test]
-#[ignore = "known gap: a stalled producer can hold ring ranges granted to it, so copies of its \
-            tasks cannot land there and the job waits (failed 1 of 4 clean CI runs); run with \
-            --ignored; README \"What happens when...\", known gaps"]
 fn a_stalled_producers_tasks_are_redone_elsewhere_and_the_stream_stays_exact() {
     // Heartbeats of 20 s: a stalled node is declared dead only after a minute, so what
     // saves the job here is straggler duplication, not the death of p1.

@@ -126,6 +126,18 @@ pub enum RawError {
          protocol (run the same spate version with the cluster secret on both nodes)"
     )]
     HandshakeTimeout(Duration),
+    /// The receiver took back a chunk the peer held granted without sending it, because
+    /// another producer offered the same bytes.
+    #[error(
+        "closed: the peer held {key} for {held:?} without sending it while another producer \
+         offered it (a stalled producer)"
+    )]
+    Stalled {
+        /// The chunk.
+        key: ChunkKey,
+        /// How long it was held.
+        held: Duration,
+    },
     /// The pool is waiting before reconnecting.
     #[error("{endpoint} failed recently; next reconnect attempt in {retry_in:?}")]
     Backoff {

@@ -153,6 +153,18 @@ pub enum Reserved {
     Wait,
 }
 
+/// A connection the receiver wants closed because it holds a granted chunk it does not send
+/// while another producer offers the same bytes (see [`Landing::revoked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Revoke {
+    /// The holder.
+    pub conn: ConnId,
+    /// The chunk it holds.
+    pub key: ChunkKey,
+    /// How long it held it.
+    pub held: Duration,
+}
+
 /// The consumer side of a [`RawServer`]: decides where chunks go and learns when they landed.
 pub trait Landing {
     /// Where does this chunk go, is there room?
@@ -178,6 +190,12 @@ pub trait Landing {
     fn unplaced(&mut self, _conn: ConnId, _key: &ChunkKey) {}
     /// A connection closed (`error` is None for a clean close by the peer).
     fn closed(&mut self, _conn: ConnId, _error: Option<&RawError>) {}
+    /// Connections to close now, asked after every offer and reservation: each holds a grant
+    /// that another connection waits for. Their grants are abandoned (and their ranges given
+    /// back) once the socket's outstanding I/O has completed, never before.
+    fn revoked(&mut self) -> Vec<Revoke> {
+        Vec::new()
+    }
 }
 
 /// What a shell needs of a machine to close a connection.

@@ -384,6 +384,24 @@ impl RawServer {
         }
     }
 
+    /// Close the connections the landing takes grants back from (their outstanding reads
+    /// complete with the shutdown; the grants are abandoned in `finish_if_dead`).
+    fn revoke(&mut self, landing: &mut dyn Landing) -> Vec<u32> {
+        let mut ids = Vec::new();
+        for r in landing.revoked() {
+            let id = r.conn.0;
+            self.conns.kill(
+                id,
+                Some(RawError::Stalled {
+                    key: r.key,
+                    held: r.held,
+                }),
+            );
+            ids.push(id);
+        }
+        ids
+    }
+
     fn retry_waiting(&mut self, landing: &mut dyn Landing) -> Result<(), RawError> {
         let mut asked = Vec::new();
         for _ in 0..self.waiting.len() {
@@ -392,6 +410,8 @@ impl RawServer {
                 asked.push(id);
             }
         }
+        asked.extend(self.revoke(landing));
+        asked.sort_unstable();
         asked.dedup();
         for id in asked {
             self.kick(id)?;
@@ -424,6 +444,9 @@ impl RawServer {
             TagKind::Write => self.on_write(id, c),
             TagKind::Copy => self.on_copy(id, tag.slot, c, landing),
             TagKind::Watch => {}
+        }
+        for r in self.revoke(landing) {
+            self.finish_if_dead(r, landing);
         }
         self.kick(id)?;
         self.finish_if_dead(id, landing);

@@ -274,6 +274,19 @@ pub enum Event {
         /// The stream.
         stream: u32,
     },
+    /// A job an earlier run of the scheduler admitted and whose rings were allocated: resume
+    /// it under its id, once its consumers rejoin and report where its streams stand
+    /// ([`Event::StreamProgress`]); only what has not landed in order is computed again.
+    Resume {
+        /// The job (its id is kept).
+        job: JobId,
+        /// Its plan; `chunk_lines` must be the grid its rings were filled on.
+        plan: Box<JobPlan>,
+        /// Per stream: its ring's key.
+        keys: Vec<u64>,
+        /// It was running (else it waits for Ready again).
+        running: bool,
+    },
     /// Time passes (timeouts are checked on every event; this one carries only the time).
     Tick,
 }
@@ -522,6 +535,12 @@ pub enum AbortReason {
         /// The consumer.
         node: String,
     },
+    /// After a scheduler restart, the job could not go on.
+    #[error("the scheduler restarted and could not resume the job: {}", spate_netlib::text::Quoted::new(reason).bare().max(400))]
+    NotResumed {
+        /// Why.
+        reason: String,
+    },
     /// The job waited past its `reader_timeout` on a full ring whose reader read nothing.
     #[error(
         "stream {stream} on {}: its ring was full and its reader read nothing for {secs} s (reader_timeout)",
@@ -742,6 +761,9 @@ pub enum JobState {
     Running,
     /// Every chunk delivered, waiting for Done.
     Delivered,
+    /// Restored after a scheduler restart ([`Event::Resume`]): waiting for its consumers to
+    /// report its streams, and for a producer, before it goes on where its rings stand.
+    Resuming,
 }
 
 /// How many ended jobs the scheduler remembers (the oldest are forgotten first).
@@ -870,7 +892,13 @@ struct Job {
     progressed: Millis,
     /// Why it is stalled, when it is.
     stall: Option<String>,
+    /// Resuming: the rings' keys, and whether it was running.
+    resume: Option<(Vec<u64>, bool)>,
 }
+
+/// A resumed job whose consumers have not all reported its streams (or that cannot be planned
+/// again) this long after the restart is aborted ([`AbortReason::NotResumed`]).
+pub const RESUME_GRACE_MS: Millis = 30_000;
 
 /// A dealt job is re-planned on today's estimates every this many finished tasks per
 /// producer of its plan (at least [`REPLAN_MIN_TASKS`]).
@@ -1115,6 +1143,7 @@ impl Scheduler {
                 read,
             } => {
                 let now = self.now;
+                self.resumed_stream(node, job, stream);
                 if let Some(s) = self
                     .jobs
                     .get_mut(&job)
@@ -1133,7 +1162,14 @@ impl Scheduler {
                 self.on_reader_gone(node, job, stream, &mut out)
             }
             Event::Tick => self.check_stalls(&mut out),
+            Event::Resume {
+                job,
+                plan,
+                keys,
+                running,
+            } => self.on_resume(job, *plan, keys, running),
         }
+        self.try_resumes(&mut out);
         self.check_timeouts(&mut out);
         self.dispatch(&mut out);
         out
@@ -1316,7 +1352,9 @@ impl Scheduler {
                 return Err(format!("{} runs with no producer", j.id));
             }
             for (i, s) in j.streams.iter().enumerate() {
-                if !self.nodes.contains_key(&s.node) {
+                // A resuming job's stream has no node until its consumer reports it.
+                let unplaced = j.state == JobState::Resuming && s.alloc == Alloc::Pending;
+                if !unplaced && !self.nodes.contains_key(&s.node) {
                     return Err(format!("{} stream {i} is on dead node {:?}", j.id, s.node));
                 }
             }
@@ -1838,8 +1876,218 @@ impl Scheduler {
             started: None,
             progressed: self.now,
             stall: None,
+            resume: None,
         };
         self.jobs.insert(id, job);
+    }
+
+    fn on_resume(&mut self, id: JobId, plan: JobPlan, keys: Vec<u64>, running: bool) {
+        if self.jobs.contains_key(&id) || keys.len() != plan.streams.len() {
+            return;
+        }
+        self.next_job = self.next_job.max(id.0 + 1);
+        let policy = plan
+            .policy
+            .as_ref()
+            .and_then(|n| self.policies.iter().position(|p| p.name() == n))
+            .unwrap_or(self.default_policy);
+        let layout = plan.layout(plan.chunk_lines.unwrap_or(1).max(1));
+        let parts = layout.parts() as usize;
+        let streams = keys
+            .iter()
+            .map(|_| StreamState {
+                node: NodeId(u64::MAX),
+                ring: 0,
+                alloc: Alloc::Pending,
+                frontier: 0,
+                read: 0,
+                read_at: 0,
+            })
+            .collect();
+        let job = Job {
+            id,
+            client: ClientId(u64::MAX),
+            layout,
+            state: JobState::Resuming,
+            alloc_deadline: self.now.saturating_add(RESUME_GRACE_MS),
+            streams,
+            producers: BTreeMap::new(),
+            preload_failed: BTreeSet::new(),
+            candidates: BTreeSet::new(),
+            next_fresh: vec![0; parts],
+            frontier: vec![0; parts],
+            above: vec![BTreeSet::new(); parts],
+            part_ring: vec![0; parts],
+            delivered: 0,
+            in_flight: 0,
+            attempts: BTreeMap::new(),
+            plan,
+            policy,
+            summary: PlanSummary::default(),
+            dealer: None,
+            per_node: BTreeMap::new(),
+            reserved: Reservation::default(),
+            warning: None,
+            duplicated: 0,
+            done_since_plan: 0,
+            submitted: self.now,
+            started: None,
+            progressed: self.now,
+            stall: Some(
+                "resuming after a scheduler restart: waiting for its consumers to report its \
+                 streams"
+                    .into(),
+            ),
+            resume: Some((keys, running)),
+        };
+        self.jobs.insert(id, job);
+    }
+
+    /// A resuming job's stream reported by the consumer the plan names: it is placed there.
+    fn resumed_stream(&mut self, node: NodeId, job: JobId, stream: u32) {
+        let Some(name) = self
+            .nodes
+            .get(&node)
+            .filter(|n| n.info.roles.consumer)
+            .map(|n| n.info.name.clone())
+        else {
+            return;
+        };
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        let (Some((keys, _)), JobState::Resuming) = (&j.resume, j.state) else {
+            return;
+        };
+        let i = stream as usize;
+        if j.plan.streams.get(i).is_some_and(|p| p.node == name)
+            && let (Some(s), Some(key)) = (j.streams.get_mut(i), keys.get(i))
+        {
+            s.node = node;
+            s.alloc = Alloc::Done(*key);
+        }
+    }
+
+    /// Resuming jobs whose streams were all reported go on, once a producer is there and the
+    /// policy plans them again (on the grid their rings were filled on); past
+    /// [`RESUME_GRACE_MS`] they are aborted.
+    fn try_resumes(&mut self, out: &mut Vec<Command>) {
+        let ids: Vec<JobId> = self
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Resuming)
+            .map(|j| j.id)
+            .collect();
+        for id in ids {
+            let Some(j) = self.jobs.get(&id) else {
+                continue;
+            };
+            let missing: Vec<String> = j
+                .streams
+                .iter()
+                .zip(&j.plan.streams)
+                .filter(|(s, _)| s.alloc == Alloc::Pending)
+                .map(|(_, p)| spate_netlib::text::quote(&p.node))
+                .collect();
+            let late = self.now >= j.alloc_deadline;
+            if !missing.is_empty() {
+                if late {
+                    let mut names = missing;
+                    names.dedup();
+                    let reason = format!(
+                        "its consumer{} {} did not report its streams within {} s",
+                        if names.len() > 1 { "s" } else { "" },
+                        names.join(", "),
+                        RESUME_GRACE_MS / 1000
+                    );
+                    self.end_job(id, JobEnd::Aborted(AbortReason::NotResumed { reason }), out);
+                }
+                continue;
+            }
+            let consumers: Vec<NodeId> = j.streams.iter().map(|s| s.node).collect();
+            let placed = self.place(j.policy, &j.plan, &consumers, Some(id));
+            let placement = match placed {
+                Ok(p) => p,
+                Err(r) => {
+                    if late {
+                        let reason = format!("it could not be planned again: {r}");
+                        self.end_job(id, JobEnd::Aborted(AbortReason::NotResumed { reason }), out);
+                    } else if let Some(j) = self.jobs.get_mut(&id) {
+                        j.stall = Some(format!(
+                            "resuming after a scheduler restart: it cannot be planned yet ({r})"
+                        ));
+                    }
+                    continue;
+                }
+            };
+            let Plan { deal, summary, .. } = placement.plan;
+            let (dealer, reserved) = match deal {
+                Deal::OnDemand => (None, Reservation::default()),
+                Deal::Weighted(w) => {
+                    let r = self.reservation(&j.plan, &consumers, &w, &summary);
+                    (Some(Dealer::new(w, self.now)), r)
+                }
+            };
+            let now = self.now;
+            let Some(j) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            for (s, ring) in j.streams.iter_mut().zip(&placement.rings) {
+                s.ring = *ring;
+            }
+            let parts = j.layout.parts();
+            let channels = j.plan.geometry.channels;
+            let full = j.layout.chunk_lines() * j.plan.geometry.line_bytes;
+            j.candidates.clear();
+            j.delivered = 0;
+            for p in 0..parts {
+                let idx = |c: u32| (c * parts + p) as usize;
+                j.part_ring[p as usize] = (0..channels)
+                    .map(|c| j.streams[idx(c)].ring)
+                    .min()
+                    .unwrap_or(0);
+                // Whole chunks landed in order in every stream of the part.
+                let chunks = j.layout.part_chunks(p);
+                let rank = (0..channels)
+                    .map(|c| {
+                        let (s, len) = (&j.streams[idx(c)], j.plan.streams[idx(c)].len);
+                        if s.frontier >= len {
+                            chunks
+                        } else {
+                            s.frontier / full.max(1)
+                        }
+                    })
+                    .min()
+                    .unwrap_or(0)
+                    .min(chunks);
+                j.frontier[p as usize] = rank;
+                j.next_fresh[p as usize] = rank;
+                j.above[p as usize].clear();
+                j.delivered += rank;
+                if rank < chunks {
+                    j.candidates.insert((rank, p));
+                }
+            }
+            j.summary = summary;
+            j.dealer = dealer;
+            j.reserved = reserved;
+            j.stall = None;
+            j.progressed = now;
+            let running = j.resume.take().is_some_and(|(_, r)| r);
+            if j.delivered == j.layout.chunk_count() {
+                j.state = JobState::Delivered;
+                j.reserved = Reservation::default();
+                self.complete_if_read(id, out);
+            } else if running {
+                j.state = JobState::Accepted;
+                if let Some(d) = j.dealer.as_mut() {
+                    d.filled_at = now;
+                }
+                self.start(id, out);
+            } else {
+                j.state = JobState::Accepted;
+            }
+        }
     }
 
     fn on_allocated(
@@ -1947,6 +2195,14 @@ impl Scheduler {
             client,
             reply: Reply::Ok(job),
         });
+        self.start(job, out);
+    }
+
+    /// Starts an accepted (or resumed) job: its producers preload, then compute.
+    fn start(&mut self, job: JobId, out: &mut Vec<Command>) {
+        let Some(j) = self.jobs.get(&job) else {
+            return;
+        };
         let chosen = match &j.dealer {
             Some(d) => d.swrr.nodes().collect(),
             None => {

@@ -1,7 +1,8 @@
 //! The scheduler's durable state across a crash: job ids never repeat, ended jobs stay in
-//! `spate status`, and a job live at the crash is ended as aborted with the reason (not lost,
-//! not reported as anything that did not happen), its reader told why. Nodes stay up and
-//! rejoin a restarted scheduler, and a node paused past its heartbeats rejoins when it wakes.
+//! `spate status`, and a job live at the crash is resumed by the restarted scheduler: a job
+//! waiting for Ready waits again, a running one goes on from where its rings stand, its
+//! readers read it byte-exact and `submit --wait` sees it complete. Nodes stay up and rejoin a
+//! restarted scheduler, and a node paused past its heartbeats rejoins when it wakes.
 //! The state directory is refused, saying what to do, when it holds something that is not
 //! spate's state.
 
@@ -40,8 +41,16 @@ fn ended(s: &serde_json::Value, job: u64) -> Option<serde_json::Value> {
         .cloned()
 }
 
+fn live(s: &serde_json::Value, job: u64) -> Option<serde_json::Value> {
+    s["jobs"]
+        .as_array()?
+        .iter()
+        .find(|e| e["job"].as_u64() == Some(job))
+        .cloned()
+}
+
 #[test]
-fn a_restarted_scheduler_keeps_ids_and_history_and_ends_the_jobs_it_lost() {
+fn a_restarted_scheduler_keeps_ids_and_history_and_resumes_the_jobs_it_left() {
     let mut c = Cluster::start("restart");
     c.node("c0", "--consumer");
     c.node("p0", "--producer");
@@ -74,38 +83,70 @@ fn a_restarted_scheduler_keeps_ids_and_history_and_ends_the_jobs_it_lost() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     c.restart_scheduler();
-    // The nodes stay up and rejoin; the new scheduler knows what happened.
+    // The nodes stay up and rejoin; the new scheduler knows what happened and resumes job 2,
+    // which waits for Ready again.
     c.wait_nodes(&["c0", "p0"]);
     c.check_alive();
     let s = c.status_json().expect("the restarted scheduler answers");
     let e1 = ended(&s, one).unwrap_or_else(|| panic!("job {one} forgotten: {s}"));
     assert_eq!(e1["outcome"], "completed", "{s}");
     assert_eq!(e1["bytes"].as_u64(), Some(4 * MIB), "{s}");
-    let e2 = ended(&s, two).unwrap_or_else(|| panic!("job {two} forgotten: {s}"));
-    assert_eq!(e2["outcome"], "aborted", "{s}");
-    let why = e2["reason"].as_str().unwrap_or_default().to_string();
-    assert!(
-        why.contains("the scheduler stopped while the job was live"),
-        "{s}"
-    );
-    assert_eq!(s["jobs"], serde_json::json!([]), "{s}");
-    // Job 2's reader is told, with that reason, once its consumer rejoined.
+    c.wait_status("job 2 resumed, waiting for Ready", |s| {
+        live(s, two).is_some_and(|j| j["state"] == "waiting-ready")
+    });
+    let out = spate()
+        .args([
+            "ready",
+            &two.to_string(),
+            "--scheduler",
+            &c.sched_ep,
+            "--secret-file",
+        ])
+        .arg(&c.secret)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
     let (code, rep) = finish_read(reader, WAIT);
-    assert_eq!(code, Some(3), "{rep}");
-    assert_eq!(rep["outcome"], "aborted", "{rep}");
-    assert!(
-        rep["error"].as_str().unwrap_or_default().contains(&why),
-        "{rep}"
-    );
+    assert_verified(code, &rep, 4 * MIB);
+    c.wait_status("job 2 completed", |s| {
+        ended(s, two).is_some_and(|e| e["outcome"] == "completed")
+    });
+
+    // Job 3 runs, followed by `submit --wait`, read at 100 Mbit/s, when the scheduler is
+    // killed mid-job: it goes on from where its ring stands, byte-exact, and completes.
+    let total = 24 * MIB;
+    let sub = c.submit_wait(&c.spec("three", &spec(24, 3)));
+    let three = sub.job();
+    assert_eq!(three, two + 1);
+    let streams = sub.streams();
+    let reader = c.read(&streams[0], 3, &["--rate", "100Mbit", "--block", "256KiB"]);
+    c.wait_status("job 3 partly read", |s| {
+        live(s, three).is_some_and(|j| j["read"].as_u64().unwrap_or(0) >= 4 * MIB)
+    });
+    c.restart_scheduler();
+    let (code, rep) = finish_read(reader, WAIT);
+    assert_verified(code, &rep, total);
+    let log = std::fs::read_to_string(&c.daemon("scheduler").log).unwrap();
+    let resumed = format!("resuming a job the last scheduler left live job={three} ");
+    assert!(log.contains(&resumed), "{log}");
+    let (code, outcome, err) = sub.finish(WAIT);
+    assert_eq!(code, Some(0), "{outcome} {err}");
+    assert_eq!(outcome["outcome"], "completed", "{err}");
+    assert!(err.contains("reached the scheduler again"), "{err}");
+    let s = c.status_json().unwrap();
+    let e3 = ended(&s, three).unwrap_or_else(|| panic!("job {three} forgotten: {s}"));
+    assert_eq!(e3["outcome"], "completed", "{s}");
+    assert_eq!(s["jobs"], serde_json::json!([]), "{s}");
     // New jobs continue the numbering, on the same nodes.
-    let n = submit(&c, "three", &spec(1, 3), &["--ready"]);
-    assert_eq!(n["job"].as_u64(), Some(two + 1), "{n}");
-    let reader = c.read(&n["streams"][0], 3, &[]);
+    let n = submit(&c, "four", &spec(1, 4), &["--ready"]);
+    assert_eq!(n["job"].as_u64(), Some(three + 1), "{n}");
+    let reader = c.read(&n["streams"][0], 4, &[]);
     let (code, rep) = finish_read(reader, WAIT);
     assert_verified(code, &rep, MIB);
     let log = std::fs::read_to_string(&c.daemon("c0").log).unwrap();
     assert!(log.contains("lost the scheduler"), "{log}");
     assert!(log.contains("rejoined the scheduler"), "{log}");
+    c.check_alive();
 }
 
 #[test]

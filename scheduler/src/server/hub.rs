@@ -115,6 +115,24 @@ struct JobInfo {
     producers: BTreeSet<String>,
 }
 
+/// How a ring's backing is written in the durable state.
+fn backing_name(b: RingBacking) -> &'static str {
+    match b {
+        RingBacking::HugeTlb => "hugetlb",
+        RingBacking::TransparentHuge => "thp",
+        RingBacking::Plain => "plain",
+    }
+}
+
+/// See [`backing_name`].
+fn backing_of(s: &str) -> RingBacking {
+    match s {
+        "hugetlb" => RingBacking::HugeTlb,
+        "thp" => RingBacking::TransparentHuge,
+        _ => RingBacking::Plain,
+    }
+}
+
 /// Checks a job's kernel parameters and inputs at submit, as a producer's preload would
 /// (`read` gives an input's bytes from the file service); the binary that runs the server
 /// wires the kernels' checks in (the scheduler knows no kernel).
@@ -157,6 +175,10 @@ pub struct Hub {
     store: Option<super::state::Store>,
     /// Ended jobs an earlier run of the scheduler recorded, newest first.
     restored: Vec<proto::EndedJob>,
+    /// The spec and input names of the job being submitted, for the durable state.
+    submitting: Option<(String, Vec<String>)>,
+    /// Jobs handed back to the core at start and not resumed yet.
+    resuming: BTreeSet<JobId>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -190,12 +212,15 @@ impl Hub {
             metrics: None,
             store: None,
             restored: Vec::new(),
+            submitting: None,
+            resuming: BTreeSet::new(),
         }
     }
 
     /// Keeps durable state in `store` from now on: job ids continue from it, its ended jobs
     /// are listed after this run's, and the jobs that were live when the last scheduler stopped
-    /// are ended as aborted (they are not resumed). Returns those jobs' ids.
+    /// are resumed when their rings were allocated (they go on once their consumers rejoin and
+    /// report them), else ended as aborted. Returns the ids of the jobs ended so.
     pub fn set_store(
         &mut self,
         mut store: super::state::Store,
@@ -207,6 +232,11 @@ impl Hub {
         let mut ended = l.ended;
         let mut gone = Vec::new();
         for j in &l.live {
+            if let Some(r) = &j.resume
+                && self.resume(j, r)
+            {
+                continue;
+            }
             let e = super::state::SavedEnd {
                 id: j.id,
                 name: j.name.clone(),
@@ -227,6 +257,60 @@ impl Hub {
         self.restored = ended.iter().map(restored_entry).collect();
         self.store = Some(store);
         Ok(gone)
+    }
+
+    /// Hands a job an earlier run admitted back to the core (see [`Event::Resume`]), with what
+    /// readers and watchers need kept here. False when its spec no longer parses.
+    fn resume(&mut self, j: &super::state::SavedJob, r: &super::state::SavedResume) -> bool {
+        let mut plan = match JobPlan::parse(&j.spec) {
+            Ok(p) if p.streams.len() == r.streams.len() => p,
+            Ok(_) => return false,
+            Err(e) => {
+                tracing::warn!(job = j.id, error = %e, "a live job's saved spec does not parse");
+                return false;
+            }
+        };
+        plan.chunk_lines = Some(r.chunk_lines);
+        let id = JobId(j.id);
+        let slots = r
+            .streams
+            .iter()
+            .map(|st| Slot {
+                node: st.node.clone(),
+                alloc: Some((
+                    StreamKey(st.key),
+                    PathBuf::from(&st.handoff),
+                    backing_of(&st.backing),
+                )),
+                read_pos: 0,
+                frontier: 0,
+                ring: 0,
+            })
+            .collect();
+        self.jobs.insert(
+            id,
+            JobInfo {
+                submitter: u64::MAX,
+                name: plan.name.clone().unwrap_or_default(),
+                slots,
+                watchers: BTreeSet::new(),
+                sent: None,
+                sent_at: 0,
+                submitted_at: self.now,
+                started_at: r.running.then_some(self.now),
+                producers: BTreeSet::new(),
+            },
+        );
+        let keys = r.streams.iter().map(|s| s.key as u64).collect();
+        tracing::info!(job = j.id, name = %j.name, "resuming a job the last scheduler left live");
+        self.resuming.insert(id);
+        self.feed(Event::Resume {
+            job: id,
+            plan: Box::new(plan),
+            keys,
+            running: r.running,
+        });
+        true
     }
 
     /// Writes to the durable state; a failure is logged (the scheduler goes on without it).
@@ -642,6 +726,7 @@ impl Hub {
                 self.feed(Event::Ready { client, job: id });
                 let after = self.core.job(id).map(|j| j.state);
                 if before == Some(core::JobState::Accepted) && after != before {
+                    self.persist("a started job", |s| s.started(id.0));
                     let now = self.now;
                     if let Some(j) = self.jobs.get_mut(&id) {
                         j.started_at = Some(now);
@@ -791,11 +876,16 @@ impl Hub {
     }
 
     fn on_submit(&mut self, conn: ConnId, spec_toml: String, inputs: Vec<String>) {
-        match self.checked_plan(&spec_toml, inputs) {
-            Ok(plan) => self.feed(Event::Submit {
-                client: ClientId(conn),
-                spec: Submission::Plan(Box::new(plan)),
-            }),
+        match self.checked_plan(&spec_toml, inputs.clone()) {
+            Ok(plan) => {
+                // Kept with the job if the core admits it (a restarted scheduler resumes it).
+                self.submitting = Some((spec_toml, inputs));
+                self.feed(Event::Submit {
+                    client: ClientId(conn),
+                    spec: Submission::Plan(Box::new(plan)),
+                });
+                self.submitting = None;
+            }
             Err((reason, message)) => {
                 tracing::info!(conn, "job refused: {message}");
                 self.send(conn, Message::Refused { reason, message });
@@ -1020,6 +1110,24 @@ impl Hub {
         while let Some(ev) = self.events.pop_front() {
             let cmds = self.core.handle(self.now, ev);
             self.apply(cmds);
+        }
+        // Resumed jobs that went on (or ended).
+        if !self.resuming.is_empty() {
+            let core = &self.core;
+            self.resuming.retain(|id| match core.job(*id) {
+                Some(st) if st.state == core::JobState::Resuming => true,
+                Some(st) => {
+                    tracing::info!(
+                        job = id.0,
+                        chunks_landed = st.delivered,
+                        chunks = st.chunks,
+                        state = ?st.state,
+                        "job resumed: its consumers reported where its streams stand"
+                    );
+                    false
+                }
+                None => false,
+            });
         }
         // Jobs the core forgot (refused while allocating) are forgotten here too.
         let core = &self.core;
@@ -1266,10 +1374,14 @@ impl Hub {
                 producers: BTreeSet::new(),
             },
         );
+        let (spec, inputs) = self.submitting.take().unwrap_or_default();
         let saved = super::state::SavedJob {
             id: job.0,
             name: plan.name.clone().unwrap_or_default(),
             total: plan.total_bytes(),
+            spec,
+            inputs,
+            resume: None,
         };
         let next = self.core.next_job_id();
         self.persist("an admitted job", |s| s.admit(&saved, next));
@@ -1313,6 +1425,26 @@ impl Hub {
         let msg = match reply {
             Reply::Accepted { job, streams, plan } => {
                 let slots = self.jobs.get(&job).map(|j| j.slots.clone());
+                if let Some(slots) = &slots {
+                    let saved: Vec<super::state::SavedStream> = slots
+                        .iter()
+                        .map(|s| {
+                            let (key, handoff, backing) = s.alloc.clone().unwrap_or((
+                                StreamKey(0),
+                                PathBuf::new(),
+                                RingBacking::Plain,
+                            ));
+                            super::state::SavedStream {
+                                node: s.node.clone(),
+                                key: key.0,
+                                handoff: handoff.to_string_lossy().into_owned(),
+                                backing: backing_name(backing).into(),
+                            }
+                        })
+                        .collect();
+                    let lines = plan.chunk_lines;
+                    self.persist("an accepted job", |s| s.accepted(job.0, lines, &saved));
+                }
                 let streams: Vec<proto::StreamPlacement> = streams
                     .into_iter()
                     .map(|p| {
@@ -1467,6 +1599,9 @@ impl Hub {
             }
             core::JobState::Running => proto::JobState::Running,
             core::JobState::Delivered => proto::JobState::Delivered,
+            // Its producers preload again once its consumers reported; status says so in the
+            // stall reason.
+            core::JobState::Resuming => proto::JobState::Preloading,
         };
         let delivered = if st.state == core::JobState::Delivered {
             total

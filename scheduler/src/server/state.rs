@@ -3,9 +3,11 @@
 //! report about a task of an earlier run never matches a new one), the jobs admitted and not
 //! ended, and the ended jobs' outcomes (the history `spate status` shows).
 //!
-//! A job live when the scheduler stopped is not resumed (what landed lives in the consumers'
-//! rings, and resuming from it is not built): the next start ends it as aborted, with that
-//! reason, so its outcome is recorded as what happened rather than lost.
+//! A live job keeps what a restarted scheduler needs to resume it: its spec and input names,
+//! its chunk size, and once its rings are allocated, each stream's consumer, key, hand-off
+//! socket and backing (what landed lives in the consumers' rings, which they report when they
+//! rejoin). A job that was still allocating its rings is not resumed: the next start ends it
+//! as aborted, with that reason, so its outcome is recorded as what happened rather than lost.
 //!
 //! The database is in WAL mode with `synchronous = NORMAL`: a commit survives a crash of the
 //! scheduler (the log is in the OS's page cache); a power loss may lose the last commits. The
@@ -16,7 +18,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// Version of the schema this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// File name of the database inside the state directory.
 pub const DB_FILE: &str = "scheduler.db";
 
@@ -95,6 +97,36 @@ pub struct SavedJob {
     pub name: String,
     /// Output bytes in all.
     pub total: u64,
+    /// Its spec as submitted (TOML) and the input names the submitter added.
+    pub spec: String,
+    /// See `spec`.
+    pub inputs: Vec<String>,
+    /// Set once its rings are allocated: what resuming it needs.
+    pub resume: Option<SavedResume>,
+}
+
+/// What a restarted scheduler needs to resume a job whose rings were allocated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedResume {
+    /// Lines per chunk (the chunk grid its rings were filled on).
+    pub chunk_lines: u64,
+    /// It was running (Ready taken), not waiting for Ready.
+    pub running: bool,
+    /// Per stream, in order.
+    pub streams: Vec<SavedStream>,
+}
+
+/// A stream's ring, as its consumer allocated it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedStream {
+    /// The consumer's node name.
+    pub node: String,
+    /// The ring's key.
+    pub key: u128,
+    /// The consumer's hand-off socket.
+    pub handoff: String,
+    /// How the ring is backed (`hugetlb`, `thp`, `plain`).
+    pub backing: String,
 }
 
 /// Everything loaded at start.
@@ -121,6 +153,13 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").field("path", &self.path).finish()
     }
+}
+
+fn split_inputs(s: &str) -> Vec<String> {
+    s.split('\n')
+        .filter(|x| !x.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 fn corrupt(path: &Path, e: rusqlite::Error) -> StoreError {
@@ -176,6 +215,23 @@ impl Store {
                  COMMIT;",
             )?;
         }
+        if version < 2 {
+            // Version 2: what resuming a live job needs. Jobs a version-1 scheduler left live
+            // have none of it, and are ended as aborted at this start.
+            conn.execute_batch(
+                "BEGIN;
+                 ALTER TABLE live ADD COLUMN spec TEXT NOT NULL DEFAULT '';
+                 ALTER TABLE live ADD COLUMN inputs TEXT NOT NULL DEFAULT '';
+                 ALTER TABLE live ADD COLUMN chunk_lines INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE live ADD COLUMN phase TEXT NOT NULL DEFAULT 'allocating';
+                 CREATE TABLE IF NOT EXISTS live_streams (
+                     job INTEGER NOT NULL, stream INTEGER NOT NULL, node TEXT NOT NULL,
+                     key TEXT NOT NULL, handoff TEXT NOT NULL, backing TEXT NOT NULL,
+                     PRIMARY KEY (job, stream));
+                 PRAGMA user_version = 2;
+                 COMMIT;",
+            )?;
+        }
         for f in [
             path.clone(),
             dir.join(format!("{DB_FILE}-wal")),
@@ -221,18 +277,50 @@ impl Store {
 
     /// Everything stored.
     pub fn load(&self) -> Result<Loaded, StoreError> {
-        let mut q = self
-            .conn
-            .prepare("SELECT id, name, total FROM live ORDER BY id")?;
-        let live = q
+        let mut q = self.conn.prepare(
+            "SELECT id, name, total, spec, inputs, chunk_lines, phase FROM live ORDER BY id",
+        )?;
+        let rows = q
             .query_map([], |r| {
-                Ok(SavedJob {
-                    id: r.get::<_, i64>(0)? as u64,
-                    name: r.get(1)?,
-                    total: r.get::<_, i64>(2)? as u64,
-                })
+                Ok((
+                    SavedJob {
+                        id: r.get::<_, i64>(0)? as u64,
+                        name: r.get(1)?,
+                        total: r.get::<_, i64>(2)? as u64,
+                        spec: r.get(3)?,
+                        inputs: split_inputs(&r.get::<_, String>(4)?),
+                        resume: None,
+                    },
+                    r.get::<_, i64>(5)? as u64,
+                    r.get::<_, String>(6)?,
+                ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
+        let mut q = self.conn.prepare(
+            "SELECT node, key, handoff, backing FROM live_streams WHERE job = ?1 ORDER BY stream",
+        )?;
+        let mut live = Vec::with_capacity(rows.len());
+        for (mut j, chunk_lines, phase) in rows {
+            if phase != "allocating" && chunk_lines > 0 {
+                let streams = q
+                    .query_map([j.id as i64], |r| {
+                        let key: String = r.get(1)?;
+                        Ok(SavedStream {
+                            node: r.get(0)?,
+                            key: u128::from_str_radix(&key, 16).unwrap_or(0),
+                            handoff: r.get(2)?,
+                            backing: r.get(3)?,
+                        })
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                j.resume = Some(SavedResume {
+                    chunk_lines,
+                    running: phase == "running",
+                    streams,
+                });
+            }
+            live.push(j);
+        }
         let mut q = self.conn.prepare(
             "SELECT id, name, outcome, reason, total, delivered, read, duration_ms FROM ended \
              ORDER BY id",
@@ -269,8 +357,15 @@ impl Store {
     pub fn admit(&mut self, j: &SavedJob, next_job: u64) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         tx.execute(
-            "INSERT OR REPLACE INTO live (id, name, total) VALUES (?1, ?2, ?3)",
-            params![j.id as i64, j.name, j.total as i64],
+            "INSERT OR REPLACE INTO live (id, name, total, spec, inputs, chunk_lines, phase)
+             VALUES (?1, ?2, ?3, ?4, ?5, 0, 'allocating')",
+            params![
+                j.id as i64,
+                j.name,
+                j.total as i64,
+                j.spec,
+                j.inputs.join("\n")
+            ],
         )?;
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('next_job', ?1)
@@ -281,11 +376,53 @@ impl Store {
         Ok(())
     }
 
+    /// Records that a live job's rings are allocated (on `streams`, in order) on a grid of
+    /// `chunk_lines`: from now on a restarted scheduler resumes it.
+    pub fn accepted(
+        &mut self,
+        id: u64,
+        chunk_lines: u64,
+        streams: &[SavedStream],
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE live SET chunk_lines = ?2, phase = 'accepted' WHERE id = ?1",
+            params![id as i64, chunk_lines as i64],
+        )?;
+        tx.execute("DELETE FROM live_streams WHERE job = ?1", [id as i64])?;
+        for (i, st) in streams.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO live_streams (job, stream, node, key, handoff, backing)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    id as i64,
+                    i as i64,
+                    st.node,
+                    format!("{:032x}", st.key),
+                    st.handoff,
+                    st.backing
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records that a live job started running (its Ready was taken).
+    pub fn started(&mut self, id: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE live SET phase = 'running' WHERE id = ?1 AND phase = 'accepted'",
+            [id as i64],
+        )?;
+        Ok(())
+    }
+
     /// Records how a job ended (it is no longer live), forgetting the oldest ended jobs past
     /// the bound.
     pub fn end(&mut self, e: &SavedEnd) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         tx.execute("DELETE FROM live WHERE id = ?1", [e.id as i64])?;
+        tx.execute("DELETE FROM live_streams WHERE job = ?1", [e.id as i64])?;
         tx.execute(
             "INSERT OR REPLACE INTO ended (id, name, outcome, reason, total, delivered, read,
              duration_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -330,6 +467,9 @@ mod tests {
             id,
             name: format!("job{id}"),
             total: 100,
+            spec: format!("name = \"job{id}\"\n"),
+            inputs: vec!["a.png".into(), "b.png".into()],
+            resume: None,
         }
     }
 
@@ -376,6 +516,90 @@ mod tests {
     }
 
     #[test]
+    fn a_live_job_keeps_what_resuming_it_needs() {
+        let d = dir("resume");
+        let streams = vec![
+            SavedStream {
+                node: "c0".into(),
+                key: u128::MAX - 7,
+                handoff: "/run/spate/c0.handoff".into(),
+                backing: "hugetlb".into(),
+            },
+            SavedStream {
+                node: "c1".into(),
+                key: 42,
+                handoff: "/run/spate/c1.handoff".into(),
+                backing: "plain".into(),
+            },
+        ];
+        let mut want = job(2);
+        {
+            let mut s = Store::open(&d, 2).unwrap();
+            s.admit(&job(2), 3).unwrap();
+            // Allocating: nothing to resume from yet.
+            assert_eq!(s.load().unwrap().live, vec![job(2)]);
+            s.accepted(2, 7, &streams).unwrap();
+        }
+        let mut s = Store::open(&d, 2).unwrap();
+        want.resume = Some(SavedResume {
+            chunk_lines: 7,
+            running: false,
+            streams: streams.clone(),
+        });
+        assert_eq!(s.load().unwrap().live, vec![want.clone()]);
+        s.started(2).unwrap();
+        want.resume.as_mut().unwrap().running = true;
+        assert_eq!(s.load().unwrap().live, vec![want]);
+        // Ended: neither the job nor its streams stay.
+        s.end(&end(2)).unwrap();
+        assert!(s.load().unwrap().live.is_empty());
+        s.admit(&job(2), 3).unwrap();
+        assert_eq!(s.load().unwrap().live, vec![job(2)]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_version_1_state_is_upgraded_and_its_live_jobs_are_not_resumable() {
+        let d = dir("v1");
+        std::fs::create_dir_all(&d).unwrap();
+        {
+            let c = Connection::open(d.join(DB_FILE)).unwrap();
+            c.execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+                 CREATE TABLE live (id INTEGER PRIMARY KEY, name TEXT NOT NULL,
+                     total INTEGER NOT NULL);
+                 CREATE TABLE ended (id INTEGER PRIMARY KEY, name TEXT NOT NULL,
+                     outcome TEXT NOT NULL, reason TEXT NOT NULL, total INTEGER NOT NULL,
+                     delivered INTEGER NOT NULL, read INTEGER NOT NULL,
+                     duration_ms INTEGER NOT NULL);
+                 INSERT INTO live VALUES (9, 'old', 100);
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&d, 2).unwrap();
+        let l = s.load().unwrap();
+        assert_eq!(l.next_job, 10);
+        assert_eq!(
+            l.live,
+            vec![SavedJob {
+                id: 9,
+                name: "old".into(),
+                total: 100,
+                spec: String::new(),
+                inputs: vec![],
+                resume: None,
+            }]
+        );
+        let v: i64 = s
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
     fn the_directory_and_database_are_owner_only() {
         use std::os::unix::fs::PermissionsExt;
         let d = dir("mode");
@@ -395,7 +619,7 @@ mod tests {
         }
         let e = Store::open(&d, 2).unwrap_err().to_string();
         assert!(
-            e.contains("schema version 9, newer than this spate's 1"),
+            e.contains("schema version 9, newer than this spate's 2"),
             "{e}"
         );
         assert!(e.contains("move the file away"), "{e}");

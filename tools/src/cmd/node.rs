@@ -625,7 +625,7 @@ fn humantime(d: Duration) -> String {
 
 /// Delay before reconnect attempt `n` (0, 1, ...): 100 ms doubling to 2 s, each between half
 /// and all of that (jitter, so nodes that lost the same scheduler do not come back at once).
-fn backoff(n: u32, r: u64) -> Duration {
+pub(crate) fn backoff(n: u32, r: u64) -> Duration {
     let base = 100u64.saturating_mul(1 << n.min(5)).min(2000);
     Duration::from_millis(base / 2 + r % (base / 2 + 1))
 }

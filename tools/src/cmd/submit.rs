@@ -6,7 +6,9 @@ use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use serde_json::json;
 use spate_netlib::endpoint::Endpoint;
-use spate_netlib::proto::{JobId, JobOutcome, JobState, Message, RefuseReason, StreamPlacement};
+use spate_netlib::proto::{
+    ErrorKind, JobId, JobOutcome, JobState, Message, RefuseReason, StreamPlacement,
+};
 use spate_scheduler::server::user::{DEFAULT_ENDPOINT, User, UserError};
 use spate_scheduler::spec::{JobPlan, Kernel};
 
@@ -34,9 +36,11 @@ the job goes on after this command exits.\n\n\
 --wait ends with the job's chunk latencies (task created -> released in order at the consumers, \
 measured by the scheduler and sent as a histogram): p50, p99, max; --hgrm FILE also writes \
 their percentile distribution in HdrHistogram's .hgrm text format.\n\n\
+With --wait, a scheduler that goes away is reached again (with back-off) for --reconnect-for, \
+and the job is followed on: a scheduler restarted on the same state resumes it.\n\n\
 Exit status: 0 accepted (with --wait: completed); 6 refused (the message says why and how to \
-fix it); 3 (--wait) the job was aborted or cancelled; 4 (--wait) the scheduler stopped or died \
-first; 7 no scheduler at the endpoint; 1 any other error (see `spate --help` for the table). \
+fix it); 3 (--wait) the job was aborted or cancelled; 4 (--wait) the scheduler stayed away \
+past --reconnect-for or no longer knows the job; 7 no scheduler at the endpoint; 1 any other error (see `spate --help` for the table). \
 --json prints JSON lines: the acceptance (or refusal), then with --wait the outcome.",
     after_help = "Examples:\n  \
 spate submit poster.toml --ready --wait\n  \
@@ -65,6 +69,13 @@ pub struct Args {
     /// With --wait: write the chunk latencies' percentile distribution (.hgrm) to FILE.
     #[arg(long, value_name = "FILE", requires = "wait")]
     pub hgrm: Option<PathBuf>,
+    /// With --wait: how long to try to reach a scheduler that went away, e.g. 30s.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_reconnect)]
+    pub reconnect_for: std::time::Duration,
+}
+
+fn parse_reconnect(s: &str) -> Result<std::time::Duration, String> {
+    spate_scheduler::spec::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// The `spate read` command for one stream (pattern jobs get `--verify SEED:STREAM`).
@@ -228,7 +239,48 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     if !a.wait {
         return Ok(0);
     }
-    follow(&mut user, job, a.json, a.hgrm.as_deref())
+    let again = Reconnect {
+        scheduler: &a.scheduler,
+        secret_file: a.secret_file.as_deref(),
+        for_: a.reconnect_for,
+    };
+    follow(user, job, a.json, a.hgrm.as_deref(), &again)
+}
+
+/// Where and how long `--wait` tries to reach the scheduler again.
+struct Reconnect<'a> {
+    scheduler: &'a Endpoint,
+    secret_file: Option<&'a std::path::Path>,
+    for_: std::time::Duration,
+}
+
+impl Reconnect<'_> {
+    /// Connects again with back-off (100 ms doubling to 2 s, jittered) until it works or
+    /// `for_` passed.
+    fn connect(&self) -> Option<User> {
+        use std::hash::BuildHasher;
+        let jitter = std::collections::hash_map::RandomState::new();
+        let deadline = std::time::Instant::now() + self.for_;
+        let mut n = 0u32;
+        while std::time::Instant::now() < deadline {
+            std::thread::sleep(super::node::backoff(n, jitter.hash_one(n)));
+            n = n.saturating_add(1);
+            let Ok(secret) =
+                spate_scheduler::server::user::load_secret(self.secret_file, self.scheduler)
+            else {
+                continue;
+            };
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if let Ok(u) = User::connect(
+                self.scheduler,
+                &secret,
+                left.min(std::time::Duration::from_secs(2)),
+            ) {
+                return Some(u);
+            }
+        }
+        None
+    }
 }
 
 /// Sends a request and waits for its Ack (an Error fails).
@@ -242,24 +294,52 @@ fn ack(user: &mut User, msg: &Message, job: JobId, what: &str) -> anyhow::Result
 }
 
 fn follow(
-    user: &mut User,
+    mut user: User,
     job: JobId,
     json_out: bool,
     hgrm: Option<&std::path::Path>,
+    again: &Reconnect<'_>,
 ) -> anyhow::Result<i32> {
-    let (outcome, latency) = match watch(user, job, json_out) {
-        Ok(o) => o,
-        Err(e @ (UserError::Lost | UserError::Shutdown(_))) => {
-            if json_out {
-                println!(
-                    "{}",
-                    json!({"job": job.0, "outcome": "unknown", "error": e.to_string()})
-                );
-            }
-            eprintln!("spate submit: {e}; the outcome of job {} is unknown", job.0);
-            return Ok(EXIT_LOST);
+    let lost = |why: String| {
+        if json_out {
+            println!(
+                "{}",
+                json!({"job": job.0, "outcome": "unknown", "error": why})
+            );
         }
-        Err(e) => return Err(e.into()),
+        eprintln!(
+            "spate submit: {why}; the outcome of job {} is unknown",
+            job.0
+        );
+        Ok(EXIT_LOST)
+    };
+    let (outcome, latency) = loop {
+        match watch(&mut user, job, json_out) {
+            Ok(Watched::Ended(o, l)) => break (o, l),
+            Ok(Watched::Unknown(m)) => return lost(format!("the scheduler says: {m}")),
+            Err(e @ (UserError::Lost | UserError::Shutdown(_) | UserError::Msg(_))) => {
+                eprintln!(
+                    "spate submit: {e}; trying to reach the scheduler again for {} s",
+                    again.for_.as_secs()
+                );
+                match again.connect() {
+                    Some(u) => {
+                        eprintln!(
+                            "spate submit: reached the scheduler again; following job {}",
+                            job.0
+                        );
+                        user = u;
+                    }
+                    None => {
+                        return lost(format!(
+                            "{e}, and it was not reachable again for {} s",
+                            again.for_.as_secs()
+                        ));
+                    }
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
     };
     let (name, reason) = match &outcome {
         JobOutcome::Completed => ("completed", None),
@@ -323,17 +403,22 @@ fn latency_summary(h: &Histogram<u64>) -> Option<serde_json::Value> {
 
 /// Follows a job to JobEnded (with the chunk latencies of a completed job). The scheduler
 /// completes a delivered job by itself once every stream was read to its end.
-fn watch(
-    user: &mut User,
-    job: JobId,
-    json_out: bool,
-) -> Result<(JobOutcome, Option<Histogram<u64>>), UserError> {
+enum Watched {
+    /// How it ended, with the chunk latencies of a completed job.
+    Ended(JobOutcome, Option<Histogram<u64>>),
+    /// The scheduler does not know it (what it said).
+    Unknown(String),
+}
+
+fn watch(user: &mut User, job: JobId, json_out: bool) -> Result<Watched, UserError> {
     user.send(&Message::Watch { job })?;
     let mut last_state = None;
     let mut latency = None;
     loop {
         match user.recv()? {
-            Message::JobEnded { job: j, outcome } if j == job => return Ok((outcome, latency)),
+            Message::JobEnded { job: j, outcome } if j == job => {
+                return Ok(Watched::Ended(outcome, latency));
+            }
             Message::JobStats {
                 job: j,
                 chunk_latency_hdr,
@@ -354,6 +439,13 @@ fn watch(
                 } else {
                     eprintln!("job {}: warning: {message}", job.0);
                 }
+            }
+            Message::Error {
+                kind: ErrorKind::UnknownJob,
+                message,
+            } => {
+                // The scheduler does not know the job (it restarted without its state).
+                return Ok(Watched::Unknown(message));
             }
             Message::Error { message, .. } => {
                 eprintln!("spate submit: the scheduler says: {message}");

@@ -8,10 +8,13 @@
 //!   busy time, so concurrent pieces do not count twice).
 //!
 //! Fits are exponentially weighted least squares (`alpha` per sample), so estimates follow a
-//! drifting producer within a few tasks. When the sizes seen do not vary enough to separate
-//! the fixed cost from the rate (every chunk of a job is the same size), the fixed cost stays
-//! at its prior and the rate is what remains. Announced figures (node config) seed an
-//! estimate until the first measurement; without them, per-kernel defaults do.
+//! drifting producer within a few tasks. Every chunk of a job is the same size, so within the
+//! last few tasks the sizes rarely vary enough to separate the fixed cost from the rate; a
+//! second, slow fit ([`SLOW_ALPHA`], about the last hundred tasks) spans jobs of different
+//! chunk sizes and gives the fixed cost then, the fast fit the rate that remains. With neither
+//! (one chunk size ever seen), the fixed cost stays at its prior. Announced figures (node
+//! config) seed an estimate until the first measurement; without them, per-kernel defaults
+//! do.
 
 use std::collections::BTreeMap;
 
@@ -68,26 +71,77 @@ impl Fit {
     /// `prior_a` (at most half the mean `y`) and the slope what remains. None before any
     /// sample.
     pub fn solve(&self, prior_a: f64) -> Option<(f64, f64)> {
-        if self.samples == 0 || self.w <= 0.0 {
-            return None;
+        if let Some(ab) = self.fitted() {
+            return Some(ab);
         }
-        let mx = self.sx / self.w;
-        let my = self.sy / self.w;
-        let var = self.sxx / self.w - mx * mx;
-        // A fit needs some spread in sizes (5 %) over 3 samples; its intercept stays below
-        // half the mean time, so nearly equal sizes cannot make a fixed cost larger than the
-        // work. (A stricter rule, 8 samples and 25 % spread, kept the prior overhead after a
-        // calibration of equal chunks; the planner then chose one-line chunks whose real
-        // per-chunk cost cut delivery to a third in `bench policy`.)
-        if self.samples >= 3 && var > (0.05 * mx) * (0.05 * mx) {
-            let b = (self.sxy / self.w - mx * my) / var;
-            let a = my - b * mx;
-            if b > 0.0 && a >= 0.0 && a <= 0.5 * my {
-                return Some((a, b));
-            }
-        }
+        let (mx, my) = self.means()?;
         let a = prior_a.clamp(0.0, 0.5 * my);
         Some((a, ((my - a) / mx).max(1e-15)))
+    }
+
+    /// [`Fit::solve`], taking the intercept from `slow` (a fit over a longer past) when this one
+    /// cannot separate it: at most 90 % of this fit's mean time.
+    pub fn solve_with(&self, slow: &Fit, prior_a: f64) -> Option<(f64, f64)> {
+        if let Some(ab) = self.fitted() {
+            return Some(ab);
+        }
+        let (mx, my) = self.means()?;
+        match slow.fitted() {
+            Some((a, _)) => {
+                let a = a.min(0.9 * my);
+                Some((a, ((my - a) / mx).max(1e-15)))
+            }
+            None => self.solve(prior_a),
+        }
+    }
+
+    /// Mean size and mean time.
+    fn means(&self) -> Option<(f64, f64)> {
+        (self.samples > 0 && self.w > 0.0).then(|| (self.sx / self.w, self.sy / self.w))
+    }
+
+    /// The least-squares `(a, b)` when the sizes seen separate them.
+    fn fitted(&self) -> Option<(f64, f64)> {
+        let (mx, my) = self.means()?;
+        let var = self.sxx / self.w - mx * mx;
+        // A fit needs some spread in sizes (5 %) over 3 samples. With a small spread (under
+        // 25 %) its intercept stays below half the mean time, so nearly equal sizes cannot
+        // make a fixed cost larger than the work; sizes far apart are trusted further. (A
+        // stricter rule, 8 samples and 25 % spread, kept the prior overhead after a
+        // calibration of equal chunks; the planner then chose one-line chunks whose real
+        // per-chunk cost cut delivery to a third in `bench policy`.)
+        if self.samples < 3 || var <= (0.05 * mx) * (0.05 * mx) {
+            return None;
+        }
+        let b = (self.sxy / self.w - mx * my) / var;
+        let a = my - b * mx;
+        let cap = if var >= (0.25 * mx) * (0.25 * mx) {
+            0.95
+        } else {
+            0.5
+        };
+        (b > 0.0 && a >= 0.0 && a <= cap * my).then_some((a, b))
+    }
+}
+
+/// Weight of each sample in the slow fits that give fixed costs (see the module notes).
+pub const SLOW_ALPHA: f64 = 0.02;
+
+/// A fast fit (rates that drift) and a slow one (fixed costs, across chunk sizes).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Pair {
+    fast: Fit,
+    slow: Fit,
+}
+
+impl Pair {
+    fn add(&mut self, x: f64, y: f64, alpha: f64) {
+        self.fast.add(x, y, alpha);
+        self.slow.add(x, y, SLOW_ALPHA.min(alpha));
+    }
+
+    fn solve(&self, prior_a: f64) -> Option<(f64, f64)> {
+        self.fast.solve_with(&self.slow, prior_a)
     }
 }
 
@@ -170,8 +224,8 @@ pub struct Link {
 pub struct Capacities {
     /// Settings.
     pub config: CapacityConfig,
-    compute: BTreeMap<(String, String), Fit>,
-    links: BTreeMap<(String, String), (Fit, bool)>,
+    compute: BTreeMap<(String, String), Pair>,
+    links: BTreeMap<(String, String), (Pair, bool)>,
 }
 
 impl Capacities {
@@ -221,7 +275,7 @@ impl Capacities {
                 rate: (1.0 / b).min(1e13),
                 overhead: a,
                 source: Source::Measured,
-                samples: fit.samples,
+                samples: fit.fast.samples,
             };
         }
         if announced > 0 {
@@ -260,7 +314,7 @@ impl Capacities {
         Some(Link {
             rate: (1.0 / b).min(1e13),
             overhead: a,
-            samples: fit.samples,
+            samples: fit.fast.samples,
         })
     }
 
@@ -343,6 +397,33 @@ mod tests {
         let after = c.compute("p", "rip", 0, 1).rate_at((1 << 20) as f64);
         // After 8 tasks at a tenth, the estimate is within 15 % of the new rate.
         assert!(after < 11.5e6, "{after}");
+    }
+
+    #[test]
+    fn jobs_of_two_chunk_sizes_give_the_fixed_cost_the_last_one_alone_cannot() {
+        // t = 30 ms + s / 100 MB/s (a producer throttled by a CPU quota): a job of 4 MB
+        // chunks, then one of 1 MB chunks. The last tasks are all 1 MB: alone they cannot
+        // tell the fixed cost from the rate; the slow fit spans both jobs.
+        let t = |s: f64| 30e-3 + s / 100e6;
+        let mut c = Capacities::default();
+        for _ in 0..40 {
+            c.observe_compute("p", "rip", 4_000_000, t(4e6));
+        }
+        for _ in 0..20 {
+            c.observe_compute("p", "rip", 1_000_000, t(1e6));
+        }
+        let e = c.compute("p", "rip", 0, 1);
+        assert!(close(e.overhead, 30e-3, 0.01), "{e:?}");
+        assert!(close(e.rate, 100e6, 0.02), "{e:?}");
+        // So the rate at 1 MB chunks is what it was (25 MB/s), and at 4 MB what that was.
+        assert!(close(e.rate_at(1e6), 1e6 / t(1e6), 0.02), "{e:?}");
+        assert!(close(e.rate_at(4e6), 4e6 / t(4e6), 0.02), "{e:?}");
+        // One chunk size only: the prior fixed cost stands (0.2 ms).
+        let mut one = Capacities::default();
+        for _ in 0..40 {
+            one.observe_compute("p", "rip", 4_000_000, t(4e6));
+        }
+        assert_eq!(one.compute("p", "rip", 0, 1).overhead, 0.2e-3);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! consumer node and producers made unequal by CPU quotas (one cgroup per producer daemon), the
 //! same scenarios run under `tclo` and under `load-balance`, side by side:
 //!
+//! - warm-up: a short job of small chunks (not counted), so that the scheduler sees two chunk
+//!   sizes and can tell fixed costs per chunk from rates;
 //! - calibration: an unconstrained job read as fast as possible measures what the cluster can
 //!   do (`T`), and each producer's part of it; it also warms the scheduler's estimates;
 //! - S1: a rate of 0.8 T, readers reading at that rate;
@@ -97,6 +99,9 @@ fn remove_run_dir() -> usize {
 const TOOL: &str = "spate bench policy";
 /// The calibration job's chunk: 29 lines of 36000 bytes, about 1 MiB per channel.
 const CALIBRATION_CHUNK_LINES: u64 = 29;
+/// The warm-up job's chunk: a quarter of the calibration's, so that the scheduler has seen two
+/// chunk sizes and can tell each producer's fixed cost per chunk from its rate.
+const WARMUP_CHUNK_LINES: u64 = 7;
 /// Smallest job: a few chunks per producer even at low rates.
 const MIN_LINES: u64 = 256;
 /// The consumer of every stream.
@@ -864,12 +869,32 @@ fn scenarios(
 
     // Calibration: load-balance keeps every producer busy on demand, whatever the estimates
     // say, so it reaches what the producers can do together.
-    b.progress.start("calibration");
     let guess: f64 = setups
         .iter()
         .map(|s| s.announced_gbit_per_s * 1e9 / 8.0)
         .sum::<f64>()
         .min(ingress);
+    // Warm-up: a short job of small chunks, read as fast as possible and checked; not counted.
+    // Without a second chunk size, no measurement separates a producer's fixed cost per chunk
+    // (large under a CPU quota: a throttled producer waits out the period) from its rate.
+    b.progress.start("warm-up (small chunks)");
+    let mut warm = ask("warm-up", "load-balance", guess * secs / 3.0);
+    warm.chunk_lines = Some(WARMUP_CHUNK_LINES);
+    let digests = b.digests(&warm)?;
+    let live = match b.submit(&warm)? {
+        Answer::Live(l) => l,
+        Answer::Refused(_, m) => bail!("the warm-up job was refused: {m}"),
+    };
+    let (id, submitted, _, bytes, h) = Bench::follow(*live);
+    let f = b.join(id, h, job_limit(bytes, guess / 8.0));
+    let mut warm_run = Run::new("warm-up", "load-balance", 1);
+    apply_finished(&mut warm_run, f, submitted, &digests);
+    if let Some(e) = &warm_run.error {
+        bail!("the warm-up job failed: {e}");
+    }
+    b.progress.done();
+
+    b.progress.start("calibration");
     let mut cal_ask = ask("calibration", "load-balance", guess * secs);
     cal_ask.chunk_lines = Some(CALIBRATION_CHUNK_LINES);
     let digests = b.digests(&cal_ask)?;

@@ -250,9 +250,11 @@ impl NodeMetrics {
                             let t = st.expels.remove(&task.0).unwrap_or_default();
                             (t, st.computed.remove(&task.0))
                         };
-                        // The chunk was computed here: count it once.
+                        // The chunk was computed here (the producer reports compute and
+                        // expel in one TaskDone): count its compute once.
                         if !counted {
                             self.computed.inc_by(*bytes);
+                            self.tasks.with_label_values(&["compute", "done"]).inc();
                         }
                         self.task_rate.set(rate(*bytes));
                         if *compute_micros > 0 {
@@ -542,6 +544,11 @@ mod tests {
         has(
             &s,
             "spate_producer_tasks_total{kind=\"compute\",node=\"n1\",outcome=\"failed\"} 1",
+        );
+        // Task 6 reported its compute alone, task 7 with its expel: two computes done.
+        has(
+            &s,
+            "spate_producer_tasks_total{kind=\"compute\",node=\"n1\",outcome=\"done\"} 2",
         );
     }
 }

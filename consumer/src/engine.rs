@@ -483,6 +483,17 @@ impl ConsumerEngine {
         gone.len()
     }
 
+    /// Drop every ring, telling the readers of streams not finished why (`message`). Returns
+    /// how many were released.
+    pub fn release_all(&self, reason: AbortReason, message: &str) -> usize {
+        let mut jobs: Vec<u64> = lock(&self.table).keys().map(|k| k.0).collect();
+        jobs.sort_unstable();
+        jobs.dedup();
+        jobs.into_iter()
+            .map(|j| self.release_with(j, reason, message))
+            .sum()
+    }
+
     /// The state of every stream.
     pub fn streams(&self) -> Vec<StreamState> {
         let entries: Vec<((u64, u32), Arc<Entry>)> = lock(&self.table)

@@ -208,3 +208,73 @@ fn a_state_directory_holding_something_else_is_refused_saying_what_to_do() {
     assert!(!dir.join("s.sock").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_scheduler_that_stays_away_ends_the_job_for_its_readers_and_submitter_saying_why() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    let mut c = Cluster::start("away");
+    let args = c.node_args("c0", "--consumer", None, &["--reconnect-for", "2s"]);
+    c.spawn_daemon("c0", &args);
+    let args = c.node_args("p0", "--producer", None, &["--reconnect-for", "2s"]);
+    c.spawn_daemon("p0", &args);
+    c.wait_nodes(&["c0", "p0"]);
+    let mut sub = spate()
+        .arg("submit")
+        .arg(c.spec("away", &spec(64, 5)))
+        .args(["--ready", "--wait", "--json", "--reconnect-for", "3s"])
+        .args(["--scheduler", &c.sched_ep, "--secret-file"])
+        .arg(&c.secret)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(sub.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let accepted: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let job = accepted["job"].as_u64().unwrap();
+    // A slow reader keeps the job running (64 MiB at 50 Mbit/s: about 10 s).
+    let reader = c.read(
+        &accepted["streams"][0],
+        5,
+        &["--rate", "50Mbit", "--block", "256KiB"],
+    );
+    c.wait_status("the job partly read", |s| {
+        live(s, job).is_some_and(|j| j["read"].as_u64().unwrap_or(0) >= MIB)
+    });
+    // The scheduler dies and does not come back.
+    c.kill("scheduler");
+    let (code, rep) = finish_read(reader, WAIT);
+    assert_eq!(code, Some(3), "{rep}");
+    let err = rep["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("node \"c0\" stopped: the scheduler gone: not reachable for 2 s"),
+        "{rep}"
+    );
+    let st = cluster_common::wait_exit(&mut sub, WAIT, "spate submit --wait");
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let mut err = String::new();
+    sub.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(st.code(), Some(4), "{rest}\n{err}");
+    let last: serde_json::Value = serde_json::from_str(rest.lines().last().unwrap()).unwrap();
+    assert_eq!(last["outcome"], "unknown", "{rest}");
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("it was not reachable again for 3 s"),
+        "{rest}"
+    );
+    // Both nodes gave up and said so.
+    for n in ["c0", "p0"] {
+        let st = cluster_common::wait_exit(&mut c.daemon(n).child, WAIT, n);
+        assert_eq!(st.code(), Some(1));
+        let log = std::fs::read_to_string(&c.daemon(n).log).unwrap();
+        assert!(
+            log.contains("scheduler gone: not reachable for 2 s; stopping"),
+            "{log}"
+        );
+    }
+}

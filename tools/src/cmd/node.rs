@@ -595,10 +595,23 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 break 0;
             }
             None => {
-                eprintln!(
-                    "spate node: scheduler gone: not reachable for {}; stopping",
+                let why = format!(
+                    "scheduler gone: not reachable for {}",
                     humantime(s.reconnect_for)
                 );
+                eprintln!("spate node: {why}; stopping");
+                // Readers of rings not finished learn why the node stopped.
+                if let Some(c) = &ctx.roles.consumer {
+                    let msg = format!("node {} stopped: the {why}", quote(&s.name));
+                    let n = c
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .engine()
+                        .release_all(spate_ring::AbortReason::ConsumerShutdown, &msg);
+                    if n > 0 {
+                        tracing::warn!(rings = n, "rings released: {msg}");
+                    }
+                }
                 break 1;
             }
         }

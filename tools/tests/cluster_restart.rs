@@ -278,3 +278,56 @@ fn a_scheduler_that_stays_away_ends_the_job_for_its_readers_and_submitter_saying
         );
     }
 }
+
+#[test]
+fn nodes_and_submitter_follow_a_scheduler_restarted_on_another_endpoint() {
+    // Both runs keep their state in one directory; the second listens elsewhere.
+    let state = cluster_common::tmpdir("moved-state");
+    let state_arg = state.display().to_string();
+    let mut c = Cluster::start_args("moved", &["--state-dir", &state_arg]);
+    let other = format!("unix:{}", c.dir.join("other.sock").display());
+    let alt = ["--scheduler-alt", other.as_str()];
+    let args = c.node_args("c0", "--consumer", None, &alt);
+    c.spawn_daemon("c0", &args);
+    let args = c.node_args("p0", "--producer", None, &alt);
+    c.spawn_daemon("p0", &args);
+    c.wait_nodes(&["c0", "p0"]);
+    let mut sub = spate()
+        .arg("submit")
+        .arg(c.spec("moved", &spec(24, 6)))
+        .args(["--ready", "--wait", "--json", "--scheduler-alt", &other])
+        .args(["--scheduler", &c.sched_ep, "--secret-file"])
+        .arg(&c.secret)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(sub.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let accepted: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let job = accepted["job"].as_u64().unwrap();
+    let reader = c.read(
+        &accepted["streams"][0],
+        6,
+        &["--rate", "100Mbit", "--block", "256KiB"],
+    );
+    c.wait_status("the job partly read", |s| {
+        live(s, job).is_some_and(|j| j["read"].as_u64().unwrap_or(0) >= 4 * MIB)
+    });
+    // The scheduler comes back on the other endpoint, on the same state.
+    c.sched_args[2] = other.clone();
+    c.sched_ep = other.clone();
+    c.restart_scheduler();
+    let (code, rep) = finish_read(reader, WAIT);
+    assert_verified(code, &rep, 24 * MIB);
+    let st = cluster_common::wait_exit(&mut sub, WAIT, "spate submit --wait");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert_eq!(st.code(), Some(0), "{rest}");
+    let last: serde_json::Value = serde_json::from_str(rest.lines().last().unwrap()).unwrap();
+    assert_eq!(last["outcome"], "completed", "{rest}");
+    c.wait_nodes(&["c0", "p0"]);
+    c.check_alive();
+    let _ = std::fs::remove_dir_all(&state);
+}

@@ -43,6 +43,10 @@ pub struct Args {
     /// Scheduler endpoint: `unix:PATH` or `tcp:HOST:PORT` [default: unix:/run/spate/sched.sock].
     #[arg(long, env = "SPATE_SCHEDULER")]
     scheduler: Option<String>,
+    /// Another endpoint of the same scheduler (e.g. where it is restarted on another host on
+    /// the same state), tried in turn with --scheduler when reconnecting; repeatable.
+    #[arg(long, value_name = "ENDPOINT")]
+    scheduler_alt: Vec<String>,
     /// Offer the producer role (run compute and expel tasks).
     #[arg(long)]
     producer: bool,
@@ -104,6 +108,7 @@ pub struct Args {
 struct FileConfig {
     name: Option<String>,
     scheduler: Option<String>,
+    scheduler_alt: Option<Vec<String>>,
     producer: Option<bool>,
     consumer: Option<bool>,
     cores: Option<String>,
@@ -126,6 +131,8 @@ struct FileConfig {
 struct Settings {
     name: String,
     scheduler: Endpoint,
+    /// Other endpoints of the scheduler, tried in turn when reconnecting.
+    scheduler_alt: Vec<Endpoint>,
     producer: bool,
     consumer: bool,
     cores: Option<Vec<usize>>,
@@ -209,6 +216,18 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
     let scheduler: Endpoint = sched
         .parse()
         .with_context(|| format!("--scheduler {}", quote(&sched)))?;
+    let alts = if a.scheduler_alt.is_empty() {
+        file.scheduler_alt.unwrap_or_default()
+    } else {
+        a.scheduler_alt
+    };
+    let scheduler_alt = alts
+        .iter()
+        .map(|e| {
+            e.parse::<Endpoint>()
+                .with_context(|| format!("--scheduler-alt {}", quote(e)))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let producer = a.producer || file.producer.unwrap_or(false);
     let consumer = a.consumer || file.consumer.unwrap_or(false);
     if !producer && !consumer {
@@ -269,6 +288,7 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
     Ok(Settings {
         name,
         scheduler,
+        scheduler_alt,
         producer,
         consumer,
         cores,
@@ -663,10 +683,12 @@ fn reconnect(s: &Settings, ctx: &mut Session<'_>) -> Option<End> {
             return None;
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        let stream = match s
-            .scheduler
-            .connect(&Via::any(), Some(left.min(Duration::from_secs(2))))
-        {
+        // The endpoints in turn: --scheduler, then each --scheduler-alt.
+        let ep = match (n as usize - 1) % (1 + s.scheduler_alt.len()) {
+            0 => &s.scheduler,
+            i => &s.scheduler_alt[i - 1],
+        };
+        let stream = match ep.connect(&Via::any(), Some(left.min(Duration::from_secs(2)))) {
             Ok(st) => st,
             Err(e) => {
                 tracing::debug!(error = %e, attempt = n, "the scheduler is not reachable yet");

@@ -69,6 +69,10 @@ pub struct Args {
     /// With --wait: write the chunk latencies' percentile distribution (.hgrm) to FILE.
     #[arg(long, value_name = "FILE", requires = "wait")]
     pub hgrm: Option<PathBuf>,
+    /// With --wait: another endpoint of the same scheduler, tried in turn with --scheduler
+    /// when reconnecting; repeatable.
+    #[arg(long, value_name = "ENDPOINT", requires = "wait")]
+    pub scheduler_alt: Vec<Endpoint>,
     /// With --wait: how long to try to reach a scheduler that went away, e.g. 30s.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_reconnect)]
     pub reconnect_for: std::time::Duration,
@@ -241,6 +245,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
     let again = Reconnect {
         scheduler: &a.scheduler,
+        alt: &a.scheduler_alt,
         secret_file: a.secret_file.as_deref(),
         for_: a.reconnect_for,
     };
@@ -250,6 +255,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
 /// Where and how long `--wait` tries to reach the scheduler again.
 struct Reconnect<'a> {
     scheduler: &'a Endpoint,
+    alt: &'a [Endpoint],
     secret_file: Option<&'a std::path::Path>,
     for_: std::time::Duration,
 }
@@ -271,11 +277,12 @@ impl Reconnect<'_> {
                 continue;
             };
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if let Ok(u) = User::connect(
-                self.scheduler,
-                &secret,
-                left.min(std::time::Duration::from_secs(2)),
-            ) {
+            // The endpoints in turn: --scheduler, then each --scheduler-alt.
+            let ep = match (n as usize - 1) % (1 + self.alt.len()) {
+                0 => self.scheduler,
+                i => &self.alt[i - 1],
+            };
+            if let Ok(u) = User::connect(ep, &secret, left.min(std::time::Duration::from_secs(2))) {
                 return Some(u);
             }
         }

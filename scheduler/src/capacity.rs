@@ -124,6 +124,52 @@ impl Fit {
     }
 }
 
+impl Fit {
+    /// The fit's state, to keep it (`[w, sx, sy, sxx, sxy, samples]`).
+    pub fn to_array(&self) -> [f64; 6] {
+        [
+            self.w,
+            self.sx,
+            self.sy,
+            self.sxx,
+            self.sxy,
+            self.samples as f64,
+        ]
+    }
+
+    /// A fit from [`Fit::to_array`]; None when a value is not a finite, non-negative number.
+    pub fn from_array(a: [f64; 6]) -> Option<Fit> {
+        // sxy may be negative only in theory (sizes and times are positive); refuse anything
+        // not finite, and negative weights or counts.
+        if a.iter().any(|v| !v.is_finite()) || a[0] < 0.0 || a[5] < 0.0 {
+            return None;
+        }
+        Some(Fit {
+            w: a[0],
+            sx: a[1],
+            sy: a[2],
+            sxx: a[3],
+            sxy: a[4],
+            samples: a[5] as u64,
+        })
+    }
+}
+
+/// One kept estimate: what it is about and its two fits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedFit {
+    /// Producer node name.
+    pub node: String,
+    /// Kernel name (compute) or consumer node name (link).
+    pub what: String,
+    /// None: a compute estimate; Some(local): a link.
+    pub link: Option<bool>,
+    /// The fast fit ([`Fit::to_array`]).
+    pub fast: [f64; 6],
+    /// The slow fit.
+    pub slow: [f64; 6],
+}
+
 /// Weight of each sample in the slow fits that give fixed costs (see the module notes).
 pub const SLOW_ALPHA: f64 = 0.02;
 
@@ -318,6 +364,45 @@ impl Capacities {
         })
     }
 
+    /// Everything measured, to keep across a restart ([`Capacities::restore`]).
+    pub fn export(&self) -> Vec<SavedFit> {
+        let compute = self.compute.iter().map(|((n, k), p)| SavedFit {
+            node: n.clone(),
+            what: k.clone(),
+            link: None,
+            fast: p.fast.to_array(),
+            slow: p.slow.to_array(),
+        });
+        let links = self.links.iter().map(|((n, c), (p, local))| SavedFit {
+            node: n.clone(),
+            what: c.clone(),
+            link: Some(*local),
+            fast: p.fast.to_array(),
+            slow: p.slow.to_array(),
+        });
+        compute.chain(links).collect()
+    }
+
+    /// Takes back what [`Capacities::export`] gave (entries that do not parse are skipped).
+    pub fn restore(&mut self, saved: &[SavedFit]) {
+        for f in saved {
+            let (Some(fast), Some(slow)) = (Fit::from_array(f.fast), Fit::from_array(f.slow))
+            else {
+                continue;
+            };
+            let pair = Pair { fast, slow };
+            let key = (f.node.clone(), f.what.clone());
+            match f.link {
+                None => {
+                    self.compute.insert(key, pair);
+                }
+                Some(local) => {
+                    self.links.insert(key, (pair, local));
+                }
+            }
+        }
+    }
+
     /// Every measured compute estimate: (node, kernel, estimate).
     pub fn computes(&self) -> Vec<(String, String, Compute)> {
         self.compute
@@ -424,6 +509,28 @@ mod tests {
             one.observe_compute("p", "rip", 4_000_000, t(4e6));
         }
         assert_eq!(one.compute("p", "rip", 0, 1).overhead, 0.2e-3);
+    }
+
+    #[test]
+    fn estimates_come_back_whole_from_what_was_kept() {
+        let mut c = Capacities::default();
+        for (i, s) in [1e6, 4e6, 2e6, 1e6].iter().enumerate() {
+            c.observe_compute("p", "rip", *s as u64, 2e-3 + s / 100e6 + i as f64 * 1e-6);
+            c.observe_link("p", "q", i % 2 == 0, *s as u64, s / 50e6);
+        }
+        let kept = c.export();
+        assert_eq!(kept.len(), 2);
+        let mut back = Capacities::default();
+        back.restore(&kept);
+        assert_eq!(back.compute("p", "rip", 0, 1), c.compute("p", "rip", 0, 1));
+        assert_eq!(back.link("p", "q"), c.link("p", "q"));
+        assert_eq!(back.export(), kept);
+        // Damaged entries are skipped.
+        let mut bad = kept[0].clone();
+        bad.fast[0] = f64::NAN;
+        let mut none = Capacities::default();
+        none.restore(&[bad]);
+        assert!(none.export().is_empty());
     }
 
     #[test]

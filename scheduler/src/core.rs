@@ -1205,6 +1205,11 @@ impl Scheduler {
         self.caps.config = config;
     }
 
+    /// Takes back estimates an earlier run measured ([`Capacities::export`]).
+    pub fn restore_capacities(&mut self, saved: &[crate::capacity::SavedFit]) {
+        self.caps.restore(saved);
+    }
+
     /// What admission would decide for `plan` now, without admitting it: the policy and its
     /// plan, or the refusal.
     pub fn dry_run(&self, plan: &JobPlan) -> Result<(&'static str, PlanSummary), Refusal> {

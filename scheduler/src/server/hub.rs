@@ -179,7 +179,13 @@ pub struct Hub {
     submitting: Option<(String, Vec<String>)>,
     /// Jobs handed back to the core at start and not resumed yet.
     resuming: BTreeSet<JobId>,
+    /// The capacities last kept, and when.
+    caps_saved: Vec<crate::capacity::SavedFit>,
+    caps_saved_at: Millis,
 }
+
+/// The measured capacities are written to the durable state at most this often.
+const CAPS_SAVE_MS: Millis = 1_000;
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -214,6 +220,8 @@ impl Hub {
             restored: Vec::new(),
             submitting: None,
             resuming: BTreeSet::new(),
+            caps_saved: Vec::new(),
+            caps_saved_at: 0,
         }
     }
 
@@ -227,6 +235,10 @@ impl Hub {
     ) -> Result<Vec<u64>, super::state::StoreError> {
         let l = store.load()?;
         self.core.continue_job_ids(l.next_job);
+        // What the last run measured of the producers and links.
+        let caps = store.capacities()?;
+        self.core.restore_capacities(&caps);
+        self.caps_saved = caps;
         // Task ids of this run never equal one of an earlier run (late reports cannot match).
         self.core.continue_task_ids(l.starts << 40);
         let mut ended = l.ended;
@@ -482,6 +494,15 @@ impl Hub {
         }
         self.feed(Event::Tick);
         self.publish(false);
+        // The measured capacities, every few seconds when they changed.
+        if self.store.is_some() && self.now.saturating_sub(self.caps_saved_at) >= CAPS_SAVE_MS {
+            self.caps_saved_at = self.now;
+            let fits = self.core.capacities().export();
+            if fits != self.caps_saved {
+                self.persist("the measured capacities", |s| s.save_capacities(&fits));
+                self.caps_saved = fits;
+            }
+        }
     }
 
     /// The scheduler stops: every peer is told and closed.

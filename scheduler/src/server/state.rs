@@ -1,7 +1,8 @@
 //! The scheduler's durable state, in an embedded SQLite database (`rusqlite`, bundled): the job
 //! id counter (ids never repeat across restarts), the start count (task ids carry it, so a
 //! report about a task of an earlier run never matches a new one), the jobs admitted and not
-//! ended, and the ended jobs' outcomes (the history `spate status` shows).
+//! ended, the ended jobs' outcomes (the history `spate status` shows), and the measured
+//! capacity fits (so a restarted scheduler plans on what it measured).
 //!
 //! A live job keeps what a restarted scheduler needs to resume it: its spec and input names,
 //! its chunk size, and once its rings are allocated, each stream's consumer, key, hand-off
@@ -16,6 +17,8 @@
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::capacity::SavedFit;
 
 /// Version of the schema this build writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 2;
@@ -232,6 +235,12 @@ impl Store {
                  COMMIT;",
             )?;
         }
+        // The scheduler's measured capacities (kept since schema 2; made where missing).
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS capacity (
+                 node TEXT NOT NULL, what TEXT NOT NULL, link INTEGER NOT NULL,
+                 fast TEXT NOT NULL, slow TEXT NOT NULL, PRIMARY KEY (node, what, link));",
+        )?;
         for f in [
             path.clone(),
             dir.join(format!("{DB_FILE}-wal")),
@@ -408,6 +417,74 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces the kept capacity estimates with `fits`.
+    pub fn save_capacities(&mut self, fits: &[SavedFit]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM capacity", [])?;
+        for f in fits {
+            let text = |a: &[f64; 6]| {
+                a.iter()
+                    .map(|v| format!("{v:e}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            // link: 0 compute, 1 remote link, 2 local link.
+            let kind = match f.link {
+                None => 0,
+                Some(false) => 1,
+                Some(true) => 2,
+            };
+            tx.execute(
+                "INSERT INTO capacity (node, what, link, fast, slow) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![f.node, f.what, kind, text(&f.fast), text(&f.slow)],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The kept capacity estimates (rows that do not parse are skipped).
+    pub fn capacities(&self) -> Result<Vec<SavedFit>, StoreError> {
+        let parse = |s: &str| -> Option<[f64; 6]> {
+            let v: Vec<f64> = s
+                .split(' ')
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .ok()?;
+            v.try_into().ok()
+        };
+        let mut q = self
+            .conn
+            .prepare("SELECT node, what, link, fast, slow FROM capacity ORDER BY node, what")?;
+        let rows = q
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(node, what, kind, fast, slow)| {
+                Some(SavedFit {
+                    node,
+                    what,
+                    link: match kind {
+                        0 => None,
+                        1 => Some(false),
+                        _ => Some(true),
+                    },
+                    fast: parse(&fast)?,
+                    slow: parse(&slow)?,
+                })
+            })
+            .collect())
+    }
+
     /// Records that a live job started running (its Ready was taken).
     pub fn started(&mut self, id: u64) -> Result<(), StoreError> {
         self.conn.execute(
@@ -555,6 +632,39 @@ mod tests {
         assert!(s.load().unwrap().live.is_empty());
         s.admit(&job(2), 3).unwrap();
         assert_eq!(s.load().unwrap().live, vec![job(2)]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn capacity_estimates_are_kept_exactly() {
+        let d = dir("caps");
+        let fits = vec![
+            SavedFit {
+                node: "p0".into(),
+                what: "rip".into(),
+                link: None,
+                fast: [0.9, 1.5e6, 0.03, 2.25e12, 4.5e4, 12.0],
+                slow: [0.99, 1.1e6, 0.021, 1.3e12, 2.1e4, 40.0],
+            },
+            SavedFit {
+                node: "p0".into(),
+                what: "c0".into(),
+                link: Some(true),
+                fast: [1.0, 3.0, 4.0, 9.0, 12.0, 3.0],
+                slow: [0.1, 0.2, 1.0 / 3.0, 0.4, 0.5, 1.0],
+            },
+        ];
+        {
+            let mut s = Store::open(&d, 2).unwrap();
+            s.save_capacities(&fits).unwrap();
+            s.save_capacities(&fits).unwrap();
+        }
+        let s = Store::open(&d, 2).unwrap();
+        let mut got = s.capacities().unwrap();
+        got.sort_by(|a, b| a.what.cmp(&b.what));
+        let mut want = fits;
+        want.sort_by(|a, b| a.what.cmp(&b.what));
+        assert_eq!(got, want);
         let _ = std::fs::remove_dir_all(&d);
     }
 

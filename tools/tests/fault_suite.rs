@@ -10,7 +10,8 @@
 //!
 //! Settings (environment): `SPATE_FAULT_SEED` (first run's seed; default: from the clock),
 //! `SPATE_FAULT_RUNS` (default 7: each fault kind once), `SPATE_FAULT_KINDS` (a comma list of
-//! kinds to draw from, e.g. `reader-kill,pause`). Run `i` has seed `SEED + i` and fault kind
+//! kinds to draw from, e.g. `reader-kill,pause`), `SPATE_FAULT_VERBOSE` (set: print every probe
+//! of a socket and what it got). Run `i` has seed `SEED + i` and fault kind
 //! number `(SEED + i) % KINDS`, so consecutive runs cover every kind.
 
 mod cluster_common;
@@ -835,11 +836,18 @@ fn run(seed: u64, kind: Kind) -> (History, String) {
                 Kind::Garbage => {
                     let wher = f.wait_point(job, at);
                     f.probe_all(&mut rng);
+                    let refused = f.h.probes.iter().filter(|p| p.refused).count();
                     fault = format!(
                         "garbage, unauthenticated frames and wrong credentials on every listening \
-                         socket at {} ({wher})",
-                        point()
+                         socket at {} ({wher}): {refused} of {} refused",
+                        point(),
+                        f.h.probes.len()
                     );
+                    if std::env::var_os("SPATE_FAULT_VERBOSE").is_some() {
+                        for p in &f.h.probes {
+                            eprintln!("  probe: {} to {}: {}", p.kind, p.target, p.detail);
+                        }
+                    }
                 }
             }
             f.finish(live, consumer_killed);

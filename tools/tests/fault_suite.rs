@@ -11,7 +11,7 @@
 //! Settings (environment): `SPATE_FAULT_SEED` (first run's seed; default: from the clock),
 //! `SPATE_FAULT_RUNS` (default 7: each fault kind once), `SPATE_FAULT_KINDS` (a comma list of
 //! kinds to draw from, e.g. `reader-kill,pause`), `SPATE_FAULT_VERBOSE` (set: print every probe
-//! of a socket and what it got). Run `i` has seed `SEED + i` and fault kind
+//! of a socket and what it got, and every run's history and log tails). Run `i` has seed `SEED + i` and fault kind
 //! number `(SEED + i) % KINDS`, so consecutive runs cover every kind.
 
 mod cluster_common;
@@ -204,8 +204,10 @@ fn seeded_fault_runs_are_judged_by_the_history_checker() {
         for v in &unknown {
             eprintln!("  VIOLATION: {v}");
         }
-        if !unknown.is_empty() {
+        if !unknown.is_empty() || std::env::var_os("SPATE_FAULT_VERBOSE").is_some() {
             eprintln!("  history: {h:#?}\n  daemon logs (tails):\n{logs}");
+        }
+        if !unknown.is_empty() {
             failed.push(format!("seed {seed} ({})", kind.name()));
         }
         summary.push(line);
@@ -304,6 +306,10 @@ struct Faulty {
     sched_port: u16,
     data_port: u16,
     killed: u32,
+    /// When the fault struck (job 1's process end times are measured from it).
+    fault_at: Option<Instant>,
+    /// Those times, for the run's line.
+    timing: String,
 }
 
 impl Faulty {
@@ -485,6 +491,49 @@ impl Faulty {
     /// Waits for the job's submitter and readers to end and records them.
     fn finish(&mut self, mut live: LiveJob, consumer_killed: bool) {
         let deadline = Instant::now() + END_WAIT;
+        // When each process ended, seen by polling them all together (a child's status stays
+        // with it once reaped, so the waits below return it).
+        let mut ended: Vec<Option<Instant>> = vec![None; live.readers.len() + 1];
+        loop {
+            let now = Instant::now();
+            for (i, (_, child, killed)) in live.readers.iter_mut().enumerate() {
+                if ended[i].is_none() && !*killed && child.try_wait().unwrap().is_some() {
+                    ended[i] = Some(now);
+                }
+            }
+            let last = live.readers.len();
+            if ended[last].is_none() && live.submit.try_wait().unwrap().is_some() {
+                ended[last] = Some(now);
+            }
+            let open = live
+                .readers
+                .iter()
+                .enumerate()
+                .any(|(i, r)| !r.2 && ended[i].is_none())
+                || ended[last].is_none();
+            if !open || now > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if let Some(t) = self.fault_at.take() {
+            let after = |e: &Option<Instant>| match e {
+                Some(e) => format!("{:.2} s", e.saturating_duration_since(t).as_secs_f64()),
+                None => "-".into(),
+            };
+            let readers: Vec<String> = live
+                .readers
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| !r.2)
+                .map(|(i, r)| format!("stream {} {}", r.0, after(&ended[i])))
+                .collect();
+            self.timing = format!(
+                "; ended after the fault: readers {}, submitter {}",
+                readers.join(", "),
+                after(&ended[live.readers.len()])
+            );
+        }
         let mut readers = Vec::new();
         for (stream, mut child, killed) in live.readers.drain(..) {
             let mut proc = wait_proc(&mut child, deadline, "", None);
@@ -750,6 +799,8 @@ fn run(seed: u64, kind: Kind) -> (History, String) {
         sched_port,
         data_port: 0,
         killed: 0,
+        fault_at: None,
+        timing: String::new(),
     };
     f.start_consumer();
     f.c.node("p0", "--producer");
@@ -780,12 +831,14 @@ fn run(seed: u64, kind: Kind) -> (History, String) {
                 Kind::ProducerKill => {
                     let p = ["p0", "p1"][rng.random_range(0..2)];
                     let wher = f.wait_point(job, at);
+                    f.fault_at = Some(Instant::now());
                     f.kill_daemon(p);
                     fault = format!("SIGKILL of producer {p} at {} ({wher})", point());
                     restart.push(p);
                 }
                 Kind::ConsumerKillMid => {
                     let wher = f.wait_point(job, at);
+                    f.fault_at = Some(Instant::now());
                     f.kill_daemon("c0");
                     consumer_killed = true;
                     fault = format!("SIGKILL of consumer c0 at {} ({wher})", point());
@@ -795,6 +848,7 @@ fn run(seed: u64, kind: Kind) -> (History, String) {
                 Kind::ReaderKill => {
                     let r = rng.random_range(0..live.readers.len());
                     let wher = f.wait_point(job, at);
+                    f.fault_at = Some(Instant::now());
                     let (stream, child, killed) = &mut live.readers[r];
                     child.kill().unwrap();
                     child.wait().unwrap();
@@ -807,6 +861,7 @@ fn run(seed: u64, kind: Kind) -> (History, String) {
                 Kind::SchedulerRestart => {
                     let delay = Duration::from_millis(rng.random_range(0..500));
                     let wher = f.wait_point(job, at);
+                    f.fault_at = Some(Instant::now());
                     f.kill_daemon("scheduler");
                     // The scheduler stays away this long (the fault's own length, not a wait
                     // for a condition).
@@ -827,6 +882,7 @@ fn run(seed: u64, kind: Kind) -> (History, String) {
                     };
                     let pid = f.pid(n);
                     let wher = f.wait_point(job, at);
+                    f.fault_at = Some(Instant::now());
                     kill(pid, Signal::SIGSTOP).unwrap();
                     // The pause is the fault itself.
                     std::thread::sleep(Duration::from_millis(ms));
@@ -835,6 +891,7 @@ fn run(seed: u64, kind: Kind) -> (History, String) {
                 }
                 Kind::Garbage => {
                     let wher = f.wait_point(job, at);
+                    f.fault_at = Some(Instant::now());
                     f.probe_all(&mut rng);
                     let refused = f.h.probes.iter().filter(|p| p.refused).count();
                     fault = format!(
@@ -901,6 +958,7 @@ fn run(seed: u64, kind: Kind) -> (History, String) {
             killed_by_fault: false,
         });
     }
+    fault.push_str(&f.timing);
     f.h.fault = fault;
     let logs = log_tails(&f.c.dir);
     (f.h, logs)

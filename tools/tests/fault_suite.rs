@@ -529,7 +529,7 @@ impl Faulty {
                 .map(|(i, r)| format!("stream {} {}", r.0, after(&ended[i])))
                 .collect();
             self.timing = format!(
-                "; ended after the fault: readers {}, submitter {}",
+                "; seen ended after the fault (an upper bound: polled once the fault was done): readers {}, submitter {}",
                 readers.join(", "),
                 after(&ended[live.readers.len()])
             );
@@ -645,6 +645,39 @@ impl Faulty {
             .collect();
         for t in threads {
             self.h.probes.push(t.join().unwrap());
+        }
+        // Each daemon logs every connection it refused (6 to the scheduler; 6 to c0's data
+        // ports and 2 to its hand-off socket).
+        for (name, want, marks) in [
+            (
+                "scheduler",
+                6,
+                &["bad handshake bytes", "handshake refused"][..],
+            ),
+            (
+                "c0",
+                8,
+                &["refused a raw connection", "refused a hand-off client"][..],
+            ),
+        ] {
+            let log = self.c.daemon(name).log.clone();
+            let count = || {
+                std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| marks.iter().any(|m| l.contains(m)))
+                    .count()
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while count() < want && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let got = count();
+            if got < want {
+                self.h.unlogged.push(format!(
+                    "{name} logged {got} of the {want} connections it refused ({marks:?})"
+                ));
+            }
         }
     }
 }

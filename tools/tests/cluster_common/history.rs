@@ -24,6 +24,7 @@
 //! 6. The submitter learned how its job ended (not `unknown`).
 //! 7. Every garbage or unauthenticated connection to a listening socket was refused.
 //! 8. Every job the run submitted was accepted (the cluster is whole again after the fault).
+//! 9. Every daemon probed logged each connection it refused.
 
 #![allow(dead_code)] // the suite and the checker's own tests use different parts
 
@@ -126,6 +127,8 @@ pub struct History {
     pub daemons: Vec<DaemonRecord>,
     /// Probes of listening sockets.
     pub probes: Vec<ProbeRecord>,
+    /// Daemons that logged fewer refusals than they were sent probes: what they logged.
+    pub unlogged: Vec<String>,
     /// `spate status --json` at the end (`None`: the scheduler did not answer).
     pub final_status: Option<Value>,
 }
@@ -159,6 +162,8 @@ pub enum Rule {
     ProbeServed,
     /// A job the run submitted was not accepted (the cluster did not recover from the fault).
     NotAccepted,
+    /// A daemon did not log a connection it refused.
+    RefusalNotLogged,
 }
 
 /// One broken rule.
@@ -436,6 +441,10 @@ pub fn check(h: &History) -> Vec<Violation> {
             );
         }
     }
+    // Rule 9.
+    for u in &h.unlogged {
+        bad(Rule::RefusalNotLogged, None, u.clone());
+    }
     // Rule 7.
     for p in h.probes.iter().filter(|p| !p.refused) {
         bad(
@@ -529,6 +538,7 @@ mod tests {
                 killed_by_fault: false,
             }],
             probes: vec![],
+            unlogged: vec![],
             final_status: Some(json!({"jobs": [], "nodes": [], "ended": [ended]})),
         }
     }
@@ -764,9 +774,16 @@ mod tests {
             refused: false,
             detail: "still open after 15 s".into(),
         });
+        h.unlogged
+            .push("c0 logged 6 of the 8 connections it refused".into());
         assert_eq!(
             rules(&h),
-            vec![Rule::Hung, Rule::DaemonExited, Rule::ProbeServed]
+            vec![
+                Rule::Hung,
+                Rule::DaemonExited,
+                Rule::RefusalNotLogged,
+                Rule::ProbeServed
+            ]
         );
     }
 

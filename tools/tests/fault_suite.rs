@@ -119,9 +119,10 @@ const KNOWN: &[(Kind, Rule, &str)] = &[
         Kind::Pause,
         Rule::ReadNotCompleted,
         "a consumer paused past 3 heartbeats is declared dead and its job aborted (with the \
-         reason \"output node crashed\"), but when it wakes it lands what was in flight and \
-         its readers read every byte byte-exact before its rejoin releases the rings (issue \
-         12: a rejoining consumer reports what landed and the scheduler resumes the job)",
+         reason \"output node crashed\"), but the producers still send the aborted job's \
+         pending chunks, and when the consumer wakes they land and its readers read every \
+         byte byte-exact before its rejoin releases the rings (seed 20004: 12 of 32 MiB \
+         landed after the abort)",
     ),
 ];
 

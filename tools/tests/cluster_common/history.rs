@@ -25,6 +25,8 @@
 //! 7. Every garbage or unauthenticated connection to a listening socket was refused.
 //! 8. Every job the run submitted was accepted (the cluster is whole again after the fault).
 //! 9. Every daemon probed logged each connection it refused.
+//! 10. The status's figures of an ended job agree with it: `read` ≤ `bytes` ≤ `total` = the
+//!     streams' lengths, and a completed job delivered and had read every byte.
 
 #![allow(dead_code)] // the suite and the checker's own tests use different parts
 
@@ -164,6 +166,8 @@ pub enum Rule {
     NotAccepted,
     /// A daemon did not log a connection it refused.
     RefusalNotLogged,
+    /// The status's figures of an ended job contradict its outcome or each other.
+    StatusFigures,
 }
 
 /// One broken rule.
@@ -313,6 +317,27 @@ pub fn check(h: &History) -> Vec<Violation> {
             );
             continue;
         };
+        // Rule 10.
+        if let Some(e) = status["ended"]
+            .as_array()
+            .and_then(|v| v.iter().find(|e| e["job"].as_u64() == Some(j.job)))
+        {
+            let len: u64 = j.streams.iter().map(|s| s.length).sum();
+            let (bytes, read, total) =
+                (e["bytes"].as_u64(), e["read"].as_u64(), e["total"].as_u64());
+            let ordered = matches!((read, bytes, total), (Some(r), Some(b), Some(t)) if r <= b && b <= t && t == len);
+            let whole = outcome != "completed" || (bytes == Some(len) && read == Some(len));
+            if !ordered || !whole {
+                bad(
+                    Rule::StatusFigures,
+                    id,
+                    format!(
+                        "the job ended {outcome} with bytes {bytes:?}, read {read:?}, total \
+                         {total:?}; its streams hold {len} bytes"
+                    ),
+                );
+            }
+        }
         // The submitter names the same outcome, with the matching exit code.
         let told = last_json(&j.submit.stdout);
         let told_outcome = told
@@ -522,7 +547,16 @@ mod tests {
         }
     }
 
-    fn history(submit: ProcRecord, readers: Vec<ReaderRecord>, ended: Value) -> History {
+    /// `ended` with the figures of a job that delivered and had read everything when it
+    /// completed, or half when not (unless the test gives them).
+    fn history(submit: ProcRecord, readers: Vec<ReaderRecord>, mut ended: Value) -> History {
+        if let Some(o) = ended.as_object_mut() {
+            let done = o.get("outcome").and_then(Value::as_str) == Some("completed");
+            let (bytes, read) = if done { (200, 200) } else { (100, 50) };
+            o.entry("bytes").or_insert(json!(bytes));
+            o.entry("read").or_insert(json!(read));
+            o.entry("total").or_insert(json!(200));
+        }
         History {
             seed: 1,
             fault: "test".into(),
@@ -785,6 +819,25 @@ mod tests {
                 Rule::ProbeServed
             ]
         );
+    }
+
+    #[test]
+    fn status_figures_that_contradict_the_outcome_are_wrong() {
+        let ok = || vec![full(0, D0), full(1, D1)];
+        let done = |bytes: u64, read: u64, total: u64| {
+            json!({"job": 1, "outcome": "completed", "reason": null,
+                   "bytes": bytes, "read": read, "total": total})
+        };
+        let h = history(submit(0, "completed", None), ok(), done(200, 200, 200));
+        assert_eq!(check(&h), vec![]);
+        // Completed, but the status says a quarter was never read.
+        let h = history(submit(0, "completed", None), ok(), done(200, 150, 200));
+        assert_eq!(rules(&h), vec![Rule::StatusFigures]);
+        // More read than delivered; a total that is not the streams'.
+        let h = history(submit(0, "completed", None), ok(), done(200, 201, 200));
+        assert_eq!(rules(&h), vec![Rule::StatusFigures]);
+        let h = history(submit(0, "completed", None), ok(), done(300, 300, 300));
+        assert_eq!(rules(&h), vec![Rule::StatusFigures]);
     }
 
     #[test]

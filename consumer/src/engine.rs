@@ -30,7 +30,7 @@ use spate_netlib::endpoint::Endpoint;
 use spate_netlib::raw::{
     ChunkKey, ConnId, Landing, Lend, Offered, RawConfig, RawError, RawServer, Reserved, Revoke,
 };
-use spate_ring::handoff::{HandoffConfig, HandoffError, HandoffServer};
+use spate_ring::handoff::{HandoffConfig, HandoffError, HandoffServer, RefusalHook};
 use spate_ring::{
     AbortReason, Backing, BackingPref, Grant, ReaderStatus, Reserve, RingConfig, ShmError,
     WriteError, Writer,
@@ -276,6 +276,10 @@ impl ConsumerEngine {
             &cfg.handoff,
             HandoffConfig {
                 allow_uids: cfg.allow_uids.clone(),
+                // The README promises that every socket logs the peers it refuses.
+                on_refused: Some(RefusalHook(Arc::new(|why: &str| {
+                    tracing::warn!(reason = ?why, "refused a hand-off client");
+                }))),
                 ..HandoffConfig::default()
             },
         )?;

@@ -89,6 +89,17 @@ pub enum HandoffError {
     Write(#[from] WriteError),
 }
 
+/// Told, on the server's thread, of every client the server refuses, with why (the daemon
+/// embedding the server logs it: this crate logs nothing). It must return quickly.
+#[derive(Clone)]
+pub struct RefusalHook(pub Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for RefusalHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefusalHook(..)")
+    }
+}
+
 /// Hand-off server configuration.
 #[derive(Clone, Debug)]
 pub struct HandoffConfig {
@@ -100,6 +111,9 @@ pub struct HandoffConfig {
     /// Most clients waiting to send their request at once; a new one beyond it pushes out the
     /// one waiting longest. Default 256.
     pub max_pending: usize,
+    /// Told of every refused client (bad or late request, unknown key, busy stream, a uid
+    /// not allowed). Default: none.
+    pub on_refused: Option<RefusalHook>,
 }
 
 impl Default for HandoffConfig {
@@ -108,6 +122,7 @@ impl Default for HandoffConfig {
             allow_uids: Vec::new(),
             request_timeout: Duration::from_secs(10),
             max_pending: 256,
+            on_refused: None,
         }
     }
 }
@@ -131,6 +146,20 @@ struct Shared {
     my_uid: u32,
     request_timeout: Duration,
     max_pending: usize,
+    on_refused: Option<RefusalHook>,
+}
+
+impl Shared {
+    /// Refuses a client: tells it why (with `status`) and the hook.
+    fn refuse(&self, sock: &UnixStream, pid: Option<u32>, status: u8, msg: &str) {
+        let _ = respond(sock, status, msg, &[]);
+        if let Some(h) = &self.on_refused {
+            match pid {
+                Some(p) => (h.0)(&format!("client pid {p}: {msg}")),
+                None => (h.0)(msg),
+            }
+        }
+    }
 }
 
 /// A hand-off server: one thread, serving every published stream on one socket path.
@@ -197,6 +226,7 @@ impl HandoffServer {
             my_uid: nix::unistd::getuid().as_raw(),
             request_timeout: cfg.request_timeout,
             max_pending: cfg.max_pending,
+            on_refused: cfg.on_refused,
         });
         let sh = shared.clone();
         let thread = std::thread::Builder::new()
@@ -357,11 +387,11 @@ fn serve(listener: UnixListener, wake: UnixStream, sh: Arc<Shared>) {
             .is_some_and(|w| now >= w.since + sh.request_timeout)
         {
             if let Some(w) = waiting.pop_front() {
-                let _ = respond(
+                sh.refuse(
                     &w.sock,
+                    Some(w.pid),
                     ST_BAD,
                     &format!("no complete request within {:?}", sh.request_timeout),
-                    &[],
                 );
             }
         }
@@ -466,15 +496,15 @@ fn serve(listener: UnixListener, wake: UnixStream, sh: Arc<Shared>) {
                         if waiting.len() >= sh.max_pending.max(1)
                             && let Some(old) = waiting.pop_front()
                         {
-                            let _ = respond(
+                            sh.refuse(
                                 &old.sock,
+                                Some(old.pid),
                                 ST_BAD,
                                 &format!(
                                     "{} clients were waiting to send their request; the one \
                                      waiting longest (this one) was dropped",
                                     sh.max_pending.max(1)
                                 ),
-                                &[],
                             );
                         }
                         let w = Waiting {
@@ -573,25 +603,25 @@ fn admit(sock: &UnixStream, sh: &Shared) -> Option<u32> {
     let cred = match getsockopt(sock, PeerCredentials) {
         Ok(c) => c,
         Err(e) => {
-            let _ = respond(
+            sh.refuse(
                 sock,
+                None,
                 ST_DENIED,
                 &format!("cannot read peer credentials: {e}"),
-                &[],
             );
             return None;
         }
     };
     let uid = cred.uid();
     if uid != sh.my_uid && !sh.allow.contains(&uid) {
-        let _ = respond(
+        sh.refuse(
             sock,
+            Some(cred.pid() as u32),
             ST_DENIED,
             &format!(
                 "uid {uid} is not the server's uid {} nor in its allow list",
                 sh.my_uid
             ),
-            &[],
         );
         return None;
     }
@@ -600,7 +630,7 @@ fn admit(sock: &UnixStream, sh: &Shared) -> Option<u32> {
 
 /// Move a waiting client on: it waits on, is dropped, or (answered) becomes an attached reader.
 fn advance(mut w: Waiting, sh: &Shared, waiting: &mut VecDeque<Waiting>, conns: &mut Vec<Conn>) {
-    match progress(&mut w) {
+    match progress(&mut w, sh) {
         Step::Wait => waiting.push_back(w),
         Step::Done => {}
         Step::Request(key) => conns.extend(answer(w.sock, key, w.pid, sh)),
@@ -608,7 +638,7 @@ fn advance(mut w: Waiting, sh: &Shared, waiting: &mut VecDeque<Waiting>, conns: 
 }
 
 /// Read what a waiting client sent (never more than its request); refuse a bad request.
-fn progress(w: &mut Waiting) -> Step {
+fn progress(w: &mut Waiting, sh: &Shared) -> Step {
     let mut tmp = [0u8; 7 + MAX_KEY];
     loop {
         match parse_request(&w.buf) {
@@ -621,7 +651,7 @@ fn progress(w: &mut Waiting) -> Step {
                 Err(_) => return Step::Done,
             },
             Parsed::Bad(m) => {
-                let _ = respond(&w.sock, ST_BAD, &m, &[]);
+                sh.refuse(&w.sock, Some(w.pid), ST_BAD, &m);
                 return Step::Done;
             }
             Parsed::Key(key) => return Step::Request(key),
@@ -635,17 +665,22 @@ fn answer(sock: UnixStream, key: String, pid: u32, sh: &Shared) -> Option<Conn> 
     let streams = lock(&sh.streams);
     let Some(p) = streams.get(&key) else {
         let _ = respond(&sock, ST_UNKNOWN, &key, &[]);
+        if let Some(h) = &sh.on_refused {
+            (h.0)(&format!(
+                "client pid {pid}: no stream with key {key:?} is published here"
+            ));
+        }
         return None;
     };
     let cb = header::ctl(&p.ctl_map);
     if cb.reader_state() == ctl::READER_ATTACHED {
         let rp = cb.reader_pid.load(Ordering::SeqCst);
         if live::pidfd_open(rp).is_some_and(|fd| !live::pidfd_exited(&fd)) {
-            let _ = respond(
+            sh.refuse(
                 &sock,
+                Some(pid),
                 ST_BUSY,
                 &format!("stream {key:?} already has a reader (pid {rp})"),
-                &[],
             );
             return None;
         }

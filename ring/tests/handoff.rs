@@ -1,6 +1,7 @@
 //! The hand-off server serves every client at once (issue 12, defect 8): idle, slow and
 //! vanished clients delay no reader; a client that never completes its request is dropped
-//! after the request timeout, and the one waiting longest when too many wait.
+//! after the request timeout, and the one waiting longest when too many wait. Every refused
+//! client is told to the refusal hook (the consumer logs it).
 mod common;
 use common::*;
 use spate_ring::handoff::{self, HandoffConfig, HandoffServer};
@@ -147,4 +148,49 @@ fn too_many_waiting_clients_push_out_the_one_waiting_longest() {
         assert_eq!(reply(c), (3, dropped.to_string()));
     }
     assert!(idle[2..].iter().all(|c| !answered(c)));
+}
+
+#[test]
+fn every_refused_client_is_told_to_the_refusal_hook() {
+    use spate_ring::handoff::RefusalHook;
+    use std::sync::{Arc, Mutex};
+    let path = sock_path("hook");
+    let w = writer(CAP, None, BackingPref::NoHugeTlb);
+    let told: Arc<Mutex<Vec<String>>> = Arc::default();
+    let t2 = told.clone();
+    let cfg = HandoffConfig {
+        request_timeout: Duration::from_millis(200),
+        on_refused: Some(RefusalHook(Arc::new(move |why: &str| {
+            t2.lock().unwrap().push(why.to_string());
+        }))),
+        ..HandoffConfig::default()
+    };
+    let srv = HandoffServer::bind(&path, cfg).unwrap();
+    srv.publish("s", &w).unwrap();
+    // Garbage, a wrong key, an incomplete request that times out; and one good reader, which
+    // is not a refusal.
+    let mut g = UnixStream::connect(&path).unwrap();
+    g.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    assert_eq!(reply(&g).0, 3);
+    let mut k = UnixStream::connect(&path).unwrap();
+    k.write_all(&request("nope")).unwrap();
+    assert_eq!(reply(&k).0, 1);
+    let mut t = UnixStream::connect(&path).unwrap();
+    t.write_all(b"SPHO").unwrap();
+    assert_eq!(reply(&t).0, 3);
+    let _r = handoff::connect(&path, "s").unwrap();
+    // The hook runs on the server's thread after the reply: wait for it, with a deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while told.lock().unwrap().len() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let me = std::process::id();
+    assert_eq!(
+        *told.lock().unwrap(),
+        vec![
+            format!("client pid {me}: expected a SPHO v1 request"),
+            format!("client pid {me}: no stream with key \"nope\" is published here"),
+            format!("client pid {me}: no complete request within 200ms"),
+        ]
+    );
 }

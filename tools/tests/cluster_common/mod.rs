@@ -131,7 +131,8 @@ impl Cluster {
         Cluster::start_full(tag, vec![], &[], sched_args)
     }
 
-    fn start_full(
+    /// A scheduler with `extra_listen` listeners and `sched_args` (see [`Cluster::start_with`]).
+    pub fn start_full(
         tag: &str,
         wrap: Vec<String>,
         extra_listen: &[String],

@@ -95,19 +95,6 @@ impl Kind {
 /// (printed, not hidden); any other violation fails the suite.
 const KNOWN: &[(Kind, Rule, &str)] = &[
     (
-        Kind::SchedulerRestart,
-        Rule::SubmitterUnknown,
-        "submit --wait does not reconnect to a restarted scheduler: it exits 4, outcome unknown \
-         (issue 12: submit --wait reconnects with back-off; the lead's resume work)",
-    ),
-    (
-        Kind::SchedulerRestart,
-        Rule::ReadNotCompleted,
-        "a restarted scheduler ends a job live at the crash as aborted even when its consumers \
-         then delivered every byte and the readers verified them all (issue 12: the scheduler \
-         resumes the job; the lead's resume work)",
-    ),
-    (
         Kind::ConsumerKillMid,
         Rule::ReadNotCompleted,
         "the consumer was killed after every byte had landed in its rings: its readers read \

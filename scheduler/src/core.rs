@@ -132,6 +132,8 @@ pub enum Leave {
     Quit,
     /// Its connection broke.
     Crash,
+    /// It went silent past its heartbeats and was declared dead (it may only be paused).
+    Silent,
 }
 
 /// A job submission.
@@ -493,12 +495,16 @@ pub enum Refusal {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AbortReason {
     /// An output consumer left.
-    #[error("output node {} {}", spate_netlib::text::quote(node), if *crashed { "crashed" } else { "quit" })]
+    #[error("output node {} {}", spate_netlib::text::quote(node), match how {
+        Leave::Quit => "quit",
+        Leave::Crash => "crashed",
+        Leave::Silent => "went silent past its heartbeats and was declared dead",
+    })]
     ConsumerLost {
         /// Its name.
         node: String,
-        /// Crash (true) or quit.
-        crashed: bool,
+        /// How it left.
+        how: Leave,
     },
     /// No producer is left to compute the job.
     #[error("no producer is left (last one: {})", spate_netlib::text::quote(last))]
@@ -1531,7 +1537,7 @@ impl Scheduler {
                     id,
                     JobEnd::Aborted(AbortReason::ConsumerLost {
                         node: info.name.clone(),
-                        crashed: how == Leave::Crash,
+                        how,
                     }),
                     out,
                 );

@@ -734,7 +734,7 @@ fn consumer_crash_aborts_naming_the_node() {
     running(&mut s, SMALL);
     let reason = AbortReason::ConsumerLost {
         node: "c1".into(),
-        crashed: true,
+        how: Leave::Crash,
     };
     assert_eq!(reason.to_string(), "output node \"c1\" crashed");
     assert_eq!(

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use spate_scheduler::core::{
-    AbortReason, ClientId, Command, Event, Refusal, Reply, Scheduler, Submission,
+    AbortReason, ClientId, Command, Event, Leave, Refusal, Reply, Scheduler, Submission,
 };
 use spate_scheduler::policy::LoadBalance;
 use spate_scheduler::spec::JobPlan;
@@ -88,7 +88,7 @@ fn refusals_and_aborts_quote_node_names() {
     );
     let a = AbortReason::ConsumerLost {
         node: "\u{1b}]0;owned\u{7}".into(),
-        crashed: true,
+        how: Leave::Crash,
     };
     assert_eq!(
         a.to_string(),

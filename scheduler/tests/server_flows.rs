@@ -738,6 +738,58 @@ fn a_dropped_consumer_aborts_its_jobs() {
 }
 
 #[test]
+fn a_consumer_silent_past_its_heartbeats_aborts_its_jobs_saying_so() {
+    let srv = TestServer::start("consumer-silent", 100, None);
+    let mut c1 = srv.daemon(info("c1", 1, false, true));
+    let mut p1 = srv.daemon(info("p1", 1, true, false));
+    let mut u = srv.user();
+    u.send(&Message::Submit {
+        spec_toml: SPEC.into(),
+        inputs: vec![],
+    })
+    .unwrap();
+    let (job, stream) = match next(&mut c1) {
+        Message::AllocStream { job, stream, .. } => (job, stream),
+        m => panic!("{m:?}"),
+    };
+    c1.send(&Message::Allocated {
+        job,
+        stream,
+        key: key_of(0),
+        handoff: "/tmp/c1.handoff".into(),
+        backing: RingBacking::HugeTlb,
+    })
+    .unwrap();
+    assert!(matches!(next(&mut u), Message::Accepted { .. }));
+    u.send(&Message::Ready { job }).unwrap();
+    assert_eq!(next(&mut u), Message::Ack { job });
+    // c1 says nothing more (paused); p1 answers its heartbeats.
+    let deadline = Instant::now() + WAIT;
+    let ended = loop {
+        assert!(Instant::now() < deadline, "the job never ended");
+        while let Ok(Some(m)) = p1.recv_timeout(Duration::from_millis(20)) {
+            if m == Message::Heartbeat {
+                p1.send(&Message::Heartbeat).unwrap();
+            }
+        }
+        if let Ok(Some(m @ Message::JobEnded { .. })) = u.recv_timeout(Duration::from_millis(20)) {
+            break m;
+        }
+    };
+    assert_eq!(
+        ended,
+        Message::JobEnded {
+            job,
+            outcome: JobOutcome::Aborted {
+                reason: "output node \"c1\" went silent past its heartbeats and was declared dead"
+                    .into()
+            }
+        }
+    );
+    srv.finish();
+}
+
+#[test]
 fn a_silent_daemon_is_declared_dead() {
     let srv = TestServer::start("heartbeat", 100, None);
     let mut c = srv.connect(Role::Daemon);

@@ -105,8 +105,8 @@ const KNOWN: &[(Kind, Rule, &str)] = &[
     (
         Kind::Pause,
         Rule::ReadNotCompleted,
-        "a consumer paused past 3 heartbeats is declared dead and its job aborted (with the \
-         reason \"output node crashed\"), but the producers still send the aborted job's \
+        "a consumer paused past 3 heartbeats is declared dead and its job aborted (\"output \
+         node went silent past its heartbeats\"), but the producers still send the aborted job's \
          pending chunks, and when the consumer wakes they land and its readers read every \
          byte byte-exact before its rejoin releases the rings (seed 20004: 12 of 32 MiB \
          landed after the abort)",

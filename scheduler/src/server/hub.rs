@@ -476,7 +476,7 @@ impl Hub {
             if joined {
                 self.feed(Event::NodeLeft {
                     node: NodeId(conn),
-                    how: Leave::Crash,
+                    how: Leave::Silent,
                 });
             }
         }

@@ -232,6 +232,39 @@ type Assigned = Arc<Mutex<HashMap<u64, HashSet<String>>>>;
 /// crossing on different connections).
 const ASSIGN_GRACE: Duration = Duration::from_secs(2);
 
+/// Whether this consumer is in touch with the scheduler: it lands chunks only while it heard
+/// from it recently. A consumer paused (SIGSTOP) past its heartbeats has been declared dead
+/// and its jobs aborted; when it wakes, offers already in its sockets must not land in the
+/// aborted jobs' rings before it rejoins and learns which jobs still live.
+#[derive(Debug)]
+pub struct Contact {
+    start: Instant,
+    /// Milliseconds since `start` when the scheduler was last heard.
+    heard: std::sync::atomic::AtomicU64,
+    /// Longest silence still in touch (ms); 0: no limit (not known yet).
+    limit: std::sync::atomic::AtomicU64,
+}
+
+impl Contact {
+    fn new() -> Contact {
+        Contact {
+            start: Instant::now(),
+            heard: std::sync::atomic::AtomicU64::new(0),
+            limit: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// Out of touch: silent past the limit.
+    fn lost(&self) -> bool {
+        let limit = self.limit.load(Ordering::Relaxed);
+        limit > 0 && self.now_ms() > self.heard.load(Ordering::Relaxed) + limit
+    }
+}
+
 /// A producer that holds a granted chunk this long without landing it, while another producer
 /// offers the same bytes (a copy the scheduler made because the first ran late), has its
 /// connection closed, so that the copy can land. Only grants the consumer fills itself (from
@@ -249,6 +282,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct ConsumerEngine {
     table: Table,
     assigned: Assigned,
+    contact: Arc<Contact>,
     counts: Arc<Counts>,
     handoff: HandoffServer,
     endpoints: Vec<Endpoint>,
@@ -285,6 +319,8 @@ impl ConsumerEngine {
         )?;
         let table: Table = Arc::new(Mutex::new(HashMap::new()));
         let assigned: Assigned = Arc::new(Mutex::new(HashMap::new()));
+        let contact = Arc::new(Contact::new());
+        let contact2 = contact.clone();
         let counts = Arc::new(Counts::default());
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::sync_channel::<Result<(Vec<Endpoint>, Notifier), ConsumerError>>(1);
@@ -312,7 +348,7 @@ impl ConsumerEngine {
                 match setup() {
                     Ok((server, eps)) => {
                         let _ = tx.send(Ok((eps, server.waker())));
-                        serve(server, t2, check.then_some(a2), c2, s2);
+                        serve(server, t2, check.then_some(a2), contact2, c2, s2);
                     }
                     Err(e) => {
                         let _ = tx.send(Err(e));
@@ -334,6 +370,7 @@ impl ConsumerEngine {
         Ok(ConsumerEngine {
             table,
             assigned,
+            contact,
             counts,
             handoff,
             endpoints,
@@ -452,6 +489,27 @@ impl ConsumerEngine {
         Ok(alloc)
     }
 
+    /// A message came from the scheduler (any): the consumer is in touch.
+    pub fn heard(&self) {
+        let now = self.contact.now_ms();
+        self.contact.heard.store(now, Ordering::Relaxed);
+    }
+
+    /// Longest silence of the scheduler (it heartbeats) after which this consumer stops
+    /// landing chunks until it hears from it again.
+    pub fn set_contact_limit(&self, limit: Duration) {
+        self.heard();
+        self.contact
+            .limit
+            .store(limit.as_millis().max(1) as u64, Ordering::Relaxed);
+    }
+
+    /// The session with the scheduler was lost: every job's producer set is forgotten, so no
+    /// chunk lands until the next scheduler says again who may land it (or releases the job).
+    pub fn forget_assignments(&self) {
+        lock(&self.assigned).clear();
+    }
+
     /// The producers (node names) the scheduler assigned to `job`: only they may land its
     /// chunks (when connections are authenticated). Replaces the previous set.
     pub fn set_producers(&self, job: u64, producers: &[String]) {
@@ -555,12 +613,14 @@ fn serve(
     mut server: RawServer,
     table: Table,
     assigned: Option<Assigned>,
+    contact: Arc<Contact>,
     counts: Arc<Counts>,
     stop: Arc<AtomicBool>,
 ) {
     let mut landing = RingLanding {
         table,
         assigned,
+        contact,
         counts,
         names: HashMap::new(),
         unassigned_since: HashMap::new(),
@@ -608,6 +668,7 @@ struct Pending {
 struct RingLanding {
     table: Table,
     assigned: Option<Assigned>,
+    contact: Arc<Contact>,
     counts: Arc<Counts>,
     /// The node name each authenticated producer connection gave.
     names: HashMap<ConnId, String>,
@@ -626,6 +687,10 @@ impl RingLanding {
     fn admit(&mut self, conn: ConnId, key: &ChunkKey) -> Option<Offered> {
         use spate_netlib::raw::RefuseReason as R;
         let assigned = self.assigned.as_ref()?;
+        if self.contact.lost() {
+            // Out of touch with the scheduler: the job may have been aborted meanwhile.
+            return Some(Offered::Wait);
+        }
         let name = self.names.get(&conn).map(String::as_str).unwrap_or("");
         let ok = match lock(assigned).get(&key.job) {
             Some(set) => {

@@ -93,25 +93,14 @@ impl Kind {
 /// Failures the suite finds that are known and not yet fixed, by fault kind and rule, with
 /// the reason. A run whose only violations are listed here is reported as a known failure
 /// (printed, not hidden); any other violation fails the suite.
-const KNOWN: &[(Kind, Rule, &str)] = &[
-    (
-        Kind::ConsumerKillMid,
-        Rule::ReadNotCompleted,
-        "the consumer was killed after every byte had landed in its rings: its readers read \
+const KNOWN: &[(Kind, Rule, &str)] = &[(
+    Kind::ConsumerKillMid,
+    Rule::ReadNotCompleted,
+    "the consumer was killed after every byte had landed in its rings: its readers read \
          them all byte-exact, but the scheduler cannot learn that from a dead consumer and \
          reports the job aborted (\"output node crashed\"); what to report then is for the \
          scheduler (e.g. delivered, reads unknown)",
-    ),
-    (
-        Kind::Pause,
-        Rule::ReadNotCompleted,
-        "a consumer paused past 3 heartbeats is declared dead and its job aborted (\"output \
-         node went silent past its heartbeats\"), but the producers still send the aborted job's \
-         pending chunks, and when the consumer wakes they land and its readers read every \
-         byte byte-exact before its rejoin releases the rings (seed 20004: 12 of 32 MiB \
-         landed after the abort)",
-    ),
-];
+)];
 
 fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;

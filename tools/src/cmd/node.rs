@@ -805,7 +805,10 @@ impl Session<'_> {
             p.reset();
         }
         if let Some(c) = &self.roles.consumer {
-            c.lock().unwrap_or_else(|p| p.into_inner()).rejoined();
+            let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
+            // No chunk lands until the next scheduler says who may land it (or releases it).
+            c.engine().forget_assignments();
+            c.rejoined();
         }
     }
 }
@@ -952,6 +955,14 @@ where
     });
     // A scheduler silent for this long is lost (it heartbeats every `heartbeat`).
     let silence = heartbeat.saturating_mul(MISSED_HEARTBEATS);
+    // A consumer lands chunks only while in touch: past 2.5 heartbeats of silence (say after
+    // being paused) it waits to hear from the scheduler again.
+    if let Some(c) = &ctx.roles.consumer {
+        c.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .engine()
+            .set_contact_limit(heartbeat.mul_f64(2.5));
+    }
     let end = loop {
         let m = match rx.recv_timeout(silence) {
             Ok(Some(m)) => m,
@@ -969,6 +980,9 @@ where
         };
         if dead.load(Ordering::SeqCst) {
             break End::Lost("sending to it failed".into());
+        }
+        if let Some(c) = &ctx.roles.consumer {
+            c.lock().unwrap_or_else(|p| p.into_inner()).engine().heard();
         }
         match m {
             Message::Shutdown { reason } => {

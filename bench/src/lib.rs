@@ -47,6 +47,7 @@ pub mod net;
 pub mod policy;
 pub mod ring;
 pub mod rip;
+pub mod sched;
 
 #[cfg(test)]
 mod tests {

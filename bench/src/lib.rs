@@ -48,6 +48,7 @@ pub mod policy;
 pub mod ring;
 pub mod rip;
 pub mod sched;
+pub mod sim;
 
 #[cfg(test)]
 mod tests {

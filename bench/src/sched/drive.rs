@@ -268,8 +268,11 @@ pub fn rss_bytes() -> Option<u64> {
 }
 
 /// Memory the core holds per live job: resident memory grown while `n` jobs are admitted,
-/// started and given their first tasks, over `n`. None when /proc is not readable.
-pub fn core_memory_per_job(cfg: &Synthetic, n: usize) -> anyhow::Result<Option<f64>> {
+/// started and given their first tasks, over `n` (None when /proc is not readable), and the
+/// scheduler that holds them. Memory freed earlier in the process is reused without growing
+/// the resident set, so callers measure first and keep every scheduler until all are
+/// measured.
+pub fn core_memory_per_job(cfg: &Synthetic, n: usize) -> anyhow::Result<(Option<f64>, Scheduler)> {
     let mut s = scheduler(&cfg.policy)?;
     for i in 0..cfg.producers {
         s.handle(
@@ -293,7 +296,7 @@ pub fn core_memory_per_job(cfg: &Synthetic, n: usize) -> anyhow::Result<Option<f
         .map(|k| JobPlan::parse(&cfg.spec(k)).map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<_>>()?;
     let Some(before) = rss_bytes() else {
-        return Ok(None);
+        return Ok((None, s));
     };
     let mut q: VecDeque<Event> = (0..n)
         .map(|k| Event::Submit {
@@ -324,8 +327,7 @@ pub fn core_memory_per_job(cfg: &Synthetic, n: usize) -> anyhow::Result<Option<f
     }
     let after = rss_bytes().unwrap_or(before);
     let live = s.jobs().len().max(1);
-    std::hint::black_box(&s);
-    Ok(Some(after.saturating_sub(before) as f64 / live as f64))
+    Ok((Some(after.saturating_sub(before) as f64 / live as f64), s))
 }
 
 /// A synthetic node as a daemon announces it on the wire.

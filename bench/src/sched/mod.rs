@@ -178,8 +178,25 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             eprintln!("spate bench scheduler: {s}");
         }
     };
+    // Memory first, every configuration, each scheduler kept until all are measured (see
+    // core_memory_per_job).
     say("memory per job");
-    let memory = drive::core_memory_per_job(&cfg, cfg.jobs)?;
+    let mut held = Vec::new();
+    let (memory, s) = drive::core_memory_per_job(&cfg, cfg.jobs)?;
+    held.push(s);
+    let mut growth_memory = Vec::new();
+    for &n in &a.growth {
+        let (p, c) = split(n);
+        let g = Synthetic {
+            producers: p,
+            consumers: c,
+            ..cfg.clone()
+        };
+        let (m, s) = drive::core_memory_per_job(&g, g.jobs)?;
+        growth_memory.push(m);
+        held.push(s);
+    }
+    drop(held);
     say("core");
     let core = drive::run_core(&cfg)?;
     say("hub");
@@ -187,7 +204,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     say("submit through the server");
     let sub = server::submit_latency(&cfg, a.submit_jobs, a.in_flight)?;
     let mut growth = Vec::new();
-    for &n in &a.growth {
+    for (&n, &memory_per_job_bytes) in a.growth.iter().zip(&growth_memory) {
         say(&format!("growth: {n} nodes"));
         let (p, c) = split(n);
         let g = Synthetic {
@@ -205,7 +222,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             event_ns: f.per_event_ns.as_ref().map(percentiles).unwrap_or_default(),
             events_per_job: per(f.events, f.job_equivalents(g.chunks_per_job())),
             commands_per_job: per(f.out, f.job_equivalents(g.chunks_per_job())),
-            memory_per_job_bytes: drive::core_memory_per_job(&g, g.jobs)?,
+            memory_per_job_bytes,
         });
     }
     std::fs::create_dir_all(&a.out)?;

@@ -523,6 +523,10 @@ fn validation_cases(
     Ok(out)
 }
 
+fn quoted(p: &Path) -> String {
+    spate_netlib::text::quote(&p.display().to_string())
+}
+
 /// Runs `spate sim`; the exit code.
 pub fn run(a: Args) -> anyhow::Result<i32> {
     if !(0.0..0.5).contains(&a.jitter) {
@@ -543,7 +547,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let against = match &a.against {
         Some(p) => {
             let text = std::fs::read_to_string(p)
-                .with_context(|| format!("reading the report {}", p.display()))?;
+                .with_context(|| format!("reading the report {}", quoted(p)))?;
             let r: crate::cluster::report::Report =
                 serde_json::from_str(&text).with_context(|| {
                     format!(

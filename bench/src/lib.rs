@@ -47,6 +47,8 @@ pub mod net;
 pub mod policy;
 pub mod ring;
 pub mod rip;
+pub mod sched;
+pub mod sim;
 
 #[cfg(test)]
 mod tests {

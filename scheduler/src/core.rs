@@ -872,6 +872,9 @@ struct Job {
     above: Vec<BTreeSet<u64>>,
     /// Per part: smallest ring among its streams.
     part_ring: Vec<u64>,
+    /// Hosts of its consumers, sorted, once each (its consumers are fixed at submit, and a
+    /// consumer that leaves ends the job).
+    consumer_hosts: Vec<String>,
     delivered: u64,
     in_flight: usize,
     attempts: BTreeMap<u64, u32>,
@@ -1405,7 +1408,12 @@ impl Scheduler {
             id,
             info: &n.info,
             tasks: n.tasks.len(),
-            ring_bytes_used: self.ring_used(id),
+            // Streams live on consumers only (a submit naming another node is refused).
+            ring_bytes_used: if n.info.roles.consumer {
+                self.ring_used(id)
+            } else {
+                0
+            },
         })
     }
 
@@ -1418,19 +1426,11 @@ impl Scheduler {
     }
 
     fn job_view<'a>(&'a self, j: &'a Job) -> JobView<'a> {
-        let mut hosts: Vec<&str> = j
-            .streams
-            .iter()
-            .filter_map(|s| self.nodes.get(&s.node))
-            .map(|n| n.info.host.as_str())
-            .collect();
-        hosts.sort_unstable();
-        hosts.dedup();
         JobView {
             id: j.id,
             plan: &j.plan,
             layout: &j.layout,
-            consumer_hosts: hosts,
+            consumer_hosts: j.consumer_hosts.iter().map(String::as_str).collect(),
             tasks_in_flight: j.in_flight,
         }
     }
@@ -1855,9 +1855,17 @@ impl Scheduler {
                 (Some(Dealer::new(w, self.now)), r)
             }
         };
+        let mut consumer_hosts: Vec<String> = streams
+            .iter()
+            .filter_map(|s| self.nodes.get(&s.node))
+            .map(|n| n.info.host.clone())
+            .collect();
+        consumer_hosts.sort_unstable();
+        consumer_hosts.dedup();
         let job = Job {
             id,
             client,
+            consumer_hosts,
             layout,
             state: JobState::Allocating,
             alloc_deadline: self
@@ -1918,6 +1926,8 @@ impl Scheduler {
         let job = Job {
             id,
             client: ClientId(u64::MAX),
+            // Known once its consumers have reported (see `try_resumes`).
+            consumer_hosts: Vec::new(),
             layout,
             state: JobState::Resuming,
             alloc_deadline: self.now.saturating_add(RESUME_GRACE_MS),
@@ -2040,9 +2050,17 @@ impl Scheduler {
                 }
             };
             let now = self.now;
+            let mut hosts: Vec<String> = consumers
+                .iter()
+                .filter_map(|c| self.nodes.get(c))
+                .map(|n| n.info.host.clone())
+                .collect();
+            hosts.sort_unstable();
+            hosts.dedup();
             let Some(j) = self.jobs.get_mut(&id) else {
                 continue;
             };
+            j.consumer_hosts = hosts;
             for (s, ring) in j.streams.iter_mut().zip(&placement.rings) {
                 s.ring = *ring;
             }
@@ -2716,16 +2734,57 @@ impl Scheduler {
         for (_, id) in dealt {
             self.deal(id, out);
         }
+        // The policies of the running on-demand jobs: a producer at the depth of all of them
+        // takes nothing, and is passed over without looking at any job (this runs on every
+        // event; looking at every job for every producer made an event cost jobs x
+        // producers).
+        let mut on_demand: Vec<usize> = self
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Running && j.dealer.is_none())
+            .map(|j| j.policy)
+            .collect();
+        on_demand.sort_unstable();
+        on_demand.dedup();
+        if on_demand.is_empty() {
+            return;
+        }
         let producers: Vec<NodeId> = self
             .nodes
             .iter()
             .filter(|(_, n)| n.info.roles.producer)
             .map(|(id, _)| *id)
             .collect();
+        // Rings do not change while tasks are handed out: gathered once, when first needed
+        // (only for nodes that hold streams).
+        let mut rings: Option<BTreeMap<NodeId, u64>> = None;
         loop {
             let mut progress = false;
             for &p in &producers {
-                let Some(pick) = self.pick_for(p) else {
+                let Some(n) = self.nodes.get(&p) else {
+                    continue;
+                };
+                let ring_bytes_used = if n.info.roles.consumer {
+                    let r = rings.get_or_insert_with(|| self.rings_used());
+                    r.get(&p).copied().unwrap_or(0)
+                } else {
+                    // Streams live on consumers only (a submit naming another node is
+                    // refused).
+                    0
+                };
+                let view = NodeView {
+                    id: p,
+                    info: &n.info,
+                    tasks: n.tasks.len(),
+                    ring_bytes_used,
+                };
+                let full = on_demand
+                    .iter()
+                    .all(|&k| view.tasks >= self.policies[k].tasks_in_flight(&view).max(2));
+                if full {
+                    continue;
+                }
+                let Some(pick) = self.pick_for(&view) else {
                     continue;
                 };
                 self.assign(p, pick.0, pick.1, out);
@@ -2735,6 +2794,17 @@ impl Scheduler {
                 break;
             }
         }
+    }
+
+    /// Ring bytes held on every consumer node (what [`Self::ring_used`] gives one node).
+    fn rings_used(&self) -> BTreeMap<NodeId, u64> {
+        let mut m = BTreeMap::new();
+        for s in self.jobs.values().flat_map(|j| j.streams.iter()) {
+            if s.alloc != Alloc::Failed {
+                *m.entry(s.node).or_insert(0) += s.ring;
+            }
+        }
+        m
     }
 
     /// Deals a dealt job's chunks while it may.
@@ -2807,17 +2877,18 @@ impl Scheduler {
         }
     }
 
-    fn pick_for(&self, p: NodeId) -> Option<(JobId, (u64, u32))> {
-        let view = self.view(p)?;
+    /// The chunk producer `view` takes next: from the on-demand job it ranks best.
+    fn pick_for(&self, view: &NodeView<'_>) -> Option<(JobId, (u64, u32))> {
+        let p = view.id;
         self.jobs
             .values()
-            .filter(|j| j.state == JobState::Running && j.producers.get(&p) == Some(&true))
-            .filter(|j| j.dealer.is_none())
-            .filter(|j| view.tasks < self.policies[j.policy].tasks_in_flight(&view).max(2))
+            .filter(|j| j.state == JobState::Running && j.dealer.is_none())
+            .filter(|j| j.producers.get(&p) == Some(&true))
+            .filter(|j| view.tasks < self.policies[j.policy].tasks_in_flight(view).max(2))
             .filter_map(|j| j.peek().map(|c| (j, c)))
             .min_by_key(|(j, _)| {
                 (
-                    self.policies[j.policy].job_rank(&view, &self.job_view(j)),
+                    self.policies[j.policy].job_rank(view, &self.job_view(j)),
                     j.id,
                 )
             })
@@ -2888,14 +2959,20 @@ impl Scheduler {
             return Some(task);
         };
         let policy = &self.policies[j.policy];
+        // One pass over the streams for every consumer's view (not one per piece).
+        let rings = self.rings_used();
         let targets = chunk
             .pieces
             .iter()
             .map(|piece| {
                 let node = j.streams[piece.stream as usize].node;
-                let route = self
-                    .view(node)
-                    .map_or(Route::Remote(None), |cv| policy.route(&pv, &cv, seq));
+                let cv = self.nodes.get(&node).map(|n| NodeView {
+                    id: node,
+                    info: &n.info,
+                    tasks: n.tasks.len(),
+                    ring_bytes_used: rings.get(&node).copied().unwrap_or(0),
+                });
+                let route = cv.map_or(Route::Remote(None), |cv| policy.route(&pv, &cv, seq));
                 Target {
                     piece: *piece,
                     node,

@@ -252,6 +252,11 @@ struct Ctx<'a> {
     shares: BTreeMap<NodeId, f64>,
     /// Remote consumers of the job, per producer (at least 1).
     fan_out: Vec<f64>,
+    /// The link of every (producer, consumer) pair by index, and whether it is local: looked
+    /// up once per placement (each placement evaluates every pair many times).
+    links: Vec<(LinkCap, bool)>,
+    /// Each consumer's share, by index.
+    share_at: Vec<f64>,
 }
 
 impl<'a> Ctx<'a> {
@@ -268,7 +273,23 @@ impl<'a> Ctx<'a> {
                     .max(1) as f64
             })
             .collect();
-        Ctx { c, shares, fan_out }
+        let links = c
+            .producers
+            .iter()
+            .flat_map(|p| c.consumers.iter().map(move |q| link_of(c, p, q)))
+            .collect();
+        let share_at = c
+            .consumers
+            .iter()
+            .map(|q| shares.get(&q.id).copied().unwrap_or(0.0))
+            .collect();
+        Ctx {
+            c,
+            shares,
+            fan_out,
+            links,
+            share_at,
+        }
     }
 
     fn share(&self, q: &ConsumerCap) -> f64 {
@@ -282,10 +303,11 @@ impl<'a> Ctx<'a> {
             .count() as u32
     }
 
-    /// `b_pq` with fan-in `g` at `q`, and whether the pair is local.
-    fn flow(&self, i: usize, q: &ConsumerCap, g: u32) -> (f64, LinkCap, bool) {
+    /// `b_pq` with fan-in `g` at `q = c.consumers[k]`, and whether the pair is local.
+    fn flow(&self, i: usize, k: usize, g: u32) -> (f64, LinkCap, bool) {
         let p = &self.c.producers[i];
-        let (l, local) = link_of(self.c, p, q);
+        let q = &self.c.consumers[k];
+        let (l, local) = self.links[i * self.c.consumers.len() + k];
         if local {
             return (l.rate, l, true);
         }
@@ -297,19 +319,20 @@ impl<'a> Ctx<'a> {
         )
     }
 
-    /// Stage times of producer `i` at size `s` when consumer `q` has fan-in `g(q)`.
-    fn stage(&self, i: usize, s: ChunkSize, g: &dyn Fn(&ConsumerCap) -> u32) -> Stage {
+    /// Stage times of producer `i` at size `s` when consumer `c.consumers[k]` has fan-in
+    /// `g(k)`.
+    fn stage(&self, i: usize, s: ChunkSize, g: &dyn Fn(usize) -> u32) -> Stage {
         let p = &self.c.producers[i];
         let sb = s.bytes as f64;
         let t_cmp = p.overhead + sb / p.compute;
         let mut t_exp: f64 = 0.0;
         let mut t_exp_delay: f64 = 0.0;
-        for q in &self.c.consumers {
-            let w = self.share(q);
+        for k in 0..self.c.consumers.len() {
+            let w = self.share_at[k];
             if w <= 0.0 {
                 continue;
             }
-            let (b, l, _) = self.flow(i, q, g(q));
+            let (b, l, _) = self.flow(i, k, g(k));
             let t = l.overhead + sb * w / b.max(1.0);
             t_exp = t_exp.max(t);
             t_exp_delay = t_exp_delay.max(t + l.delay);
@@ -347,20 +370,28 @@ impl<'a> Ctx<'a> {
 
     /// Stages of `set`, or None when a consumer's fan-in exceeds its ports.
     fn stages(&self, s: ChunkSize, set: &[usize]) -> Option<Vec<Stage>> {
-        for q in &self.c.consumers {
-            if self.share(q) > 0.0 && self.fan_in(q, set) > q.ports.max(1) {
+        // Each consumer's fan-in once (not once per producer of the set: that made a
+        // placement cost producers² × consumers host comparisons).
+        let fan: Vec<u32> = self
+            .c
+            .consumers
+            .iter()
+            .map(|q| self.fan_in(q, set))
+            .collect();
+        for (q, &f) in self.c.consumers.iter().zip(&fan) {
+            if self.share(q) > 0.0 && f > q.ports.max(1) {
                 return None;
             }
         }
-        let g = |q: &ConsumerCap| self.fan_in(q, set);
+        let g = |k: usize| fan[k];
         Some(set.iter().map(|&i| self.stage(i, s, &g)).collect())
     }
 
     /// Capacity `min(Σρ, min_q inflow_q / w_q)` of a set with these stages (B/s).
     fn capacity(&self, set: &[usize], st: &[Stage]) -> f64 {
         let mut cap: f64 = st.iter().map(|x| x.rate).sum();
-        for q in &self.c.consumers {
-            let w = self.share(q);
+        for (k, q) in self.c.consumers.iter().enumerate() {
+            let w = self.share_at[k];
             if w <= 0.0 {
                 continue;
             }
@@ -369,7 +400,7 @@ impl<'a> Ctx<'a> {
             let g = self.fan_in(q, set);
             let (mut remote, mut local) = (0.0, 0.0);
             for &i in set {
-                match self.flow(i, q, g) {
+                match self.flow(i, k, g) {
                     (b, _, true) => local += b,
                     (b, _, false) => remote += b,
                 }
@@ -435,7 +466,7 @@ impl<'a> Ctx<'a> {
     /// higher `ρ_p` first, then index).
     fn order(&self, s: ChunkSize, usable: &[usize], k: usize) -> Vec<usize> {
         let k = k as u32;
-        let g = |_: &ConsumerCap| k;
+        let g = |_: usize| k;
         let mut keyed: Vec<(f64, f64, usize)> = usable
             .iter()
             .map(|&i| {

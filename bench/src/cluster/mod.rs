@@ -109,20 +109,37 @@ impl JobShape {
             "C" => 120_000,
             other => bail!("unknown job {other:?}: the reference jobs are A, B and C"),
         };
-        // Scaled, but never below 64 MiB (or the whole job when it is smaller: A is 36 MB),
-        // so that even the smallest run is more than its start-up.
-        let floor = (MIN_JOB_BYTES.div_ceil(side * CHANNELS as u64)).min(side);
-        let height = ((side as f64 * scale).round() as u64).max(floor).max(1);
         Ok(JobShape {
             name: name.to_string(),
             width: side,
-            height,
+            height: scaled_height_of(side, scale),
         })
     }
 
     fn bytes(&self) -> u64 {
         self.width * self.height * 4
     }
+}
+
+/// Lines of a reference sheet of `side` lines scaled by `scale`: never below 64 MiB (or the
+/// whole job when it is smaller: A is 36 MB), so that even the smallest run is more than its
+/// start-up.
+fn scaled_height_of(side: u64, scale: f64) -> u64 {
+    let floor = (MIN_JOB_BYTES.div_ceil(side * CHANNELS as u64)).min(side);
+    ((side as f64 * scale).round() as u64).max(floor).max(1)
+}
+
+/// The lines of reference job `name` (A, B, C) that a run at `scale` moves.
+pub(crate) fn scaled_height(name: &str, scale: f64) -> anyhow::Result<u64> {
+    Ok(JobShape::reference(name, scale)?.height)
+}
+
+/// Chunk lines of a job: pieces of at most 4 MiB, and at least 8 chunks per producer where
+/// the job allows.
+pub(crate) fn chunk_lines(width: u64, height: u64, producers: usize) -> u64 {
+    let max_lines = ((4u64 << 20) / width.max(1)).max(1);
+    let want = (height / (8 * producers.max(1) as u64)).max(1);
+    want.min(max_lines)
 }
 
 pub(crate) const CHANNELS: usize = 4;
@@ -389,10 +406,10 @@ impl Bench {
         if kernel == "rip" {
             s.push_str(&format!("inputs = [\"{INPUT}\"]\n"));
         }
-        // Pieces of at most 4 MiB, and at least 8 chunks per producer where the job allows.
-        let max_lines = ((4u64 << 20) / job.width).max(1);
-        let want = (job.height / (8 * producers.max(1) as u64)).max(1);
-        s.push_str(&format!("chunk = {{ lines = {} }}\n", want.min(max_lines)));
+        s.push_str(&format!(
+            "chunk = {{ lines = {} }}\n",
+            chunk_lines(job.width, job.height, producers)
+        ));
         for &c in &p.streams {
             s.push_str(&format!(
                 "\n[[stream]]\nnode = \"{}\"\n",

@@ -20,6 +20,10 @@ pub enum BenchCmd {
     /// A local job on each local path (zero-copy, pull, socket), every byte verified or
     /// hashed, against each path's limit measured in the same run.
     Local(spate_bench::local::Args),
+    /// The scheduler's own cost: its core and hub driven in-process by a synthetic cluster
+    /// (events/s, control messages and memory per job, growth with the cluster), and
+    /// submit -> accepted through the real server on a UNIX socket.
+    Scheduler(spate_bench::sched::Args),
 }
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<i32> {
@@ -30,5 +34,6 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<i32> {
         BenchCmd::Cluster(a) => spate_bench::cluster::run(a),
         BenchCmd::Policy(a) => spate_bench::policy::run(a),
         BenchCmd::Local(a) => spate_bench::local::run(a),
+        BenchCmd::Scheduler(a) => spate_bench::sched::run(a),
     }
 }

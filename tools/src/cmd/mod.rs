@@ -36,6 +36,10 @@ pub enum Cmd {
     /// Benchmarks against limits measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Simulate a cluster (nodes, NICs, a switch, fair-shared links, compute) running the
+    /// reference jobs, with the real scheduler core deciding: the reference cluster
+    /// reproduced, larger clusters and faster links predicted, `bench cluster` validated.
+    Sim(spate_bench::sim::Args),
     /// Serve a pattern stream on a ring (for tests of `spate read`).
     #[command(hide = true)]
     RingServe(ring_serve::Args),
@@ -95,6 +99,7 @@ pub fn run(cmd: Cmd) -> anyhow::Result<i32> {
         Cmd::Read(a) => read::run(a),
         Cmd::Doctor(a) => doctor::run(a),
         Cmd::Bench(b) => bench::run(b),
+        Cmd::Sim(a) => spate_bench::sim::run(a),
         Cmd::RingServe(a) => ring_serve::run(a),
     }
 }

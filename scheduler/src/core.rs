@@ -956,6 +956,54 @@ struct Reservation {
 }
 
 impl Job {
+    /// A job with nothing planned, dealt or delivered yet (the callers set the rest).
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        id: JobId,
+        client: ClientId,
+        plan: JobPlan,
+        layout: Layout,
+        policy: usize,
+        streams: Vec<StreamState>,
+        state: JobState,
+        now: Millis,
+    ) -> Job {
+        let parts = layout.parts() as usize;
+        Job {
+            id,
+            client,
+            consumer_hosts: Vec::new(),
+            layout,
+            state,
+            alloc_deadline: now,
+            streams,
+            producers: BTreeMap::new(),
+            preload_failed: BTreeSet::new(),
+            candidates: BTreeSet::new(),
+            next_fresh: vec![0; parts],
+            frontier: vec![0; parts],
+            above: vec![BTreeSet::new(); parts],
+            part_ring: vec![0; parts],
+            delivered: 0,
+            in_flight: 0,
+            attempts: BTreeMap::new(),
+            plan,
+            policy,
+            summary: PlanSummary::default(),
+            dealer: None,
+            per_node: BTreeMap::new(),
+            reserved: Reservation::default(),
+            warning: None,
+            duplicated: 0,
+            done_since_plan: 0,
+            submitted: now,
+            started: None,
+            progressed: now,
+            stall: None,
+            resume: None,
+        }
+    }
+
     fn is_delivered(&self, part: u32, rank: u64) -> bool {
         let p = part as usize;
         rank < self.frontier[p] || self.above[p].contains(&rank)
@@ -1855,48 +1903,26 @@ impl Scheduler {
                 (Some(Dealer::new(w, self.now)), r)
             }
         };
-        let mut consumer_hosts: Vec<String> = streams
-            .iter()
-            .filter_map(|s| self.nodes.get(&s.node))
-            .map(|n| n.info.host.clone())
-            .collect();
-        consumer_hosts.sort_unstable();
-        consumer_hosts.dedup();
-        let job = Job {
+        let consumer_hosts = self.hosts_of(&consumers);
+        let mut job = Job::new(
             id,
             client,
-            consumer_hosts,
-            layout,
-            state: JobState::Allocating,
-            alloc_deadline: self
-                .now
-                .saturating_add(self.policies[policy].alloc_timeout_ms()),
-            streams,
-            producers: BTreeMap::new(),
-            preload_failed: BTreeSet::new(),
-            candidates,
-            next_fresh: vec![0; parts as usize],
-            frontier: vec![0; parts as usize],
-            above: vec![BTreeSet::new(); parts as usize],
-            part_ring,
-            delivered: 0,
-            in_flight: 0,
-            attempts: BTreeMap::new(),
             plan,
+            layout,
             policy,
-            summary,
-            dealer,
-            per_node: BTreeMap::new(),
-            reserved,
-            warning: None,
-            duplicated: 0,
-            done_since_plan: 0,
-            submitted: self.now,
-            started: None,
-            progressed: self.now,
-            stall: None,
-            resume: None,
-        };
+            streams,
+            JobState::Allocating,
+            self.now,
+        );
+        job.alloc_deadline = self
+            .now
+            .saturating_add(self.policies[policy].alloc_timeout_ms());
+        job.consumer_hosts = consumer_hosts;
+        job.candidates = candidates;
+        job.part_ring = part_ring;
+        job.summary = summary;
+        job.dealer = dealer;
+        job.reserved = reserved;
         self.jobs.insert(id, job);
     }
 
@@ -1911,7 +1937,6 @@ impl Scheduler {
             .and_then(|n| self.policies.iter().position(|p| p.name() == n))
             .unwrap_or(self.default_policy);
         let layout = plan.layout(plan.chunk_lines.unwrap_or(1).max(1));
-        let parts = layout.parts() as usize;
         let streams = keys
             .iter()
             .map(|_| StreamState {
@@ -1923,45 +1948,35 @@ impl Scheduler {
                 read_at: 0,
             })
             .collect();
-        let job = Job {
+        let mut job = Job::new(
             id,
-            client: ClientId(u64::MAX),
-            // Known once its consumers have reported (see `try_resumes`).
-            consumer_hosts: Vec::new(),
-            layout,
-            state: JobState::Resuming,
-            alloc_deadline: self.now.saturating_add(RESUME_GRACE_MS),
-            streams,
-            producers: BTreeMap::new(),
-            preload_failed: BTreeSet::new(),
-            candidates: BTreeSet::new(),
-            next_fresh: vec![0; parts],
-            frontier: vec![0; parts],
-            above: vec![BTreeSet::new(); parts],
-            part_ring: vec![0; parts],
-            delivered: 0,
-            in_flight: 0,
-            attempts: BTreeMap::new(),
+            ClientId(u64::MAX),
             plan,
+            layout,
             policy,
-            summary: PlanSummary::default(),
-            dealer: None,
-            per_node: BTreeMap::new(),
-            reserved: Reservation::default(),
-            warning: None,
-            duplicated: 0,
-            done_since_plan: 0,
-            submitted: self.now,
-            started: None,
-            progressed: self.now,
-            stall: Some(
-                "resuming after a scheduler restart: waiting for its consumers to report its \
-                 streams"
-                    .into(),
-            ),
-            resume: Some((keys, running)),
-        };
+            streams,
+            JobState::Resuming,
+            self.now,
+        );
+        job.alloc_deadline = self.now.saturating_add(RESUME_GRACE_MS);
+        job.stall = Some(
+            "resuming after a scheduler restart: waiting for its consumers to report its streams"
+                .into(),
+        );
+        job.resume = Some((keys, running));
         self.jobs.insert(id, job);
+    }
+
+    /// The hosts of `consumers`, sorted, once each.
+    fn hosts_of(&self, consumers: &[NodeId]) -> Vec<String> {
+        let mut hosts: Vec<String> = consumers
+            .iter()
+            .filter_map(|c| self.nodes.get(c))
+            .map(|n| n.info.host.clone())
+            .collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        hosts
     }
 
     /// A resuming job's stream reported by the consumer the plan names: it is placed there.
@@ -2050,13 +2065,7 @@ impl Scheduler {
                 }
             };
             let now = self.now;
-            let mut hosts: Vec<String> = consumers
-                .iter()
-                .filter_map(|c| self.nodes.get(c))
-                .map(|n| n.info.host.clone())
-                .collect();
-            hosts.sort_unstable();
-            hosts.dedup();
+            let hosts = self.hosts_of(&consumers);
             let Some(j) = self.jobs.get_mut(&id) else {
                 continue;
             };

@@ -6,10 +6,9 @@ mod common;
 
 use common::*;
 use spate_scheduler::core::{
-    AbortReason, ClientId, Command, Event, JobEnd, JobId, JobState, ReleaseWhy, Reply, Scheduler,
-    Submission, TaskId,
+    AbortReason, ClientId, Command, Event, JobEnd, JobId, JobState, ReleaseWhy, Reply, Submission,
+    TaskId,
 };
-use spate_scheduler::policy::LoadBalance;
 
 const U: ClientId = ClientId(100);
 const J1: JobId = JobId(1);
@@ -17,23 +16,7 @@ const J1: JobId = JobId(1);
 /// Two streams (2 channels) of 4 lines of 100 bytes, 1 line per chunk.
 const TWO: &str = "kernel = \"null\"\nchannels = 2\nlines = 4\nline_bytes = 100\nnode = \"c1\"\nchunk = { lines = 1 }\n";
 
-struct T {
-    s: Scheduler,
-    now: u64,
-}
-
 impl T {
-    fn new() -> T {
-        T {
-            s: Scheduler::new(Box::new(LoadBalance::default())),
-            now: 0,
-        }
-    }
-    fn ev(&mut self, e: Event) -> Vec<Command> {
-        let out = self.s.handle(self.now, e);
-        self.s.check_invariants().unwrap();
-        out
-    }
     /// Accepted, ready, preloaded; returns the first tasks handed out.
     fn running(&mut self, spec: &str) -> Vec<(TaskId, u64)> {
         self.ev(Event::NodeJoined {
@@ -83,22 +66,6 @@ impl T {
             read,
         })
     }
-}
-
-fn tasks(out: &[Command]) -> Vec<(TaskId, u64)> {
-    out.iter()
-        .filter_map(|c| match c {
-            Command::Compute { task, chunk, .. } => Some((*task, chunk.index)),
-            _ => None,
-        })
-        .collect()
-}
-
-fn ended(out: &[Command]) -> Option<JobEnd> {
-    out.iter().find_map(|c| match c {
-        Command::JobEnded { end, .. } => Some(end.clone()),
-        _ => None,
-    })
 }
 
 #[test]

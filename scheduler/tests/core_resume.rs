@@ -9,9 +9,7 @@ mod common;
 use common::*;
 use spate_scheduler::core::{
     AbortReason, ClientId, Command, Event, JobEnd, JobId, JobState, NodeId, RESUME_GRACE_MS,
-    Scheduler, TaskId,
 };
-use spate_scheduler::policy::LoadBalance;
 use spate_scheduler::spec::JobPlan;
 
 const J7: JobId = JobId(7);
@@ -20,23 +18,7 @@ const U: ClientId = ClientId(100);
 /// Two streams (2 channels) of 4 lines of 100 bytes; chunks of 1 line.
 const TWO: &str = "kernel = \"null\"\nchannels = 2\nlines = 4\nline_bytes = 100\nnode = \"c1\"\n";
 
-struct T {
-    s: Scheduler,
-    now: u64,
-}
-
 impl T {
-    fn new() -> T {
-        T {
-            s: Scheduler::new(Box::new(LoadBalance::default())),
-            now: 0,
-        }
-    }
-    fn ev(&mut self, e: Event) -> Vec<Command> {
-        let out = self.s.handle(self.now, e);
-        self.s.check_invariants().unwrap();
-        out
-    }
     fn resume(&mut self, running: bool) -> Vec<Command> {
         let mut plan = JobPlan::parse(TWO).unwrap();
         plan.chunk_lines = Some(1);
@@ -56,22 +38,6 @@ impl T {
             read,
         })
     }
-}
-
-fn tasks(out: &[Command]) -> Vec<(TaskId, u64)> {
-    out.iter()
-        .filter_map(|c| match c {
-            Command::Compute { task, chunk, .. } => Some((*task, chunk.index)),
-            _ => None,
-        })
-        .collect()
-}
-
-fn ended(out: &[Command]) -> Option<JobEnd> {
-    out.iter().find_map(|c| match c {
-        Command::JobEnded { end, .. } => Some(end.clone()),
-        _ => None,
-    })
 }
 
 #[test]

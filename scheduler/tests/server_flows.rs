@@ -696,18 +696,15 @@ fn a_dropped_producer_has_its_tasks_redone_by_another() {
     p2.join().unwrap();
 }
 
-#[test]
-fn a_dropped_consumer_aborts_its_jobs() {
-    let srv = TestServer::start("consumer-lost", 60_000, None);
-    let mut c1 = srv.daemon(info("c1", 1, false, true));
-    let mut p1 = srv.daemon(info("p1", 1, true, false));
+/// A user whose job (SPEC, one stream on `c1`) is accepted and started.
+fn running(srv: &TestServer, c1: &mut Conn) -> (Conn, JobId) {
     let mut u = srv.user();
     u.send(&Message::Submit {
         spec_toml: SPEC.into(),
         inputs: vec![],
     })
     .unwrap();
-    let (job, stream) = match next(&mut c1) {
+    let (job, stream) = match next(c1) {
         Message::AllocStream { job, stream, .. } => (job, stream),
         m => panic!("{m:?}"),
     };
@@ -722,6 +719,15 @@ fn a_dropped_consumer_aborts_its_jobs() {
     assert!(matches!(next(&mut u), Message::Accepted { .. }));
     u.send(&Message::Ready { job }).unwrap();
     assert_eq!(next(&mut u), Message::Ack { job });
+    (u, job)
+}
+
+#[test]
+fn a_dropped_consumer_aborts_its_jobs() {
+    let srv = TestServer::start("consumer-lost", 60_000, None);
+    let mut c1 = srv.daemon(info("c1", 1, false, true));
+    let mut p1 = srv.daemon(info("p1", 1, true, false));
+    let (mut u, job) = running(&srv, &mut c1);
     assert!(matches!(next(&mut p1), Message::Preload { .. }));
     drop(c1);
     assert_eq!(
@@ -742,27 +748,7 @@ fn a_consumer_silent_past_its_heartbeats_aborts_its_jobs_saying_so() {
     let srv = TestServer::start("consumer-silent", 100, None);
     let mut c1 = srv.daemon(info("c1", 1, false, true));
     let mut p1 = srv.daemon(info("p1", 1, true, false));
-    let mut u = srv.user();
-    u.send(&Message::Submit {
-        spec_toml: SPEC.into(),
-        inputs: vec![],
-    })
-    .unwrap();
-    let (job, stream) = match next(&mut c1) {
-        Message::AllocStream { job, stream, .. } => (job, stream),
-        m => panic!("{m:?}"),
-    };
-    c1.send(&Message::Allocated {
-        job,
-        stream,
-        key: key_of(0),
-        handoff: "/tmp/c1.handoff".into(),
-        backing: RingBacking::HugeTlb,
-    })
-    .unwrap();
-    assert!(matches!(next(&mut u), Message::Accepted { .. }));
-    u.send(&Message::Ready { job }).unwrap();
-    assert_eq!(next(&mut u), Message::Ack { job });
+    let (mut u, job) = running(&srv, &mut c1);
     // c1 says nothing more (paused); p1 answers its heartbeats.
     let deadline = Instant::now() + WAIT;
     let ended = loop {

@@ -36,8 +36,9 @@ the job goes on after this command exits.\n\n\
 --wait ends with the job's chunk latencies (task created -> released in order at the consumers, \
 measured by the scheduler and sent as a histogram): p50, p99, max; --hgrm FILE also writes \
 their percentile distribution in HdrHistogram's .hgrm text format.\n\n\
-With --wait, a scheduler that goes away is reached again (with back-off) for --reconnect-for, \
-and the job is followed on: a scheduler restarted on the same state resumes it.\n\n\
+With --wait, a scheduler that goes away (crashes, the connection breaks) is reached again \
+(with back-off) for --reconnect-for, and the job is followed on: a scheduler restarted on the \
+same state resumes it; one that shuts down cleanly ends the wait (exit 4).\n\n\
 Exit status: 0 accepted (with --wait: completed); 6 refused (the message says why and how to \
 fix it); 3 (--wait) the job was aborted or cancelled; 4 (--wait) the scheduler stayed away \
 past --reconnect-for or no longer knows the job; 7 no scheduler at the endpoint; 1 any other error (see `spate --help` for the table). \
@@ -324,7 +325,10 @@ fn follow(
         match watch(&mut user, job, json_out) {
             Ok(Watched::Ended(o, l)) => break (o, l),
             Ok(Watched::Unknown(m)) => return lost(format!("the scheduler says: {m}")),
-            Err(e @ (UserError::Lost | UserError::Shutdown(_) | UserError::Msg(_))) => {
+            // A scheduler that says it is shutting down stopped on purpose (its nodes stop
+            // too): that is the answer, not a loss to wait out.
+            Err(e @ UserError::Shutdown(_)) => return lost(e.to_string()),
+            Err(e @ (UserError::Lost | UserError::Msg(_))) => {
                 eprintln!(
                     "spate submit: {e}; trying to reach the scheduler again for {} s",
                     again.for_.as_secs()

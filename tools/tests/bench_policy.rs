@@ -110,20 +110,25 @@ fn quick_policy_suite_runs_every_scenario_verified_and_cleans_up() {
             .find(|r| r["scenario"] == s && r["policy"] == p)
             .unwrap()
     };
-    // S2 asks 1.3 times what the cluster did: tclo refuses it, naming the constraint and what
-    // it could give; load-balance promises nothing and admits it.
+    // S2 asks 1.3 times what the calibration (load-balance on its own chunk size) did. Tclo
+    // either refuses it, naming the constraint and what it could give, or, when its own plan
+    // (its chunk size) can carry that rate, admits it and keeps the promise, verified.
     let s2 = run("S2", "tclo");
-    assert_eq!(s2["admitted"], false, "{s2}");
-    assert_eq!(s2["refusal"]["kind"], "infeasible", "{s2}");
-    assert!(
-        ["compute", "links", "memory", "latency"]
-            .contains(&s2["refusal"]["constraint"].as_str().unwrap()),
-        "{s2}"
-    );
-    assert!(
-        s2["refusal"]["max_feasible_gbit_per_s"].as_f64().unwrap() > 0.0,
-        "{s2}"
-    );
+    if s2["admitted"] == true {
+        assert_eq!(s2["verified"], true, "{s2}");
+        assert!(s2["delivered_pct"].as_f64().unwrap() >= 90.0, "{s2}");
+    } else {
+        assert_eq!(s2["refusal"]["kind"], "infeasible", "{s2}");
+        assert!(
+            ["compute", "links", "memory", "latency"]
+                .contains(&s2["refusal"]["constraint"].as_str().unwrap()),
+            "{s2}"
+        );
+        assert!(
+            s2["refusal"]["max_feasible_gbit_per_s"].as_f64().unwrap() > 0.0,
+            "{s2}"
+        );
+    }
     assert_eq!(run("S2", "load-balance")["admitted"], true);
     assert!(run("S3", "tclo")["latency_bound_ms"].as_f64().unwrap() > 0.0);
     let s5 = run("S5", "tclo");

@@ -292,6 +292,7 @@ pub struct ConsumerEngine {
     backing: BackingPref,
     budget: u64,
     lend_rings: bool,
+    confirm_ends: AtomicBool,
 }
 
 impl std::fmt::Debug for ConsumerEngine {
@@ -377,6 +378,7 @@ impl ConsumerEngine {
             waker,
             stop,
             thread: Some(thread),
+            confirm_ends: AtomicBool::new(false),
             backing: cfg.backing,
             budget: cfg.ring_budget,
             lend_rings: cfg.lend_rings,
@@ -455,6 +457,10 @@ impl ConsumerEngine {
         getrandom::fill(&mut rnd).map_err(|e| ConsumerError::Random(e.to_string()))?;
         let key_u128 = u128::from_le_bytes(rnd);
         let key = format!("{key_u128:032x}");
+        // An empty stream has nothing to read and nothing to report: its end is its own.
+        if total_len > 0 && self.confirm_ends.load(Ordering::Relaxed) {
+            writer.await_confirmation();
+        }
         if total_len == 0 {
             writer.finish()?;
         }
@@ -516,6 +522,27 @@ impl ConsumerEngine {
         lock(&self.assigned).insert(job, producers.iter().cloned().collect());
         // Offers waiting for the set are answered now.
         self.waker.notify();
+    }
+
+    /// From now on, a reader of a new ring that has read every byte waits for
+    /// [`ConsumerEngine::confirm_end`] (the scheduler recorded the stream as read to its end)
+    /// before it returns the end; a release without it makes the reader's end an error
+    /// naming why, and a consumer that dies first leaves the reader saying so.
+    pub fn confirm_ends(&self) {
+        self.confirm_ends.store(true, Ordering::Relaxed);
+    }
+
+    /// The scheduler recorded stream `stream` of `job` as read to its end: its reader may
+    /// return the end. Returns whether the ring is here.
+    pub fn confirm_end(&self, job: u64, stream: u32) -> bool {
+        let e = lock(&self.table).get(&(job, stream)).cloned();
+        match e {
+            Some(e) => {
+                e.writer.confirm_end();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Drop every ring of `job` (aborting those not finished: their readers see why).

@@ -73,6 +73,8 @@ pub struct ConsumerNode {
 impl ConsumerNode {
     /// Wrap a started engine.
     pub fn new(engine: ConsumerEngine) -> ConsumerNode {
+        // A reader's end is the job's once the scheduler recorded it (Message::StreamRead).
+        engine.confirm_ends();
         ConsumerNode {
             engine,
             reported: HashMap::new(),
@@ -139,6 +141,12 @@ impl ConsumerNode {
             Message::JobProducers { job, ref producers } => {
                 tracing::debug!(%job, ?producers, "producers assigned");
                 self.engine.set_producers(job.0, producers);
+                Some(Vec::new())
+            }
+            Message::StreamRead { job, stream } => {
+                if !self.engine.confirm_end(job.0, stream.0) {
+                    tracing::debug!(%job, %stream, "read-to-end confirmation for a ring not here");
+                }
                 Some(Vec::new())
             }
             Message::Release { job, ref reason } => {

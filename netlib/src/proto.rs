@@ -770,6 +770,14 @@ pub enum Message {
         /// with the job).
         reason: String,
     },
+    /// S→C: The scheduler recorded this stream as read to its end: its reader, waiting at the
+    /// end, may return it.
+    StreamRead {
+        /// Job id.
+        job: JobId,
+        /// Stream index.
+        stream: StreamIndex,
+    },
     /// C→S: In-order frontier and reader position of a stream advanced.
     StreamProgress {
         /// Job id.
@@ -994,6 +1002,7 @@ impl Message {
             Message::Allocated { .. } => "Allocated",
             Message::AllocFailed { .. } => "AllocFailed",
             Message::Release { .. } => "Release",
+            Message::StreamRead { .. } => "StreamRead",
             Message::StreamProgress { .. } => "StreamProgress",
             Message::ReaderAttached { .. } => "ReaderAttached",
             Message::ReaderGone { .. } => "ReaderGone",

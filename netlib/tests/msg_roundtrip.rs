@@ -517,6 +517,7 @@ fn message() -> impl Strategy<Value = Message> {
             reason
         }),
         (job(), text()).prop_map(|(job, reason)| Message::Release { job, reason }),
+        (job(), stream()).prop_map(|(job, stream)| Message::StreamRead { job, stream }),
         (job(), stream(), any::<u64>(), any::<u64>()).prop_map(
             |(job, stream, frontier, read_pos)| Message::StreamProgress {
                 job,
@@ -690,6 +691,7 @@ fn variant_name(m: &Message) -> &'static str {
         | Message::Allocated { .. }
         | Message::AllocFailed { .. }
         | Message::Release { .. }
+        | Message::StreamRead { .. }
         | Message::StreamProgress { .. }
         | Message::ReaderAttached { .. }
         | Message::ReaderGone { .. }
@@ -712,7 +714,7 @@ fn variant_name(m: &Message) -> &'static str {
         | Message::JobProducers { .. } => m.name(),
     }
 }
-const VARIANTS: usize = 42;
+const VARIANTS: usize = 43;
 
 /// Decode everything in `stream`, fed in pieces cut at `cuts` (sorted, deduplicated positions).
 fn decode_split(stream: &[u8], cuts: &[usize]) -> Vec<Message> {

@@ -18,6 +18,15 @@ pub const STATE_ENDED: u32 = 1;
 /// Stream state: aborted (see the reason code).
 pub const STATE_ABORTED: u32 = 2;
 
+/// End confirmation: none in this ring (the reader's end is the stream's end).
+pub const CONFIRM_NONE: u32 = 0;
+/// End confirmation: awaited (the writer confirms once the end has been recorded upstream).
+pub const CONFIRM_AWAITED: u32 = 1;
+/// End confirmation: given.
+pub const CONFIRM_GIVEN: u32 = 2;
+/// End confirmation: refused (the job ended otherwise; see the reason code).
+pub const CONFIRM_REFUSED: u32 = 3;
+
 /// Reader status: none attached yet.
 pub const READER_NONE: u32 = 0;
 /// Reader status: attached.
@@ -38,8 +47,9 @@ pub struct Ctl {
     pub(crate) state: AtomicU32,
     pub(crate) reason: AtomicU32,
     pub(crate) writer_pid: AtomicU32,
+    pub(crate) end_confirm: AtomicU32,
     #[cfg(not(loom))]
-    _pad0: [u8; 28],
+    _pad0: [u8; 24],
     pub(crate) read_pos: AtomicU64,
     pub(crate) read_seq: AtomicU32,
     pub(crate) writer_waiters: AtomicU32,
@@ -72,8 +82,9 @@ impl Ctl {
             state: AtomicU32::new(STATE_OPEN),
             reason: AtomicU32::new(0),
             writer_pid: AtomicU32::new(0),
+            end_confirm: AtomicU32::new(CONFIRM_NONE),
             #[cfg(not(loom))]
-            _pad0: [0; 28],
+            _pad0: [0; 24],
             read_pos: AtomicU64::new(0),
             read_seq: AtomicU32::new(0),
             writer_waiters: AtomicU32::new(0),
@@ -157,6 +168,32 @@ impl Ctl {
         self.state.store(state, Ordering::SeqCst);
         self.bump(&self.frontier_seq, &self.reader_waiters);
         self.bump(&self.read_seq, &self.writer_waiters);
+    }
+
+    /// Set the end confirmation (`CONFIRM_*`; a refusal stores `reason` first) and wake the
+    /// reader.
+    pub fn set_end_confirm(&self, confirm: u32, reason: u32) {
+        if confirm == CONFIRM_REFUSED {
+            self.reason.store(reason, Ordering::Release);
+        }
+        self.end_confirm.store(confirm, Ordering::SeqCst);
+        self.bump(&self.frontier_seq, &self.reader_waiters);
+    }
+
+    /// The end confirmation (`CONFIRM_*`).
+    pub fn end_confirm(&self) -> u32 {
+        self.end_confirm.load(Ordering::SeqCst)
+    }
+
+    /// Wait (at most `timeout`) until the end confirmation is no longer awaited. Returns
+    /// whether that holds on return.
+    pub fn wait_end_confirm(&self, timeout: Option<Duration>) -> bool {
+        self.wait_on(
+            &self.frontier_seq,
+            &self.reader_waiters,
+            || self.end_confirm.load(Ordering::SeqCst) != CONFIRM_AWAITED,
+            timeout,
+        )
     }
 
     /// Wait (at most `timeout`) until the reader position is at least `want` or the reader

@@ -73,6 +73,18 @@ pub enum ReadError {
         /// Reader position when detected.
         at: u64,
     },
+    /// Every byte was read, but the writer process died before it confirmed the stream's
+    /// end (the ring awaits a confirmation that the end was recorded upstream): the bytes
+    /// are whole, whether the job completed is not known here.
+    #[error(
+        "writer (pid {pid}) died after every byte was read (offset {at}) and before it confirmed the stream's end: the bytes are whole, the job's outcome is not known here"
+    )]
+    Unconfirmed {
+        /// Writer pid recorded in the header.
+        pid: u32,
+        /// The stream's end.
+        at: u64,
+    },
     /// Shared memory holds an impossible value.
     #[error("corrupt shared state: {0}")]
     Corrupt(String),
@@ -225,9 +237,11 @@ impl Reader {
         self.fixed.capacity
     }
 
-    /// Why the stream was aborted, in the writer's words, when it was and it said.
+    /// Why the stream was aborted (or its end refused), in the writer's words, when it was
+    /// and it said.
     pub fn abort_message(&self) -> Option<String> {
-        (self.ctl().state() == ctl::STATE_ABORTED)
+        (self.ctl().state() == ctl::STATE_ABORTED
+            || self.ctl().end_confirm() == ctl::CONFIRM_REFUSED)
             .then(|| header::read_message(&self.ctl_map))
             .flatten()
     }
@@ -359,7 +373,38 @@ impl Reader {
                             "stream ended with total length {t} but frontier {f}"
                         )));
                     }
-                    return Ok(Acquired::End);
+                    match self.ctl().end_confirm() {
+                        ctl::CONFIRM_NONE | ctl::CONFIRM_GIVEN => return Ok(Acquired::End),
+                        ctl::CONFIRM_REFUSED => {
+                            return Err(ReadError::Aborted(AbortReason::from_code(
+                                self.ctl().reason(),
+                            )));
+                        }
+                        ctl::CONFIRM_AWAITED => {}
+                        c => {
+                            return Err(ReadError::Corrupt(format!(
+                                "unknown end confirmation {c}"
+                            )));
+                        }
+                    }
+                    // Every byte is read; the end is not the job's until it is confirmed.
+                    if !self.writer_alive() {
+                        if self.ctl().end_confirm() != ctl::CONFIRM_AWAITED {
+                            continue;
+                        }
+                        return Err(ReadError::Unconfirmed {
+                            pid: self.writer_pid,
+                            at: self.pos,
+                        });
+                    }
+                    let slice = match deadline.map(|d| d.saturating_duration_since(Instant::now()))
+                    {
+                        Some(r) if r.is_zero() => return Ok(Acquired::TimedOut),
+                        Some(r) => r.min(SLICE),
+                        None => SLICE,
+                    };
+                    self.ctl().wait_end_confirm(Some(slice));
+                    continue;
                 }
                 ctl::STATE_ABORTED => {
                     return Err(ReadError::Aborted(AbortReason::from_code(

@@ -447,9 +447,40 @@ impl Writer {
         Ok(())
     }
 
-    /// Abort the stream with a reason (idempotent; no effect after `finish`).
+    /// The reader's end will wait for [`Writer::confirm_end`]: reading every byte is not yet
+    /// the end of the job's stream until the writer's side (the scheduler, through the
+    /// consumer) has recorded it. Call before the ring is handed to a reader.
+    pub fn await_confirmation(&self) {
+        self.inner.ctl().set_end_confirm(ctl::CONFIRM_AWAITED, 0);
+    }
+
+    /// The stream's end was recorded: a reader at the end may return it (no effect unless
+    /// awaited).
+    pub fn confirm_end(&self) {
+        let c = self.inner.ctl();
+        if c.end_confirm() == ctl::CONFIRM_AWAITED {
+            c.set_end_confirm(ctl::CONFIRM_GIVEN, 0);
+        }
+    }
+
+    /// Refuse an awaited end confirmation of an ended stream (the job ended otherwise).
+    fn refuse_end(&self, reason: AbortReason, message: Option<&str>) {
+        let c = self.inner.ctl();
+        if c.end_confirm() == ctl::CONFIRM_AWAITED {
+            if let Some(m) = message {
+                header::write_message(&self.inner.ctl_map, m);
+            }
+            c.set_end_confirm(ctl::CONFIRM_REFUSED, reason.code());
+        }
+    }
+
+    /// Abort the stream with a reason (idempotent). After `finish`, only an end confirmation
+    /// still awaited is refused with it (the bytes stay readable; the reader's end is an error).
     pub fn abort(&self, reason: AbortReason) {
         let mut st = self.inner.lock();
+        if st.stage == Stage::Ended {
+            self.refuse_end(reason, None);
+        }
         if st.stage != Stage::Open {
             return;
         }
@@ -463,6 +494,9 @@ impl Writer {
     /// [`crate::header::MESSAGE_MAX`] bytes); idempotent, no effect after `finish`.
     pub fn abort_with(&self, reason: AbortReason, message: &str) {
         let mut st = self.inner.lock();
+        if st.stage == Stage::Ended {
+            self.refuse_end(reason, Some(message));
+        }
         if st.stage != Stage::Open {
             return;
         }
@@ -482,6 +516,10 @@ impl Writer {
 impl Drop for Inner {
     fn drop(&mut self) {
         let st = self.st.get_mut().unwrap_or_else(|p| p.into_inner());
+        let c = header::ctl(&self.ctl_map);
+        if st.stage == Stage::Ended && c.end_confirm() == ctl::CONFIRM_AWAITED {
+            c.set_end_confirm(ctl::CONFIRM_REFUSED, AbortReason::WriterGone.code());
+        }
         if st.stage == Stage::Open {
             st.stage = Stage::Aborted;
             header::ctl(&self.ctl_map).close(

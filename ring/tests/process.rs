@@ -62,6 +62,19 @@ fn child() {
                 w.reader_status() != ReaderStatus::Attached
             });
         }
+        "writer-unconfirmed" => {
+            // Every byte landed and the end awaits a confirmation this writer never gives.
+            let w = writer(CAP, Some(1000), BackingPref::NoHugeTlb);
+            w.await_confirmation();
+            let srv = HandoffServer::bind(path, HandoffConfig::default()).unwrap();
+            srv.publish("s", &w).unwrap();
+            land_pattern(&w, 0, 1000);
+            w.finish().unwrap();
+            ready();
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
         "reader-hang" => {
             let mut r = handoff::connect(path, "s").unwrap();
             assert!(matches!(
@@ -154,6 +167,36 @@ fn kill_9_writer_makes_reader_fail_with_dead_writer() {
     let s = HandoffServer::bind(&path, HandoffConfig::default()).unwrap();
     drop(s);
     assert!(!path.exists());
+}
+
+#[test]
+fn a_writer_killed_before_confirming_the_end_leaves_the_reader_unconfirmed() {
+    let path = sock_path("unconf");
+    let mut c = spawn("writer-unconfirmed", &path);
+    let mut r = handoff::connect(&path, "s").unwrap();
+    let mut n = 0;
+    while n < 1000 {
+        match r
+            .acquire(1, 1 << 20, Some(Duration::from_secs(20)))
+            .unwrap()
+        {
+            Acquired::Data(b) => {
+                let len = b.data.len();
+                n += len;
+                r.release(len).unwrap();
+            }
+            other => panic!("at {n}: {other:?}"),
+        }
+    }
+    // Every byte read; the writer lives and has not confirmed: no end yet.
+    assert!(matches!(
+        r.acquire(1, 1, Some(Duration::from_millis(50))).unwrap(),
+        Acquired::TimedOut
+    ));
+    c.kill().unwrap();
+    let e = r.acquire(1, 1, None).unwrap_err();
+    assert!(matches!(e, ReadError::Unconfirmed { at: 1000, .. }), "{e}");
+    c.wait().unwrap();
 }
 
 #[test]

@@ -152,6 +152,82 @@ fn reader_timeout_end_and_abort_are_distinct() {
     );
 }
 
+/// A ring whose end awaits confirmation: the reader that read every byte gets the end only
+/// once the writer confirms it; a refusal (the job ended otherwise) is the reader's error, with
+/// the writer's words; dropping the writer unconfirmed refuses with WriterGone.
+#[test]
+fn an_awaited_end_is_returned_only_once_confirmed() {
+    let w = writer(CAP, Some(10), BackingPref::NoHugeTlb);
+    w.await_confirmation();
+    let mut r = attach(&w);
+    land_pattern(&w, 0, 10);
+    w.finish().unwrap();
+    assert!(matches!(r.acquire(1, 100, None).unwrap(), Acquired::Data(b) if b.data.len() == 10));
+    r.release(10).unwrap();
+    // Every byte read, the end not confirmed: the reader waits (here, up to its timeout).
+    assert!(matches!(
+        r.acquire(1, 100, Some(Duration::from_millis(30))).unwrap(),
+        Acquired::TimedOut
+    ));
+    // A reader waiting at the end gets it once confirmed.
+    let t = std::thread::spawn(move || {
+        let got = r.acquire(1, 100, Some(Duration::from_secs(20)));
+        matches!(got, Ok(Acquired::End))
+    });
+    w.confirm_end();
+    assert!(t.join().unwrap(), "the reader did not get the end");
+    // A later abort has no effect on a confirmed end.
+    w.abort_with(AbortReason::JobAborted, "too late");
+
+    // Refused: every byte read, then the job was aborted.
+    let w = writer(CAP, Some(10), BackingPref::NoHugeTlb);
+    w.await_confirmation();
+    let mut r = attach(&w);
+    land_pattern(&w, 0, 10);
+    w.finish().unwrap();
+    assert_eq!(read_until_end_or_err(&mut r), Ok(10));
+    w.abort_with(
+        AbortReason::JobAborted,
+        "job 3 was aborted: output node \"c1\" crashed",
+    );
+    assert_eq!(
+        r.acquire(1, 100, None).unwrap_err(),
+        ReadError::Aborted(AbortReason::JobAborted)
+    );
+    assert_eq!(
+        r.abort_message().as_deref(),
+        Some("job 3 was aborted: output node \"c1\" crashed")
+    );
+
+    // Dropped unconfirmed.
+    let w = writer(CAP, Some(10), BackingPref::NoHugeTlb);
+    w.await_confirmation();
+    let mut r = attach(&w);
+    land_pattern(&w, 0, 10);
+    w.finish().unwrap();
+    assert_eq!(read_until_end_or_err(&mut r), Ok(10));
+    drop(w);
+    assert_eq!(
+        r.acquire(1, 100, None).unwrap_err(),
+        ReadError::Aborted(AbortReason::WriterGone)
+    );
+}
+
+/// Reads what is there without waiting for an end that needs confirming: the bytes read.
+fn read_until_end_or_err(r: &mut Reader) -> Result<u64, ReadError> {
+    let mut n = 0u64;
+    loop {
+        match r.acquire(1, 1 << 20, Some(Duration::from_millis(10)))? {
+            Acquired::Data(b) => {
+                let len = b.data.len();
+                n += len as u64;
+                r.release(len)?;
+            }
+            Acquired::End | Acquired::TimedOut => return Ok(n),
+        }
+    }
+}
+
 /// Issue 12, defect 2: a chunk re-sent after its producer died can arrive after the stream
 /// completed. Every byte of it has landed: it is a duplicate (acked, dropped), not a refusal.
 #[test]

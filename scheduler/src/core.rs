@@ -693,6 +693,16 @@ pub enum Command {
         /// Why.
         why: ReleaseWhy,
     },
+    /// Consumer: this stream was read to its end and is counted so (its reader may return
+    /// the end).
+    StreamRead {
+        /// The consumer.
+        node: NodeId,
+        /// The job.
+        job: JobId,
+        /// The stream.
+        stream: u32,
+    },
     /// Producer: fetch the job's inputs (the plan is [`Scheduler::plan`]).
     Preload {
         /// The producer.
@@ -849,6 +859,8 @@ struct StreamState {
     /// Reader position last reported, and when.
     read: u64,
     read_at: Millis,
+    /// [`Command::StreamRead`] was sent: its reader knows its end is recorded.
+    confirmed: bool,
 }
 
 #[derive(Debug)]
@@ -1213,6 +1225,7 @@ impl Scheduler {
                     }
                     s.read = s.read.max(read);
                 }
+                self.confirm_read(job, stream, &mut out);
                 self.complete_if_read(job, &mut out);
             }
             Event::ReaderGone { node, job, stream } => {
@@ -1872,6 +1885,7 @@ impl Scheduler {
                 frontier: 0,
                 read: 0,
                 read_at: 0,
+                confirmed: false,
             })
             .collect();
         let part_ring = (0..parts)
@@ -1946,6 +1960,7 @@ impl Scheduler {
                 frontier: 0,
                 read: 0,
                 read_at: 0,
+                confirmed: false,
             })
             .collect();
         let mut job = Job::new(
@@ -2695,6 +2710,29 @@ impl Scheduler {
             started: j.started,
             ended: self.now,
         });
+    }
+
+    /// A stream read to its end is recorded so: its consumer is told once, and its reader
+    /// returns the end (a reader that read every byte waits for that, so that it says "end"
+    /// only for a stream the scheduler counts as read).
+    fn confirm_read(&mut self, id: JobId, stream: u32, out: &mut Vec<Command>) {
+        let Some(j) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let (Some(s), Some(p)) = (
+            j.streams.get_mut(stream as usize),
+            j.plan.streams.get(stream as usize),
+        ) else {
+            return;
+        };
+        if !s.confirmed && s.read >= p.len && s.frontier >= p.len {
+            s.confirmed = true;
+            out.push(Command::StreamRead {
+                node: s.node,
+                job: id,
+                stream,
+            });
+        }
     }
 
     /// A delivered job whose every stream was read to its end completes by itself (its rings

@@ -76,11 +76,35 @@ fn a_delivered_job_read_to_the_end_completes_by_itself_and_stays_visible() {
     let out = t.deliver(first);
     assert!(out.iter().any(|c| matches!(c, Command::Delivered { .. })));
     assert_eq!(t.s.job(J1).unwrap().state, JobState::Delivered);
-    // Stream 0 read to its end: not yet.
-    assert_eq!(ended(&t.progress(0, 400, 400)), None);
+    // Stream 0 read to its end: not yet; its consumer is told it is counted read (its reader
+    // returns the end then), once.
+    let read_to = |out: &[Command]| -> Vec<u32> {
+        out.iter()
+            .filter_map(|c| match c {
+                Command::StreamRead { node, job, stream } if *node == C1 && *job == J1 => {
+                    Some(*stream)
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(read_to(&t.progress(0, 400, 399)), Vec::<u32>::new());
+    let out = t.progress(0, 400, 400);
+    assert_eq!(ended(&out), None);
+    assert_eq!(read_to(&out), vec![0]);
+    assert_eq!(read_to(&t.progress(0, 400, 400)), Vec::<u32>::new());
     t.now = 3000;
-    // Stream 1 too: completed, rings released (readers see no abort: Done), no Done needed.
+    // Stream 1 too: confirmed before the release, completed, rings released (readers see no
+    // abort: Done), no Done needed.
     let out = t.progress(1, 400, 400);
+    assert_eq!(read_to(&out), vec![1]);
+    let confirm = out
+        .iter()
+        .position(|c| matches!(c, Command::StreamRead { .. }));
+    let release = out
+        .iter()
+        .position(|c| matches!(c, Command::Release { .. }));
+    assert!(confirm < release, "{out:?}");
     assert_eq!(ended(&out), Some(JobEnd::Completed));
     assert!(out.iter().any(|c| matches!(
         c,

@@ -563,6 +563,7 @@ impl Sim {
                     self.count("cancelled copy");
                 }
                 Command::JobWarning { .. } => self.count("warning"),
+                Command::StreamRead { .. } => self.count("stream read"),
             }
         }
         for job in ended {

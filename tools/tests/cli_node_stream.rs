@@ -262,6 +262,30 @@ fn a_producer_and_a_consumer_process_deliver_a_pattern_stream_byte_exact() {
         }
     }
     assert_eq!(bytes, total);
+    // The reader reads every byte, then waits at the end until the scheduler confirms it
+    // counted the stream read (as the scheduler does on the consumer's report).
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "the consumer never reported the stream read"
+        );
+        if let Some(Message::StreamProgress { read_pos, .. }) = cc.recv_timeout(left).unwrap()
+            && read_pos == total
+        {
+            break;
+        }
+    }
+    assert!(
+        reap.0[2].try_wait().unwrap().is_none(),
+        "the reader ended before its end was confirmed"
+    );
+    cc.send(&Message::StreamRead {
+        job,
+        stream: StreamIndex(0),
+    })
+    .unwrap();
     let st = wait_exit(&mut reap.0[2]);
     let (out, err) = output(&mut reap.0[2]);
     assert!(st.success(), "spate read failed: {out} {err}");

@@ -1,7 +1,9 @@
 //! Failures in a local cluster of real processes: a producer killed mid-job (the other one
 //! finishes the job, the stream verifies), a consumer killed mid-job (its reader and
-//! `submit --wait` report the abort, naming the consumer), and a job naming a node that does
-//! not exist (refused, naming it).
+//! `submit --wait` report the abort, naming the consumer), a consumer killed after every byte
+//! landed but before it was read (the reader reads every byte, then says the end was not
+//! confirmed; the job is aborted), and a job naming a node that does not exist (refused,
+//! naming it).
 
 mod cluster_common;
 
@@ -122,6 +124,49 @@ fn a_consumer_killed_mid_job_aborts_it_naming_the_consumer() {
         reason.contains("output node \"c0\" crashed"),
         "the reason names c0: {outcome}"
     );
+}
+
+#[test]
+fn a_consumer_killed_after_every_byte_landed_leaves_its_reader_unconfirmed() {
+    let mut c = Cluster::start("ckill-landed");
+    c.node("c0", "--consumer");
+    c.node("p0", "--producer");
+    c.wait_nodes(&["c0", "p0"]);
+    let total = 8 * MIB;
+    let sub = c.submit_wait(&c.spec("job", &spec(8, 7)));
+    let job = sub.job();
+    let streams = sub.streams();
+    // 5 MB/s: the reader is still reading when the last chunk lands.
+    let reader = c.read(&streams[0], 7, &["--rate", "40Mbit", "--block", "256KiB"]);
+    c.others.push(reader);
+    let s = c.wait_status("every byte delivered, not all read", |s| {
+        job_entry(s, job).is_some_and(|j| j["delivered"].as_u64() == Some(total))
+    });
+    c.kill("c0");
+    let read_at_kill = job_entry(&s, job).unwrap()["read"].as_u64().unwrap();
+    assert!(
+        read_at_kill < total,
+        "the job was read before the kill: {s}"
+    );
+    // The reader reads on from its mapping: every byte, checked; the end it cannot have
+    // confirmed (exit 4, `end_unconfirmed`), never a plain "end".
+    let reader = c.others.pop().unwrap();
+    let (code, rep) = finish_read(reader, WAIT);
+    assert_eq!(code, Some(4), "{rep}");
+    assert_eq!(rep["outcome"], "end_unconfirmed", "{rep}");
+    assert_eq!(rep["bytes"].as_u64(), Some(total), "{rep}");
+    assert_eq!(rep["verified"], true, "{rep}");
+    let err = rep["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("before it confirmed the stream's end"),
+        "{rep}"
+    );
+    // The scheduler never counted the stream read: the job is aborted, naming c0.
+    let (code, outcome, err) = sub.finish(WAIT);
+    assert_eq!(code, Some(3), "{outcome} {err}");
+    assert_eq!(outcome["outcome"], "aborted", "{outcome}");
+    let reason = outcome["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("\"c0\""), "the reason names c0: {outcome}");
 }
 
 #[test]

@@ -93,14 +93,7 @@ impl Kind {
 /// Failures the suite finds that are known and not yet fixed, by fault kind and rule, with
 /// the reason. A run whose only violations are listed here is reported as a known failure
 /// (printed, not hidden); any other violation fails the suite.
-const KNOWN: &[(Kind, Rule, &str)] = &[(
-    Kind::ConsumerKillMid,
-    Rule::ReadNotCompleted,
-    "the consumer was killed after every byte had landed in its rings: its readers read \
-         them all byte-exact, but the scheduler cannot learn that from a dead consumer and \
-         reports the job aborted (\"output node crashed\"); what to report then is for the \
-         scheduler (e.g. delivered, reads unknown)",
-)];
+const KNOWN: &[(Kind, Rule, &str)] = &[];
 
 fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;

@@ -10,7 +10,8 @@
 // A block was acquired (`*data`, `*len`, `*offset` are set).
 #define SPATE_OK 0
 
-// The stream ended: every byte was read.
+// The stream ended: every byte was read (and, for a consumer's ring, the scheduler recorded
+// it).
 #define SPATE_END 1
 
 // The timeout passed with fewer than `min` bytes available.
@@ -19,7 +20,8 @@
 // The writer (the consumer daemon) aborted the stream; the last error says why.
 #define SPATE_ERR_ABORTED -1
 
-// The writer died before the end of the stream.
+// The writer died before the end of the stream, or after every byte was read but before it
+// confirmed the end (the bytes are whole; the job's outcome is not known here).
 #define SPATE_ERR_WRITER_DEAD -2
 
 // Bad arguments (null pointers, `min` of 0 or above `max`, releasing more than acquired).

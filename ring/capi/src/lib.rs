@@ -20,13 +20,15 @@ use spate_ring::{Acquired, ReadError, Reader};
 
 /// A block was acquired (`*data`, `*len`, `*offset` are set).
 pub const SPATE_OK: c_int = 0;
-/// The stream ended: every byte was read.
+/// The stream ended: every byte was read (and, for a consumer's ring, the scheduler recorded
+/// it).
 pub const SPATE_END: c_int = 1;
 /// The timeout passed with fewer than `min` bytes available.
 pub const SPATE_TIMEOUT: c_int = 2;
 /// The writer (the consumer daemon) aborted the stream; the last error says why.
 pub const SPATE_ERR_ABORTED: c_int = -1;
-/// The writer died before the end of the stream.
+/// The writer died before the end of the stream, or after every byte was read but before it
+/// confirmed the end (the bytes are whole; the job's outcome is not known here).
 pub const SPATE_ERR_WRITER_DEAD: c_int = -2;
 /// Bad arguments (null pointers, `min` of 0 or above `max`, releasing more than acquired).
 pub const SPATE_ERR_INVALID: c_int = -3;
@@ -108,7 +110,7 @@ fn read_error(e: &ReadError) -> c_int {
     set_error(e.to_string());
     match e {
         ReadError::Aborted(_) => SPATE_ERR_ABORTED,
-        ReadError::WriterDead { .. } => SPATE_ERR_WRITER_DEAD,
+        ReadError::WriterDead { .. } | ReadError::Unconfirmed { .. } => SPATE_ERR_WRITER_DEAD,
         ReadError::BadRequest(_) => SPATE_ERR_INVALID,
         _ => SPATE_ERR_OTHER,
     }

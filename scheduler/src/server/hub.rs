@@ -1216,6 +1216,13 @@ impl Hub {
                         },
                     );
                 }
+                Command::StreamRead { node, job, stream } => self.send(
+                    node.0,
+                    Message::StreamRead {
+                        job: proto::JobId(job.0),
+                        stream: StreamIndex(stream),
+                    },
+                ),
                 Command::Preload { node, job } => match self.preload(job) {
                     Ok(m) => {
                         self.send(node.0, m);

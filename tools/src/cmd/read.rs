@@ -56,9 +56,11 @@ null; bytes: read by this reader, from the stream offset start_offset).\n\n\
 having it) as an HdrHistogram percentile distribution (.hgrm text).\n\n\
 The socket is the consumer node's RUN_DIR/handoff.sock and the key is 32 hex digits: \
 `spate submit` prints the exact command for each stream.\n\n\
-Exit status: 0 the stream was read to its end; 5 verification failed (the message names the \
-first bad offset); 3 the stream was aborted (with the reason); 4 the writer died before the \
-end; 2 bad arguments; 1 any other error (cannot attach, output error). `spate --help` has the \
+Exit status: 0 the stream was read to its end (and the consumer confirmed that the scheduler recorded it); 5 verification failed (the message names the \
+first bad offset); 3 the stream was aborted (with the reason; also when every byte was read but \
+the job ended otherwise); 4 the writer died before the end, or after every byte was read but \
+before it confirmed the end (outcome `end_unconfirmed`: the bytes are whole and checked, the \
+job's outcome is the scheduler's, see `spate status`); 2 bad arguments; 1 any other error (cannot attach, output error). `spate --help` has the \
 table of every command.",
     after_help = "Examples:\n  \
 spate read --socket /run/spate/printer/handoff.sock --key 5f0c2d9e8a7b6c5d4e3f2a1b0c9d8e7f --out cyan.raw\n  \
@@ -426,6 +428,14 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 None => e.to_string(),
             });
             EXIT_ABORTED
+        }
+        Err(Fail::Read(e @ ReadError::Unconfirmed { .. })) => {
+            // Every byte is here (and checked): only the job's end is not known.
+            rep.outcome = "end_unconfirmed";
+            rep.verified = a.verify.is_some();
+            rep.xxh3_128 = hasher.map(|h| format!("{:032x}", h.digest128()));
+            rep.error = Some(e.to_string());
+            EXIT_WRITER_DEAD
         }
         Err(Fail::Read(e @ ReadError::WriterDead { .. })) => {
             rep.outcome = "writer_dead";

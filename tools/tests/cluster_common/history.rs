@@ -9,15 +9,21 @@
 //! rules below, not by what spate happens to do today.
 //!
 //! Rules:
-//! 1. A job reported completed ⇔ every stream was read to its end byte-exact (one reader of
-//!    it exited 0 with outcome `end`, from offset 0, `bytes` equal to the stream's length and
-//!    the digest the test computed). "Reported" is the final status's `ended` entry; the
-//!    submitter, when it names an outcome, must name the same one with the matching exit code.
+//! 1. A job reported completed ⇔ every stream was read to its end byte-exact. Both ways, with
+//!    the reader's end confirmation (a reader at the end waits until its consumer confirms the
+//!    scheduler counted the stream read): completed ⇒ every stream was received whole (one
+//!    reader of it exited 0 with outcome `end`, from offset 0, `bytes` equal to the stream's
+//!    length and the digest the test computed; or exited 4 with outcome `end_unconfirmed` and
+//!    the same bytes and digest, its consumer having died before it could confirm); and every
+//!    stream read with its end confirmed (exit 0) ⇒ completed. "Reported" is the final
+//!    status's `ended` entry; the submitter, when it names an outcome, must name the same one
+//!    with the matching exit code.
 //! 2. A job reported aborted (or cancelled) ⇒ every reader the fault did not kill ended with
 //!    exit 3 and an error naming the job's reason, unless it had read its whole stream
 //!    byte-exact (the stream was complete before the abort: there is nothing to tell it; rule 1
 //!    still judges the job). One more exception: a reader whose consumer the fault killed
-//!    cannot be told anything by it and may end with exit 4 (`writer_dead`).
+//!    cannot be told anything by it and may end with exit 4 (`writer_dead`, or
+//!    `end_unconfirmed` when it had read every byte).
 //! 3. No job is left running at the end, and no job is forgotten (each is listed as ended).
 //! 4. No daemon exited unless the fault killed it.
 //! 5. No reader or submitter hung past its deadline; no reader saw wrong bytes.
@@ -244,6 +250,24 @@ fn read_exact(r: &ReaderRecord, s: &StreamRecord) -> Result<(), String> {
     ))
 }
 
+/// Whether `r` received stream `s` whole and byte-exact: read to its end with the end
+/// confirmed (exit 0, [`read_exact`]), or with every byte read and checked when the consumer
+/// died before it could confirm the end (exit 4, outcome `end_unconfirmed`).
+fn received_whole(r: &ReaderRecord, s: &StreamRecord) -> Result<(), String> {
+    let exact = read_exact(r, s);
+    if exact.is_ok() || r.proc.code != Some(4) {
+        return exact;
+    }
+    let Some(rep) = r.report() else {
+        return exact;
+    };
+    let whole = rep["outcome"] == "end_unconfirmed"
+        && rep["start_offset"].as_u64().unwrap_or(0) == 0
+        && rep["bytes"].as_u64() == Some(s.length)
+        && rep["xxh3_128"].as_str() == Some(s.digest.as_str());
+    if whole { Ok(()) } else { exact }
+}
+
 /// Judges one run's history: every rule it breaks (empty: the run is right).
 pub fn check(h: &History) -> Vec<Violation> {
     let mut v = Vec::new();
@@ -285,7 +309,7 @@ pub fn check(h: &History) -> Vec<Violation> {
                 );
             }
             let Some(rep) = r.report() else { continue };
-            let wrong_digest = rep["outcome"] == "end"
+            let wrong_digest = (rep["outcome"] == "end" || rep["outcome"] == "end_unconfirmed")
                 && j.streams.iter().any(|s| {
                     s.stream == r.stream
                         && rep["start_offset"].as_u64().unwrap_or(0) == 0
@@ -378,14 +402,16 @@ pub fn check(h: &History) -> Vec<Violation> {
                 }
             }
         }
-        // Rule 1, both ways.
+        // Rule 1, both ways: completed ⇒ every stream was received whole byte-exact (by a
+        // reader whose end was confirmed, or that read every byte before its consumer died
+        // unconfirmed); every stream's reader told its end confirmed (exit 0) ⇒ completed.
         let mut unread = Vec::new();
         for s in &j.streams {
             let tries: Vec<String> = j
                 .readers
                 .iter()
                 .filter(|r| r.stream == s.stream)
-                .map(|r| match read_exact(r, s) {
+                .map(|r| match received_whole(r, s) {
                     Ok(()) => String::new(),
                     Err(e) => e,
                 })
@@ -406,12 +432,18 @@ pub fn check(h: &History) -> Vec<Violation> {
                 format!("reported completed, but {}", unread.join(" | ")),
             );
         }
-        if outcome != "completed" && unread.is_empty() {
+        let all_confirmed = j.streams.iter().all(|s| {
+            j.readers
+                .iter()
+                .any(|r| r.stream == s.stream && read_exact(r, s).is_ok())
+        });
+        if outcome != "completed" && !j.streams.is_empty() && all_confirmed {
             bad(
                 Rule::ReadNotCompleted,
                 id,
                 format!(
-                    "every stream was read to its end byte-exact, but the job ended {outcome} ({reason:?})"
+                    "every stream was read to its end byte-exact, its end confirmed, but the job \
+                     ended {outcome} ({reason:?})"
                 ),
             );
         }
@@ -434,7 +466,9 @@ pub fn check(h: &History) -> Vec<Violation> {
                 let told = r.proc.code == Some(3) && !why.is_empty() && error.contains(&why);
                 let writer_dead = r.consumer_killed
                     && r.proc.code == Some(4)
-                    && rep.as_ref().is_some_and(|x| x["outcome"] == "writer_dead");
+                    && rep.as_ref().is_some_and(|x| {
+                        x["outcome"] == "writer_dead" || x["outcome"] == "end_unconfirmed"
+                    });
                 if !told && !writer_dead {
                     bad(
                         Rule::AbortedReaderNotTold,
@@ -637,6 +671,43 @@ mod tests {
             submit(0, "completed", None),
             vec![full(0, D0), late],
             json!({"job": 1, "outcome": "completed", "reason": null}),
+        );
+        assert_eq!(rules(&h), vec![Rule::CompletedNotRead]);
+    }
+
+    #[test]
+    fn every_byte_read_but_the_end_unconfirmed_after_the_consumer_died_fits_either_outcome() {
+        // The consumer died after every byte landed and was read, before it confirmed the
+        // ends: the readers say so (exit 4); the scheduler may have counted the streams read
+        // (completed) or not (aborted).
+        let unconfirmed = |stream, digest| {
+            let mut r = reader(
+                stream,
+                4,
+                json!({"outcome": "end_unconfirmed", "bytes": 100, "start_offset": 0,
+                       "xxh3_128": digest, "error": "writer (pid 7) died after every byte"}),
+            );
+            r.consumer_killed = true;
+            r
+        };
+        let both = vec![unconfirmed(0, D0), unconfirmed(1, D1)];
+        let ended = json!({"job": 1, "outcome": "completed", "reason": null});
+        let h = history(submit(0, "completed", None), both.clone(), ended);
+        assert_eq!(check(&h), vec![]);
+        let h = history(submit(3, "aborted", Some(REASON)), both, aborted_entry());
+        assert_eq!(check(&h), vec![]);
+        // Unconfirmed but short, or with other bytes: not received whole.
+        let mut short = unconfirmed(1, D1);
+        short.proc.stdout = format!(
+            "{}\n",
+            json!({"outcome": "end_unconfirmed", "bytes": 60, "start_offset": 0,
+                   "xxh3_128": D1, "error": "x"})
+        );
+        let ended = json!({"job": 1, "outcome": "completed", "reason": null});
+        let h = history(
+            submit(0, "completed", None),
+            vec![unconfirmed(0, D0), short],
+            ended,
         );
         assert_eq!(rules(&h), vec![Rule::CompletedNotRead]);
     }

@@ -189,6 +189,8 @@ struct Counts {
     in_place: std::sync::atomic::AtomicU64,
     /// Copied in: through the socket, or pulled from a producer's memory.
     copied: std::sync::atomic::AtomicU64,
+    /// (job, producer) pairs whose offers wait for a producer set naming the producer.
+    awaiting_assignment: std::sync::atomic::AtomicU64,
 }
 
 /// Chunks landed so far, by how their bytes came ([`ConsumerEngine::landed`]).
@@ -613,6 +615,12 @@ impl ConsumerEngine {
         }
     }
 
+    /// How many (job, producer) pairs have offers waiting for a producer set that names the
+    /// producer (a set comes over the control connection, offers over data connections).
+    pub fn awaiting_assignment(&self) -> u64 {
+        self.counts.awaiting_assignment.load(Ordering::Relaxed)
+    }
+
     /// Wake the receive thread (offers waiting for room are asked again at once).
     pub fn wake(&self) {
         self.waker.notify();
@@ -699,8 +707,9 @@ struct RingLanding {
     counts: Arc<Counts>,
     /// The node name each authenticated producer connection gave.
     names: HashMap<ConnId, String>,
-    /// Jobs with offers waiting for their producer set, since when.
-    unassigned_since: HashMap<u64, Instant>,
+    /// (job, producer) with offers waiting for a producer set that names the producer, since
+    /// when.
+    unassigned_since: HashMap<(u64, String), Instant>,
     pending: HashMap<(ConnId, ChunkKey), Pending>,
     /// Connections to close: they hold a grant another producer waits for ([`STALL_REVOKE`]).
     revoke: Vec<Revoke>,
@@ -709,6 +718,12 @@ struct RingLanding {
 }
 
 impl RingLanding {
+    fn count_awaiting(&self) {
+        self.counts
+            .awaiting_assignment
+            .store(self.unassigned_since.len() as u64, Ordering::Relaxed);
+    }
+
     /// Whether the producer on `conn` may land chunks of `job`: Some(refusal) if not, None if
     /// it may, or `Wait` while the job's producer set has not arrived (for a short grace).
     fn admit(&mut self, conn: ConnId, key: &ChunkKey) -> Option<Offered> {
@@ -719,24 +734,25 @@ impl RingLanding {
             return Some(Offered::Wait);
         }
         let name = self.names.get(&conn).map(String::as_str).unwrap_or("");
-        let ok = match lock(assigned).get(&key.job) {
-            Some(set) => {
-                self.unassigned_since.remove(&key.job);
-                set.contains(name)
-            }
-            None => {
-                let since = *self
-                    .unassigned_since
-                    .entry(key.job)
-                    .or_insert_with(Instant::now);
-                if since.elapsed() < ASSIGN_GRACE {
-                    return Some(Offered::Wait);
-                }
-                false
-            }
-        };
+        let ok = lock(assigned)
+            .get(&key.job)
+            .is_some_and(|set| set.contains(name));
+        let waiting = (key.job, name.to_string());
         if ok {
+            if self.unassigned_since.remove(&waiting).is_some() {
+                self.count_awaiting();
+            }
             return None;
+        }
+        // The set may not have arrived yet, or may not name a producer added just now (it
+        // comes over the control connection, the offer over the data one): wait a little.
+        let since = *self
+            .unassigned_since
+            .entry(waiting)
+            .or_insert_with(Instant::now);
+        self.count_awaiting();
+        if since.elapsed() < ASSIGN_GRACE {
+            return Some(Offered::Wait);
         }
         tracing::warn!(
             producer = name,

@@ -82,6 +82,37 @@ fn send(ep: &Endpoint, s: &Secret, name: &str, job: u64, stream: u32, n: u64) ->
     out
 }
 
+/// A producer added to a job's set just now may offer before the consumer has the new set (it
+/// comes over the control connection): its offers wait for the set, they are not refused.
+#[test]
+fn an_offer_that_arrives_before_the_set_naming_its_producer_waits_for_it() {
+    let dir = tmpdir("late-set");
+    let s = secret("the cluster secret of this test");
+    let mut cfg = EngineConfig::new(
+        vec![Endpoint::Unix(dir.join("data.sock"))],
+        dir.join("handoff.sock"),
+    );
+    cfg.raw.auth = Some(RawAuth::new(s.clone(), "c1").unwrap());
+    let eng = ConsumerEngine::start(cfg).unwrap();
+    let ep = eng.endpoints()[0].clone();
+    let total = 2 * CHUNK;
+    let _a = eng.alloc(1, 0, total, total).unwrap();
+    eng.set_producers(1, &["p1".to_string()]);
+    let (ep2, s2) = (ep.clone(), s.clone());
+    let sender = std::thread::spawn(move || send(&ep2, &s2, "p2", 1, 0, 2));
+    let t0 = Instant::now();
+    while eng.awaiting_assignment() == 0 {
+        assert!(
+            t0.elapsed() < DEADLINE,
+            "p2's offer never waited for the set"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    eng.set_producers(1, &["p1".to_string(), "p2".to_string()]);
+    assert_eq!(sender.join().unwrap(), vec![Outcome::Acked; 2]);
+    assert_eq!(eng.awaiting_assignment(), 0);
+}
+
 #[test]
 fn only_assigned_producers_land_chunks_of_streams_placed_here() {
     let dir = tmpdir("assigned");

@@ -899,6 +899,11 @@ pub enum Message {
         micros: u64,
         /// Of that, microseconds computing the chunk.
         compute_micros: u64,
+        /// The CPU time the producer process spent since its previous task ended (all its
+        /// threads: kernel, messages, sockets), divided by the CPUs it may use (its cgroup
+        /// quota, else its CPUs), in microseconds; 0 when not measured (the first task after
+        /// an idle spell).
+        cpu_micros: u64,
         /// Per piece: the link's time for it (busy time: pieces overlapping on one link are
         /// not counted twice).
         pieces: Vec<PieceTime>,

@@ -61,6 +61,7 @@ fn sequence() -> Vec<Message> {
             bytes: 1 << 20,
             micros: 1234,
             compute_micros: 0,
+            cpu_micros: 0,
             pieces: vec![],
         },
         Message::Quit {

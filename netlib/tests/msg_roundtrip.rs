@@ -619,6 +619,7 @@ fn message() -> impl Strategy<Value = Message> {
                     bytes,
                     micros,
                     compute_micros,
+                    cpu_micros: micros / 3,
                     pieces,
                 }
             }),

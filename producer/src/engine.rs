@@ -527,6 +527,7 @@ fn run(
 ) {
     let t = p.task;
     let t0 = Instant::now();
+    let cpu0 = spate_runtime::cpu::process_time();
     let size = match p.size {
         Ok(s) => s,
         Err(reason) => {
@@ -652,6 +653,7 @@ fn run(
         targets: rest,
         written,
         t0,
+        cpu0,
         compute_us,
     };
     if let Err(ExpelMsg::Task(j)) = expel.send(ExpelMsg::Task(job)) {

@@ -65,6 +65,8 @@ pub struct ExpelJob {
     pub written: Vec<(ChunkKey, ConnId, Placed, String)>,
     /// When the task started.
     pub t0: Instant,
+    /// The process's CPU time then.
+    pub cpu0: Option<Duration>,
     /// Microseconds computing the chunk.
     pub compute_us: u64,
 }
@@ -74,6 +76,7 @@ struct Running {
     remaining: usize,
     bytes: u64,
     t0: Instant,
+    cpu0: Option<Duration>,
     compute_us: u64,
     pieces: Vec<PieceTime>,
     failed: bool,
@@ -117,6 +120,46 @@ struct Expeller {
     next_request: u64,
     /// The error of the connection that closed last (its failed chunks come right after).
     last_closed: Option<(ConnId, String)>,
+    cpu: CpuMeter,
+}
+
+/// The CPU a task cost the producer process, in time at the CPUs it may use: what the
+/// scheduler needs when a CPU quota, not the compute thread, limits the producer.
+#[derive(Default)]
+struct CpuMeter {
+    /// When the last task ended, and the process's CPU time then.
+    last_done: Option<(Instant, Duration)>,
+    /// The process's allowance in CPUs, and when it was read (it is read again every second:
+    /// a quota can change under a running producer).
+    allowance: Option<(Instant, f64)>,
+}
+
+impl CpuMeter {
+    /// Microseconds at the allowance that the task started at `t0` (CPU time `cpu0`) cost:
+    /// the CPU used since the later of its start and the previous task's end (so concurrent
+    /// tasks do not count the same CPU twice, and an idle spell before it is not counted).
+    fn task_done(&mut self, t0: Instant, cpu0: Option<Duration>) -> u64 {
+        let now = Instant::now();
+        let Some(cpu) = spate_runtime::cpu::process_time() else {
+            return 0;
+        };
+        let from = match self.last_done {
+            Some((at, c)) if at > t0 => Some(c),
+            _ => cpu0,
+        };
+        self.last_done = Some((now, cpu));
+        let allowance = match self.allowance {
+            Some((at, a)) if now.duration_since(at) < Duration::from_secs(1) => a,
+            _ => {
+                let a = spate_runtime::cpu::allowance();
+                self.allowance = Some((now, a));
+                a
+            }
+        };
+        from.map_or(0, |c| {
+            (cpu.saturating_sub(c).as_secs_f64() / allowance * 1e6) as u64
+        })
+    }
 }
 
 /// Whether a task refused for `r` may be redone.
@@ -283,6 +326,7 @@ impl Expeller {
                 remaining: j.targets.len() + j.written.len(),
                 bytes: 0,
                 t0: j.t0,
+                cpu0: j.cpu0,
                 compute_us: j.compute_us,
                 pieces: Vec::with_capacity(j.targets.len() + j.written.len()),
                 failed: false,
@@ -370,6 +414,7 @@ impl Expeller {
             && let Some(r) = self.running.remove(&task)
         {
             if !r.failed {
+                let cpu_micros = self.cpu.task_done(r.t0, r.cpu0);
                 let _ = self.out.send(Message::TaskDone {
                     task,
                     job: r.job,
@@ -377,6 +422,7 @@ impl Expeller {
                     bytes: r.bytes,
                     micros: r.t0.elapsed().as_micros() as u64,
                     compute_micros: r.compute_us,
+                    cpu_micros,
                     pieces: r.pieces.clone(),
                 });
             }
@@ -438,6 +484,7 @@ pub fn expel_loop(client: RawClient, rx: QueueRx<ExpelMsg>, out: Outbox, freed: 
         requests: HashMap::new(),
         next_request: 0,
         last_closed: None,
+        cpu: CpuMeter::default(),
     };
     // Queue messages wake the client's io_uring through the queue's eventfd, watched by the
     // client: one wait covers the network and the queue.

@@ -7,6 +7,7 @@
 //! - [`thread`]: pinned threads, bounded queues, eventfd wake-ups.
 //! - [`probe`], [`memlock`]: what the kernel offers; RLIMIT_MEMLOCK handling.
 
+pub mod cpu;
 pub mod driver;
 pub mod error;
 pub mod memlock;

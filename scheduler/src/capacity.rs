@@ -3,6 +3,11 @@
 //!
 //! - Per producer (by node name, so that it survives a reconnect) and kernel: a fit of
 //!   compute time against chunk bytes, `t = o + s / c`, from every task's compute time.
+//! - Per producer and kernel, a second fit of the CPU time each task cost the producer
+//!   process (all threads), divided by the CPUs it may use (its cgroup quota, else its CPUs),
+//!   against chunk bytes: the compute estimate is the upper envelope of the two (a producer
+//!   throttled by a quota pays per chunk for messages, sockets and the network stack, outside
+//!   the kernel's call).
 //! - Per producer → consumer pair: a fit of piece time against piece bytes, `t = o + b / B`,
 //!   from every piece's expel time (the producer accounts overlapping pieces on one link by
 //!   busy time, so concurrent pieces do not count twice).
@@ -170,6 +175,13 @@ pub struct SavedFit {
     pub slow: [f64; 6],
 }
 
+/// The compute table's key of a kernel's CPU fit (kept and restored with the others).
+const CPU_SUFFIX: &str = "#cpu";
+
+fn cpu_key(kernel: &str) -> String {
+    format!("{kernel}{CPU_SUFFIX}")
+}
+
 /// Weight of each sample in the slow fits that give fixed costs (see the module notes).
 pub const SLOW_ALPHA: f64 = 0.02;
 
@@ -292,6 +304,18 @@ impl Capacities {
             .add(bytes as f64, secs, alpha);
     }
 
+    /// A task of `kernel` on `node` (`bytes`) cost the producer process `secs` of CPU time
+    /// at the CPUs it may use: the compute estimate is never faster than this (a throttled
+    /// producer's per-chunk costs outside the kernel's call show here, not in its compute
+    /// time).
+    pub fn observe_cpu(&mut self, node: &str, kernel: &str, bytes: u64, secs: f64) {
+        let alpha = self.config.alpha;
+        self.compute
+            .entry((node.to_string(), cpu_key(kernel)))
+            .or_default()
+            .add(bytes as f64, secs, alpha);
+    }
+
     /// A piece of `bytes` from `producer` to `consumer` took `secs` of the link's time.
     pub fn observe_link(
         &mut self,
@@ -317,6 +341,16 @@ impl Capacities {
         if let Some(fit) = self.compute.get(&(node.to_string(), kernel.to_string()))
             && let Some((a, b)) = fit.solve(prior_o)
         {
+            // The CPU fit, when measured, bounds it from below: the upper envelope of the two
+            // lines (the larger fixed cost, the larger time per byte).
+            let (a, b) = match self
+                .compute
+                .get(&(node.to_string(), cpu_key(kernel)))
+                .and_then(|f| f.solve(prior_o))
+            {
+                Some((ca, cb)) => (a.max(ca), b.max(cb)),
+                None => (a, b),
+            };
             return Compute {
                 rate: (1.0 / b).min(1e13),
                 overhead: a,
@@ -407,6 +441,7 @@ impl Capacities {
     pub fn computes(&self) -> Vec<(String, String, Compute)> {
         self.compute
             .keys()
+            .filter(|(_, k)| !k.ends_with(CPU_SUFFIX))
             .map(|(n, k)| (n.clone(), k.clone(), self.compute(n, k, 0, 1)))
             .collect()
     }
@@ -509,6 +544,38 @@ mod tests {
             one.observe_compute("p", "rip", 4_000_000, t(4e6));
         }
         assert_eq!(one.compute("p", "rip", 0, 1).overhead, 0.2e-3);
+    }
+
+    #[test]
+    fn the_cpu_a_task_costs_bounds_the_compute_estimate() {
+        // Compute alone: 1 ms + s / 600 MB/s. The CPU quota's view: 20 ms + s / 60 MB/s.
+        let mut c = Capacities::default();
+        for s in [1e6, 4e6, 2e6, 1e6, 4e6, 2e6] {
+            c.observe_compute("p", "rip", s as u64, 1e-3 + s / 600e6);
+            c.observe_cpu("p", "rip", s as u64, 20e-3 + s / 60e6);
+        }
+        let e = c.compute("p", "rip", 0, 1);
+        assert!(close(e.overhead, 20e-3, 1e-6), "{e:?}");
+        assert!(close(e.rate, 60e6, 1e-6), "{e:?}");
+        // Listed once, under the kernel's name.
+        let listed = c.computes();
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].0.as_str(), listed[0].1.as_str()), ("p", "rip"));
+        // Kept and restored with the rest.
+        let mut back = Capacities::default();
+        back.restore(&c.export());
+        assert_eq!(back.compute("p", "rip", 0, 1), e);
+        // A CPU fit below the compute one changes nothing.
+        let mut d = Capacities::default();
+        for s in [1e6, 4e6, 2e6, 1e6] {
+            d.observe_compute("p", "rip", s as u64, 1e-3 + s / 600e6);
+            d.observe_cpu("p", "rip", s as u64, 0.5e-3 + s / 900e6);
+        }
+        let e = d.compute("p", "rip", 0, 1);
+        assert!(
+            close(e.overhead, 1e-3, 1e-6) && close(e.rate, 600e6, 1e-6),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -298,6 +298,8 @@ pub enum Event {
 pub struct TaskReport {
     /// Microseconds computing the chunk.
     pub compute_us: u64,
+    /// Microseconds of the producer's CPU allowance the task cost (0: not measured).
+    pub cpu_us: u64,
     /// Bytes computed.
     pub bytes: u64,
     /// Per piece: stream, bytes, microseconds of the link's time.
@@ -3148,6 +3150,10 @@ impl Scheduler {
         if r.bytes > 0 && r.compute_us > 0 {
             self.caps
                 .observe_compute(&pn.0, kernel, r.bytes, r.compute_us as f64 / 1e6);
+        }
+        if r.bytes > 0 && r.cpu_us > 0 {
+            self.caps
+                .observe_cpu(&pn.0, kernel, r.bytes, r.cpu_us as f64 / 1e6);
         }
         let mut links = Vec::new();
         for &(stream, bytes, us) in &r.pieces {

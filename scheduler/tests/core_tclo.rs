@@ -223,6 +223,7 @@ impl Sim {
                         task,
                         report: TaskReport {
                             compute_us: (bytes as f64 / rate * 1e6) as u64,
+                            cpu_us: 0,
                             bytes,
                             pieces: vec![],
                         },

@@ -279,6 +279,7 @@ fn fake_producer(
                         bytes: 8192,
                         micros: 1,
                         compute_micros: 0,
+                        cpu_micros: 0,
                         pieces: vec![],
                     };
                     if c.send(&done).is_err() {

@@ -24,7 +24,7 @@ pub mod scenario;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -711,7 +711,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     for i in 0..nodes {
         let name = node_name(i);
         let node = &cluster.nodes[i];
-        let mut c = cluster.command(i, &exe);
+        let mut c = if i == CONSUMER {
+            cluster.command(i, &exe)
+        } else {
+            producer_command(&cluster, i, &exe, ctl.version)
+        };
         c.args(["node", "--name", &name, "--scheduler"])
             .arg(sched_ep.to_string())
             .arg("--secret-file")
@@ -1207,6 +1211,31 @@ fn parallel(
         r.estimates_after = est.clone();
     }
     Ok(runs)
+}
+
+/// `ip netns exec` for a producer, with the `cpu` controller's hierarchy mounted in the mount
+/// namespace `ip netns exec` makes (its fresh `/sys` has no `/sys/fs/cgroup`): the producer
+/// then sees its own CPU quota as on a host of its own, and reports the CPU a task costs at that
+/// quota. Best effort: if the mounts fail it runs as it would without them.
+fn producer_command(
+    cluster: &crate::cluster::emu::Cluster,
+    node: usize,
+    exe: &Path,
+    version: cgroup::Version,
+) -> Command {
+    let mount = match version {
+        cgroup::Version::V1 => {
+            "mount -t tmpfs spate-cgroups /sys/fs/cgroup && mkdir -p /sys/fs/cgroup/cpu && \
+             mount -t cgroup -o cpu spate-cpu /sys/fs/cgroup/cpu"
+        }
+        cgroup::Version::V2 => "mount -t cgroup2 spate-cgroup2 /sys/fs/cgroup",
+    };
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &cluster.nodes[node].netns, "sh", "-c"])
+        .arg(format!("{{ {mount}; }} 2>/dev/null; exec \"$@\""))
+        .arg("sh")
+        .arg(exe);
+    c
 }
 
 #[cfg(test)]

@@ -229,6 +229,7 @@ pub fn run_core(cfg: &Synthetic) -> anyhow::Result<Figures> {
                         task,
                         report: TaskReport {
                             compute_us: bytes / 1000 + 1,
+                            cpu_us: 0,
                             bytes,
                             pieces: chunk
                                 .pieces
@@ -455,6 +456,7 @@ pub fn run_hub(cfg: &Synthetic) -> anyhow::Result<Figures> {
                             bytes,
                             micros: bytes / 1000 + 1,
                             compute_micros: bytes / 1000 + 1,
+                            cpu_micros: 0,
                             pieces: targets
                                 .iter()
                                 .map(|t| proto::PieceTime {

@@ -533,6 +533,7 @@ impl Sim<'_> {
                         task,
                         report: TaskReport {
                             compute_us,
+                            cpu_us: 0,
                             bytes,
                             pieces: times,
                         },

@@ -681,6 +681,7 @@ impl Hub {
                 kind,
                 bytes,
                 compute_micros,
+                cpu_micros,
                 pieces,
                 ..
             } => {
@@ -691,6 +692,7 @@ impl Hub {
                         task: TaskId(task.0),
                         report: TaskReport {
                             compute_us: compute_micros,
+                            cpu_us: cpu_micros,
                             bytes,
                             pieces: pieces
                                 .iter()

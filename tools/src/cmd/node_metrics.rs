@@ -484,6 +484,7 @@ mod tests {
             bytes: 1000,
             micros: 500,
             compute_micros: 500,
+            cpu_micros: 0,
             pieces: vec![],
         });
         m.outgoing(&Message::TaskDone {
@@ -493,6 +494,7 @@ mod tests {
             bytes: 1000,
             micros: 1000,
             compute_micros: 250,
+            cpu_micros: 0,
             // The tcp piece's link was busy 100 us; the unix one reports no time.
             pieces: vec![PieceTime {
                 stream: StreamIndex(1),

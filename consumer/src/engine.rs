@@ -547,6 +547,21 @@ impl ConsumerEngine {
         }
     }
 
+    /// The scheduler counted `job` completed: confirm the end of each of its streams (a
+    /// stream not finished is unaffected: its release aborts it).
+    pub fn confirm_job(&self, job: u64) {
+        let entries: Vec<Arc<Entry>> = lock(&self.table)
+            .iter()
+            .filter(|(k, _)| k.0 == job)
+            .map(|(_, e)| e.clone())
+            .collect();
+        for e in entries {
+            if e.writer.is_closed() {
+                e.writer.confirm_end();
+            }
+        }
+    }
+
     /// Drop every ring of `job` (aborting those not finished: their readers see why).
     /// Returns how many were released.
     pub fn release(&self, job: u64, reason: AbortReason) -> usize {

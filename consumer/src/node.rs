@@ -152,8 +152,11 @@ impl ConsumerNode {
             Message::Release { job, ref reason } => {
                 // Report the final state first, so the scheduler sees the last progress.
                 let out = self.tick_job(Some(job.0));
-                // Finished streams are only dropped; readers of the others learn why.
+                // Finished streams are only dropped; readers of the others learn why. An empty
+                // reason is a completed job (read to its end, or done by its user's word): the
+                // ends of its finished streams are confirmed first.
                 let n = if reason.is_empty() {
+                    self.engine.confirm_job(job.0);
                     self.engine.release(job.0, AbortReason::Cancelled)
                 } else {
                     self.engine

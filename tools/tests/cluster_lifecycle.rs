@@ -98,6 +98,39 @@ fn ready_starts_it_and_a_job_read_to_its_end_completes_by_itself() {
     );
 }
 
+/// `spate done` on a delivered job whose reader is still reading: the job is completed by the
+/// user's word, and the reader, reading the rest from its mapping, gets its end confirmed (exit
+/// 0), not an abort.
+#[test]
+fn done_while_a_reader_still_reads_completes_the_job_and_the_reader_ends_well() {
+    let mut c = local("life-done");
+    let acc = submit(
+        &c,
+        "job",
+        "kernel = \"pattern\"\nsize = \"8MiB\"\nchunk = \"1MiB\"\nnode = \"c0\"\n[params]\nseed = 6\n",
+    );
+    let job = acc["job"].as_u64().unwrap();
+    let stream = acc["streams"][0].clone();
+    // 5 MB/s: the reader is still reading when the job is delivered.
+    let reader = c.read(&stream, 6, &["--rate", "40Mbit", "--block", "256KiB"]);
+    assert!(ctl(&c, "ready", job).status.success());
+    let s = c.wait_status("the job delivered", |s| {
+        job_entry(s, job).is_some_and(|j| j["state"] == "delivered")
+    });
+    let read = job_entry(&s, job).unwrap()["read"].as_u64().unwrap();
+    assert!(read < 8 * MIB, "read before done: {s}");
+    let out = ctl(&c, "done", job);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (code, rep) = finish_read(reader, WAIT);
+    assert_verified(code, &rep, 8 * MIB);
+    c.wait_status("the job completed", |s| {
+        s["ended"].as_array().is_some_and(|v| {
+            v.iter()
+                .any(|e| e["job"].as_u64() == Some(job) && e["outcome"] == "completed")
+        })
+    });
+}
+
 #[test]
 fn a_killed_reader_tells_the_other_readers_why_and_an_unread_stream_is_named_stalled() {
     let mut c = local("life-reader");

@@ -949,7 +949,9 @@ where
                 for m in msgs {
                     let _ = out.send(m);
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                // Every 20 ms: a reader waiting at the end for its confirmation waits for
+                // this report (and the scheduler's answer), so it sets how late readers end.
+                std::thread::sleep(Duration::from_millis(20));
             }
         })
     });

@@ -1,7 +1,7 @@
 //! The node daemon's Prometheus metrics (`spate node --metrics ADDR`), all prefixed `spate_` and
 //! labelled with the node's name.
 //!
-//! - Streams (consumer role), from the engine's stream table, sampled every 50 ms by the
+//! - Streams (consumer role), from the engine's stream table, sampled every 20 ms by the
 //!   reporting thread: bytes landed in order, bytes released by the reader, ring fill, ring
 //!   capacity, and starvations (samples in which an attached reader had read everything landed
 //!   so far before the end, after a sample in which it had not: an under-estimate when a
@@ -111,7 +111,7 @@ impl Default for NodeMetrics {
                 "stream",
                 "starvations_total",
                 "Times the attached reader was seen waiting on an empty ring before the end \
-                 (sampled every 50 ms)",
+                 (sampled every 20 ms)",
                 STREAM,
             ),
             streams: ok(IntGauge::with_opts(opts(

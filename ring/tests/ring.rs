@@ -180,12 +180,7 @@ fn an_awaited_end_is_returned_only_once_confirmed() {
     w.abort_with(AbortReason::JobAborted, "too late");
 
     // Refused: every byte read, then the job was aborted.
-    let w = writer(CAP, Some(10), BackingPref::NoHugeTlb);
-    w.await_confirmation();
-    let mut r = attach(&w);
-    land_pattern(&w, 0, 10);
-    w.finish().unwrap();
-    assert_eq!(read_until_end_or_err(&mut r), Ok(10));
+    let (w, mut r) = ended_and_read_awaiting_its_end();
     w.abort_with(
         AbortReason::JobAborted,
         "job 3 was aborted: output node \"c1\" crashed",
@@ -200,17 +195,23 @@ fn an_awaited_end_is_returned_only_once_confirmed() {
     );
 
     // Dropped unconfirmed.
+    let (w, mut r) = ended_and_read_awaiting_its_end();
+    drop(w);
+    assert_eq!(
+        r.acquire(1, 100, None).unwrap_err(),
+        ReadError::Aborted(AbortReason::WriterGone)
+    );
+}
+
+/// A 10-byte stream whose end awaits confirmation, landed, finished and read to its end.
+fn ended_and_read_awaiting_its_end() -> (spate_ring::Writer, Reader) {
     let w = writer(CAP, Some(10), BackingPref::NoHugeTlb);
     w.await_confirmation();
     let mut r = attach(&w);
     land_pattern(&w, 0, 10);
     w.finish().unwrap();
     assert_eq!(read_until_end_or_err(&mut r), Ok(10));
-    drop(w);
-    assert_eq!(
-        r.acquire(1, 100, None).unwrap_err(),
-        ReadError::Aborted(AbortReason::WriterGone)
-    );
+    (w, r)
 }
 
 /// Reads what is there without waiting for an end that needs confirming: the bytes read.

@@ -34,7 +34,7 @@ pub const TABLE: &[(i32, &str)] = &[
     ),
     (
         PEER_GONE,
-        "a peer died or went away: the stream's writer (read), the scheduler (submit --wait, status --watch)",
+        "a peer died or went away: the stream's writer (read; also after every byte was read but before the end was confirmed, `end_unconfirmed`), the scheduler (submit --wait, status --watch)",
     ),
     (VERIFY, "data failed verification (read --verify, demo)"),
     (REFUSED, "the scheduler refused the job (submit)"),

@@ -58,6 +58,8 @@ pub const STALL_MS: Millis = 5_000;
 
 /// A dealt task is late at its expected time × (1 + slack) plus this (control-plane jitter).
 pub const STRAGGLER_FLOOR_MS: u64 = 100;
+/// A late task that found no producer free to take a copy is looked at again this much later.
+pub const STRAGGLER_RETRY_MS: u64 = 100;
 
 /// A constant-rate reader's position is moved on at its rate for at most this long after
 /// its last report.
@@ -3040,8 +3042,10 @@ impl Scheduler {
     }
 
     /// Stragglers: a dealt job's task past its deadline makes its producer suspect (no new
-    /// chunks until it finishes one), and every task of the job it holds without a copy is
-    /// duplicated on the least loaded other producer of the job.
+    /// chunks, and not planned on, until it finishes one), and every task of the job it holds
+    /// without a copy is duplicated on the least loaded other producer of the job. With none
+    /// free, the job is re-planned without the straggler (once per suspicion) and the task is
+    /// looked at again [`STRAGGLER_RETRY_MS`] later.
     fn check_stragglers(&mut self, out: &mut Vec<Command>) {
         let now = self.now;
         while let Some(&(d, id)) = self.deadlines.first() {
@@ -3069,15 +3073,26 @@ impl Scheduler {
                 })
                 .unwrap_or_default();
             victims.sort_by_key(|v| v.1);
-            // With no other producer to take a copy, the straggler keeps its work.
+            // With no other producer free to take a copy now (the others suspect, still
+            // preloading, or not yet in the plan that a re-plan may widen), the straggler keeps
+            // its work and is looked at again later: a deadline dropped here for good left a
+            // producer cut to a tenth holding the job's next chunk with no copy ever made.
             if self.helper_for(job, slow).is_none() {
-                for (vid, _) in victims {
-                    if let Some(v) = self.tasks.get_mut(&vid)
-                        && let Some(dl) = v.deadline.take()
-                    {
-                        self.deadlines.remove(&(dl, vid));
-                    }
+                // The straggler is planned on no more until it finishes a task: the re-plan
+                // brings in (and preloads) producers the plan had left out.
+                let newly = self
+                    .jobs
+                    .get_mut(&job)
+                    .and_then(|j| j.dealer.as_mut())
+                    .is_some_and(|d| d.suspect.insert(slow));
+                if newly {
+                    self.replan(job, out);
                 }
+                let again = now + STRAGGLER_RETRY_MS;
+                if let Some(t) = self.tasks.get_mut(&id) {
+                    t.deadline = Some(again);
+                }
+                self.deadlines.insert((again, id));
                 continue;
             }
             if let Some(d) = self.jobs.get_mut(&job).and_then(|j| j.dealer.as_mut()) {
@@ -3208,12 +3223,10 @@ impl Scheduler {
             return;
         };
         let consumers: Vec<NodeId> = j.streams.iter().map(|s| s.node).collect();
-        let cluster = self.cluster_for(
-            j.plan.kernel.name(),
-            &consumers,
-            Some(id),
-            &j.preload_failed,
-        );
+        // Neither a producer that failed its preload nor one suspected of straggling (until
+        // it finishes a task) is planned on.
+        let skip: BTreeSet<NodeId> = j.preload_failed.union(&d.suspect).copied().collect();
+        let cluster = self.cluster_for(j.plan.kernel.name(), &consumers, Some(id), &skip);
         let current = Plan {
             policy: self.policies[j.policy].name(),
             deal: Deal::Weighted(d.plan.clone()),

@@ -41,6 +41,8 @@ struct Sim {
     /// Tasks duplicated per job, as last seen while it was live (a job read to its end
     /// completes and leaves the core).
     duplicated: BTreeMap<JobId, u64>,
+    /// Preloads asked while running (a re-plan bringing in a producer), answered next step.
+    preloads: Vec<(NodeId, JobId)>,
 }
 
 impl Sim {
@@ -57,6 +59,7 @@ impl Sim {
             landed: BTreeMap::new(),
             consumer: NodeId(50),
             duplicated: BTreeMap::new(),
+            preloads: Vec::new(),
         }
     }
 
@@ -106,6 +109,7 @@ impl Sim {
                     self.delivered.insert(*job, self.now_us);
                 }
                 Command::JobWarning { message, .. } => self.warnings.push(message.clone()),
+                Command::Preload { node, job } => self.preloads.push((*node, *job)),
                 _ => {}
             }
         }
@@ -170,11 +174,9 @@ impl Sim {
         }
         match reply {
             Some(Reply::Accepted { job: j, .. }) => {
-                let out = self.ev(Event::Ready { client, job: j });
-                for c in out {
-                    if let Command::Preload { node, job } = c {
-                        self.ev(Event::PreloadDone { node, job });
-                    }
+                self.ev(Event::Ready { client, job: j });
+                for (node, job) in std::mem::take(&mut self.preloads) {
+                    self.ev(Event::PreloadDone { node, job });
                 }
                 Ok(j)
             }
@@ -193,6 +195,9 @@ impl Sim {
                 && self.s.jobs().iter().all(|j| self.delivered.contains_key(j))
             {
                 return;
+            }
+            for (node, job) in std::mem::take(&mut self.preloads) {
+                self.ev(Event::PreloadDone { node, job });
             }
             for s in self.servers.values_mut() {
                 if s.busy.is_none()
@@ -333,7 +338,11 @@ fn rate_job(name: &str, rate: &str) -> String {
 
 /// Two producers of 100 MB/s each, warmed up by one job so their rates are measured.
 fn warmed() -> Sim {
-    let mut sim = Sim::new(cfg());
+    warmed_with(cfg())
+}
+
+fn warmed_with(cfg: TcloConfig) -> Sim {
+    let mut sim = Sim::new(cfg);
     sim.join_consumer(50, "c");
     sim.join_producer(1, Some(100.0 * MB));
     sim.join_producer(2, Some(100.0 * MB));
@@ -416,4 +425,48 @@ fn a_producer_that_slows_down_is_replanned_and_the_submitter_warned_when_the_rat
         "{}",
         sim.warnings[0]
     );
+}
+
+/// The producers dealt tasks in commands from `from` on.
+fn dealt_to(sim: &Sim, from: usize) -> std::collections::BTreeSet<NodeId> {
+    sim.out[from..]
+        .iter()
+        .filter_map(|c| match c {
+            Command::Compute { node, .. } => Some(*node),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_late_task_with_no_producer_free_brings_in_one_the_plan_left_out() {
+    let mut sim = warmed_with(TcloConfig::default());
+    // 25 MB/s: one producer of 100 MB/s carries it, and the plan takes one.
+    let mark = sim.out.len();
+    let j = sim.start(ClientId(1), &rate_job("a", "0.2Gbit")).unwrap();
+    sim.run(sim.now_us + 300_000);
+    let used = dealt_to(&sim, mark);
+    assert_eq!(used.len(), 1, "the plan took {used:?}");
+    let slow = *used.first().unwrap();
+    // It stalls holding the job's next chunks: the other producer, left out of the plan, is
+    // brought in, and what the staller holds is redone there.
+    sim.servers.get_mut(&slow).unwrap().rate = None;
+    let mark = sim.out.len();
+    sim.run(u64::MAX);
+    assert!(sim.delivered.contains_key(&j), "the job was not delivered");
+    let after = dealt_to(&sim, mark);
+    assert!(
+        after.iter().any(|n| *n != slow),
+        "no other producer: {after:?}"
+    );
+    assert!(sim.duplicated[&j] > 0, "no straggler was duplicated");
+    assert!(sim.s.tasks_of(slow).is_empty());
+    // Every byte of the stream landed once in order (the first copy of each chunk won).
+    let landed = &sim.landed[&(j, 0)];
+    let mut at = 0;
+    for (&o, &n) in landed {
+        assert_eq!(o, at, "a gap or overlap at {o}");
+        at = o + n;
+    }
+    assert_eq!(at, 64 << 20);
 }

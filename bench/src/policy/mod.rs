@@ -84,6 +84,25 @@ pub struct Args {
     /// that: producers, dealing, window, pacing, admission).
     #[arg(long)]
     pub lb_own_chunk: bool,
+    /// Run only these scenarios (e.g. S5, or S1,S4); the warm-up and calibration always run.
+    #[arg(long, value_delimiter = ',', value_parser = parse_scenario)]
+    pub scenarios: Vec<String>,
+}
+
+/// The scenario names `--scenarios` takes.
+const SCENARIOS: [&str; 5] = ["S1", "S2", "S3", "S4", "S5"];
+
+fn parse_scenario(s: &str) -> Result<String, String> {
+    let up = s.trim().to_ascii_uppercase();
+    if SCENARIOS.contains(&up.as_str()) {
+        Ok(up)
+    } else {
+        Err(format!(
+            "no scenario {}: the scenarios are {}",
+            spate_netlib::text::quote(s),
+            SCENARIOS.join(", ")
+        ))
+    }
 }
 
 /// The run directory (sockets, logs, input), removed on interrupt too.
@@ -978,11 +997,15 @@ fn scenarios(
     };
 
     // S1, S2, S3: one job each.
+    let wanted = |sc: &str| a.scenarios.is_empty() || a.scenarios.iter().any(|w| w == sc);
     for (sc, fraction) in [
         ("S1", Some(scenario::S1_FRACTION)),
         ("S2", Some(scenario::S2_FRACTION)),
         ("S3", None),
     ] {
+        if !wanted(sc) {
+            continue;
+        }
         for policy in POLICIES {
             b.progress.start(&format!("{sc} {policy}"));
             let rate = fraction.map(|f| f * t);
@@ -1010,7 +1033,7 @@ fn scenarios(
     }
 
     // S4: two jobs that fit together, then a third that does not.
-    for policy in POLICIES {
+    for policy in POLICIES.into_iter().filter(|_| wanted("S4")) {
         b.progress.start(&format!("S4 {policy}"));
         match parallel(b, policy, t, t_gbit, secs, &ask, lb_chunk(&chunk_of, "S4")) {
             Ok(rs) => {
@@ -1041,7 +1064,7 @@ fn scenarios(
         .collect();
     let slow = scenario::pick_to_slow(&shares).unwrap_or(0);
     let r5 = scenario::s5_rate(t, shares[slow].1 * 1e9 / 8.0);
-    for policy in POLICIES {
+    for policy in POLICIES.into_iter().filter(|_| wanted("S5")) {
         b.progress.start(&format!("S5 {policy}"));
         let mut j = ask(&format!("S5-{policy}"), policy, r5 * secs);
         j.rate_bits = Some(scenario::stream_rate_bits(r5, scenario::CHANNELS));

@@ -233,6 +233,8 @@ type Assigned = Arc<Mutex<HashMap<u64, HashSet<String>>>>;
 /// scheduler sends it before any producer gets work; this only covers the two messages
 /// crossing on different connections).
 const ASSIGN_GRACE: Duration = Duration::from_secs(2);
+/// A (job, producer) pair refused this long ago is forgotten.
+const FORGET_UNASSIGNED: Duration = Duration::from_secs(60);
 
 /// Whether this consumer is in touch with the scheduler: it lands chunks only while it heard
 /// from it recently. A consumer paused (SIGSTOP) past its heartbeats has been declared dead
@@ -733,10 +735,19 @@ struct RingLanding {
 }
 
 impl RingLanding {
-    fn count_awaiting(&self) {
+    /// Publishes how many (job, producer) pairs wait within their grace; pairs refused long
+    /// ago are forgotten (a later offer of theirs gets a grace again, and is refused after it).
+    fn count_awaiting(&mut self) {
+        self.unassigned_since
+            .retain(|_, since| since.elapsed() < FORGET_UNASSIGNED);
+        let waiting = self
+            .unassigned_since
+            .values()
+            .filter(|since| since.elapsed() < ASSIGN_GRACE)
+            .count();
         self.counts
             .awaiting_assignment
-            .store(self.unassigned_since.len() as u64, Ordering::Relaxed);
+            .store(waiting as u64, Ordering::Relaxed);
     }
 
     /// Whether the producer on `conn` may land chunks of `job`: Some(refusal) if not, None if
@@ -748,11 +759,11 @@ impl RingLanding {
             // Out of touch with the scheduler: the job may have been aborted meanwhile.
             return Some(Offered::Wait);
         }
-        let name = self.names.get(&conn).map(String::as_str).unwrap_or("");
+        let name = self.names.get(&conn).cloned().unwrap_or_default();
         let ok = lock(assigned)
             .get(&key.job)
-            .is_some_and(|set| set.contains(name));
-        let waiting = (key.job, name.to_string());
+            .is_some_and(|set| set.contains(&name));
+        let waiting = (key.job, name.clone());
         if ok {
             if self.unassigned_since.remove(&waiting).is_some() {
                 self.count_awaiting();
@@ -770,7 +781,7 @@ impl RingLanding {
             return Some(Offered::Wait);
         }
         tracing::warn!(
-            producer = name,
+            producer = name.as_str(),
             job = key.job,
             stream = key.stream,
             offset = key.offset,

@@ -138,6 +138,8 @@ fn only_assigned_producers_land_chunks_of_streams_placed_here() {
             vec![Outcome::Refused(RefuseReason::NotAssigned); 2]
         );
     }
+    // Refused after its grace: no longer counted as waiting for a set.
+    assert_eq!(eng.awaiting_assignment(), 0);
     // The assigned producer, for a stream that is not placed on this consumer.
     assert_eq!(
         send(&ux, &s, "p1", 1, 7, 1),
